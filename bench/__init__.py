@@ -1,0 +1,1 @@
+"""Benchmarks of the UMedPT core (throughput, memory, centralized pretraining); not shipped."""

@@ -1,0 +1,239 @@
+"""Centralized multi-task pretraining on the four shared datasets vs each task trained alone.
+
+Why: UMedPT's claim is that one shared encoder trained on many small tasks is at least as good
+for each task as a model trained on that task alone. This benchmark trains the tiny preset on
+the four sites of ``bench/sites/*.toml`` together for ``--steps`` multi-task steps, then trains
+one single-task model per task for the same number of steps *with the identical batch
+sequence* of that task (same stream seed), so every task's examples seen are equal and the only
+difference is the other tasks sharing the encoder. Validation metrics of both are reported.
+
+    PYTHONPATH=. python3 bench/centralized.py             # full run (~25 min on 2 cores)
+    PYTHONPATH=. python3 bench/centralized.py --steps 20  # smoke test
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from bench.common import REPO_ROOT, machine_info, md_table, write_json
+from umedpt.config import load_site_config
+from umedpt.model import UMedPTModel, count_parameters
+from umedpt.models.presets import PRESETS, ModelConfig
+from umedpt.pretrain import collect_tasks, load_runs
+from umedpt.training.seeding import seed_everything
+from umedpt.training.streams import TaskStream, steps_per_epoch
+from umedpt.training.trainer import MultiTaskTrainer, TaskRun, TrainConfig
+
+log = logging.getLogger("bench.centralized")
+
+SITES_DIR = REPO_ROOT / "bench" / "sites"
+
+
+def stream_seed(seed: int, index: int) -> int:
+    """The stream seed the trainer gives task ``index`` of a multi-task run."""
+    return seed * 1000 + index
+
+
+def build_trainer(
+    model_config: ModelConfig, runs: Sequence[TaskRun], seeds: Sequence[int], seed: int
+) -> MultiTaskTrainer:
+    """A trainer as ``umedpt.pretrain`` builds it, with explicit per-task stream seeds.
+
+    Overriding the streams lets a single-task run replay exactly the batches its task saw in
+    the multi-task run (the trainer would otherwise seed task 0 of every run identically).
+    """
+    seed_everything(seed)
+    model = UMedPTModel(model_config, [r.config for r in runs], seed=seed)
+    trainer = MultiTaskTrainer(model, runs, TrainConfig(seed=seed, device="cpu"))
+    for run, task_seed in zip(runs, seeds, strict=True):
+        trainer.streams[run.name] = TaskStream(
+            run.data["train"], run.config.batch_size, run.task_type.collate, seed=task_seed
+        )
+    return trainer
+
+
+def train_with_evals(trainer: MultiTaskTrainer, steps: int, eval_every: int) -> dict[str, Any]:
+    """Train ``steps`` steps, validating every ``eval_every``; time training and eval apart."""
+    history: list[dict[str, Any]] = []
+    train_seconds = eval_seconds = 0.0
+    done = 0
+    while done < steps:
+        chunk = min(eval_every, steps - done)
+        report = trainer.train_steps(chunk)
+        train_seconds += report.seconds
+        done += chunk
+        start = time.perf_counter()
+        val = trainer.evaluate("val")
+        eval_seconds += time.perf_counter() - start
+        history.append({"step": done, "train_loss": report.losses, "val": val})
+        log.info("step %d/%d: %s", done, steps, _summary(trainer.tasks, val))
+    return {
+        "steps": steps,
+        "train_seconds": train_seconds,
+        "eval_seconds": eval_seconds,
+        "seconds_per_step": train_seconds / max(steps, 1),
+        "history": history,
+        "final": history[-1]["val"],
+    }
+
+
+def _summary(tasks: Sequence[TaskRun], val: dict[str, dict[str, float]]) -> str:
+    parts = []
+    for t in tasks:
+        metric = t.task_type.primary_metric
+        parts.append(f"{t.name} {metric}={val[t.name][metric]:.3f}")
+    return ", ".join(parts)
+
+
+def render_markdown(result: dict[str, Any]) -> str:
+    """Per-task table: primary metric (and the rest) multi-task vs single-task."""
+    rows = []
+    for name, info in result["tasks"].items():
+        multi = result["multi_task"]["final"][name]
+        single = result["single_task"][name]["final"][name]
+        primary = info["primary_metric"]
+        others = [k for k in multi if k not in (primary, "loss")]
+        rows.append(
+            [
+                name,
+                info["type"],
+                f"{primary}",
+                multi[primary],
+                single[primary],
+                multi[primary] - single[primary],
+                ", ".join(f"{k} {multi[k]:.3f}/{single[k]:.3f}" for k in others),
+                f"{multi['loss']:.3f}/{single['loss']:.3f}",
+            ]
+        )
+    header = [
+        "task",
+        "type",
+        "metric",
+        "multi-task",
+        "single-task",
+        "delta",
+        "other metrics (multi/single)",
+        "val loss (multi/single)",
+    ]
+    mt = result["multi_task"]
+    singles = result["single_task"]
+    single_train = sum(s["train_seconds"] for s in singles.values())
+    lines = [
+        "# Centralized pretraining: 4 tasks together vs each task alone",
+        "",
+        f"Tiny preset ({result['parameters_m']:.2f}M parameters), seed {result['seed']}, "
+        f"{result['steps']} steps (one batch of every task per multi-task step; each "
+        "single-task run replays exactly the same batches of its task). Validation split.",
+        "",
+        md_table(header, rows),
+        "",
+        f"Wall time: multi-task {mt['train_seconds']:.0f} s training "
+        f"({mt['seconds_per_step']:.2f} s/step) + {mt['eval_seconds']:.0f} s eval; "
+        f"single-task runs {single_train:.0f} s training in total; "
+        f"whole benchmark {result['total_seconds']:.0f} s. "
+        f"Epochs of the longest task: {result['epochs']:.1f}.",
+        "",
+        "Learning curve (primary metric, multi-task / single-task):",
+        "",
+    ]
+    names = list(result["tasks"])
+    curve_rows = []
+    for i, entry in enumerate(mt["history"]):
+        row: list[Any] = [entry["step"]]
+        for name in names:
+            primary = result["tasks"][name]["primary_metric"]
+            single_entry = singles[name]["history"][i]
+            row.append(
+                f"{entry['val'][name][primary]:.3f} / {single_entry['val'][name][primary]:.3f}"
+            )
+        curve_rows.append(row)
+    lines += [md_table(["step", *names], curve_rows), ""]
+    if result.get("comment"):
+        lines += ["## What the numbers show", "", result["comment"], ""]
+    return "\n".join(lines)
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--steps", type=int, default=300, help="multi-task steps (and per task)")
+    parser.add_argument("--eval-every", type=int, default=None, help="default: steps // 4")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--preset", default="tiny")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--sites", type=Path, nargs="*", default=None, help="default: bench/sites")
+    parser.add_argument("--out", type=Path, default=REPO_ROOT / "bench" / "results")
+    parser.add_argument("--name", default="centralized", help="output file stem")
+    parser.add_argument("--comment", default="", help="interpretation, stored with the results")
+    return parser.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    torch.set_num_threads(args.threads)
+    start = time.perf_counter()
+    site_files = args.sites or sorted(SITES_DIR.glob("*.toml"))
+    sites = [load_site_config(f) for f in site_files]
+    tasks = collect_tasks(sites)
+    load_start = time.perf_counter()
+    runs = load_runs(tasks)
+    load_seconds = time.perf_counter() - load_start
+    model_config = PRESETS.get(args.preset)
+    eval_every = args.eval_every or max(1, args.steps // 4)
+    seeds = [stream_seed(args.seed, i) for i in range(len(runs))]
+
+    multi = build_trainer(model_config, runs, seeds, args.seed)
+    parameters_m = count_parameters(multi.model) / 1e6
+    epochs = args.steps / steps_per_epoch(multi.streams)
+    log.info("multi-task run: %d tasks, %d steps", len(runs), args.steps)
+    multi_result = train_with_evals(multi, args.steps, eval_every)
+    del multi
+
+    single_results = {}
+    for run, task_seed in zip(runs, seeds, strict=True):
+        log.info("single-task run: %s", run.name)
+        trainer = build_trainer(model_config, [run], [task_seed], args.seed)
+        single_results[run.name] = train_with_evals(trainer, args.steps, eval_every)
+
+    result: dict[str, Any] = {
+        "benchmark": "centralized",
+        "machine": machine_info(),
+        "preset": args.preset,
+        "parameters_m": parameters_m,
+        "seed": args.seed,
+        "steps": args.steps,
+        "eval_every": eval_every,
+        "epochs": epochs,
+        "load_seconds": load_seconds,
+        "tasks": {
+            r.name: {
+                "type": r.config.type,
+                "primary_metric": r.task_type.primary_metric,
+                "image_size": r.config.image_size,
+                "batch_size": r.config.batch_size,
+                "splits": {k: len(v) for k, v in r.data.splits.items()},
+                "examples_seen": args.steps * min(r.config.batch_size, len(r.data["train"])),
+            }
+            for r in runs
+        },
+        "multi_task": multi_result,
+        "single_task": single_results,
+        "total_seconds": time.perf_counter() - start,
+        "comment": args.comment,
+    }
+    args.out.mkdir(parents=True, exist_ok=True)
+    write_json(args.out / f"{args.name}.json", result)
+    (args.out / f"{args.name}.md").write_text(render_markdown(result))
+    log.info("wrote %s", args.out / f"{args.name}.json")
+    return result
+
+
+if __name__ == "__main__":
+    main()

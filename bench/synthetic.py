@@ -1,0 +1,94 @@
+"""Synthetic in-memory tasks for the throughput and memory benchmarks.
+
+Why not ``tests/helpers.py``: the benchmarks must not depend on test code that changes under
+other engineers' feet, and they need any image size and batch size. Content is irrelevant to
+speed and memory, but targets are well-formed (detection boxes land on FCOS points), so every
+loss takes its full code path.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from umedpt.config import TaskConfig
+from umedpt.data.samples import Sample, TaskData
+from umedpt.tasks import get_task_type
+from umedpt.tasks.base import Batch
+from umedpt.training.trainer import TaskRun
+
+CLASSES = {
+    "classification": ("absent", "present"),
+    "segmentation": ("square",),
+    "detection": ("square",),
+}
+
+
+def make_samples(task_type: str, n: int, size: int, generator: torch.Generator) -> list[Sample]:
+    """``n`` noise images with a bright square; the target describes the square."""
+    samples = []
+    side = max(4, size // 4)
+    for i in range(n):
+        image = torch.randint(0, 100, (3, size, size), generator=generator, dtype=torch.uint8)
+        y, x = torch.randint(0, size - side, (2,), generator=generator).tolist()
+        image[:, y : y + side, x : x + side] += 120
+        sample = Sample(image, f"{task_type}-{i}")
+        if task_type == "classification":
+            sample.label = i % 2
+        elif task_type == "segmentation":
+            mask = torch.zeros(size, size, dtype=torch.uint8)
+            mask[y : y + side, x : x + side] = 1
+            sample.mask = mask
+        elif task_type == "detection":
+            sample.boxes = torch.tensor([[x, y, x + side, y + side]], dtype=torch.float32)
+            sample.box_labels = torch.tensor([0])
+        else:
+            raise ValueError(f"unknown task type {task_type!r}; use one of {sorted(CLASSES)}")
+        samples.append(sample)
+    return samples
+
+
+def make_run(
+    name: str, task_type: str, *, n: int, size: int, batch_size: int, seed: int
+) -> TaskRun:
+    """A task with ``n`` training samples (no validation data: benchmarks only train)."""
+    generator = torch.Generator().manual_seed(seed)
+    config = TaskConfig(
+        name,
+        task_type,
+        "memory",
+        Path("memory"),
+        CLASSES[task_type],
+        image_size=size,
+        batch_size=batch_size,
+    )
+    samples = make_samples(task_type, n, size, generator)
+    return TaskRun(config, TaskData({"train": samples, "val": [], "test": []}))
+
+
+def precollate(run: TaskRun, num_batches: int) -> list[Batch]:
+    """Collate the run's samples into ``num_batches`` full batches, once, up front."""
+    size = run.config.batch_size
+    collate = get_task_type(run.config.type).collate
+    samples = run.data["train"]
+    if len(samples) < num_batches * size:
+        raise ValueError(f"need {num_batches * size} samples, the run has {len(samples)}")
+    return [collate(samples[i * size : (i + 1) * size]) for i in range(num_batches)]
+
+
+class ReplayStream:
+    """Stands in for a trainer's ``TaskStream``: cycles through pre-collated batches.
+
+    Lets the trainer and a hand-written loop consume the very same tensors, so the
+    comparison measures the loop only, not collation.
+    """
+
+    def __init__(self, batches: list[Batch]) -> None:
+        self.batches = batches
+        self.position = 0
+
+    def next_batch(self) -> Batch:
+        batch = self.batches[self.position % len(self.batches)]
+        self.position += 1
+        return batch

@@ -1,0 +1,252 @@
+"""Training throughput of ``MultiTaskTrainer`` vs a hand-written PyTorch loop.
+
+Why: the trainer adds per-task optimizers, schedulers, a finiteness check and a stream
+abstraction around forward/backward. This measures that the abstraction costs (almost)
+nothing: both variants train the same model (same seed), with the same task-type loss, on the
+same pre-collated batches, and are timed side by side, interleaved, on the same machine.
+
+Variants per scenario:
+  plain             forward, loss, backward per task; one AdamW over all parameters; zero_grad
+  trainer           MultiTaskTrainer, grad_clip=None (like-for-like with plain), replayed batches
+  trainer_defaults  MultiTaskTrainer with TrainConfig defaults (grad_clip=5.0), replayed batches
+  trainer_streams   MultiTaskTrainer with its own TaskStreams (collates every batch), defaults
+
+    PYTHONPATH=. python3 bench/throughput.py            # ~5 min on 2 cores
+    PYTHONPATH=. python3 bench/throughput.py --reps 2 --steps 4 --out /tmp/b   # smoke test
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from bench.common import REPO_ROOT, machine_info, md_table, median, write_json
+from bench.synthetic import ReplayStream, make_run, precollate
+from umedpt.model import UMedPTModel
+from umedpt.models.presets import PRESETS, ModelConfig
+from umedpt.tasks.base import Batch
+from umedpt.training.seeding import seed_everything
+from umedpt.training.trainer import MultiTaskTrainer, TaskRun, TrainConfig
+
+Runner = Callable[[int], None]  # runs n training steps
+
+SCENARIOS: dict[str, tuple[str, ...]] = {
+    "1-task (classification)": ("classification",),
+    "3-task (cls+seg+det)": ("classification", "segmentation", "detection"),
+}
+VARIANTS = ("plain", "trainer", "trainer_defaults", "trainer_streams")
+
+
+def build_model(model_config: ModelConfig, runs: Sequence[TaskRun], seed: int) -> UMedPTModel:
+    """A fresh model; the same seed gives identical weights for every variant."""
+    seed_everything(seed)
+    return UMedPTModel(model_config, [r.config for r in runs], seed=seed)
+
+
+def plain_runner(model: UMedPTModel, runs: Sequence[TaskRun], batches: list[list[Batch]]) -> Runner:
+    """The reference loop: what anyone would write by hand for per-task backward."""
+    cfg = model.config
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    model.train()
+    position = 0
+
+    def run(steps: int) -> None:
+        nonlocal position
+        for _ in range(steps):
+            for task, task_batches in zip(runs, batches, strict=True):
+                batch = task_batches[position % len(task_batches)]
+                outputs = model(batch.images, task.name)
+                loss = task.task_type.loss(outputs, batch, task.config)
+                loss.backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            position += 1
+
+    return run
+
+
+def trainer_runner(
+    model: UMedPTModel,
+    runs: Sequence[TaskRun],
+    batches: list[list[Batch]] | None,
+    config: TrainConfig,
+) -> Runner:
+    """The trainer; with ``batches`` its streams replay them instead of collating."""
+    trainer = MultiTaskTrainer(model, runs, config)
+    if batches is not None:
+        for task, task_batches in zip(runs, batches, strict=True):
+            trainer.streams[task.name] = ReplayStream(task_batches)  # type: ignore[assignment]
+
+    def run(steps: int) -> None:
+        trainer.train_steps(steps)
+
+    return run
+
+
+def make_runner(
+    variant: str,
+    model_config: ModelConfig,
+    runs: Sequence[TaskRun],
+    batches: list[list[Batch]],
+    seed: int,
+) -> Runner:
+    model = build_model(model_config, runs, seed)
+    if variant == "plain":
+        return plain_runner(model, runs, batches)
+    if variant == "trainer":
+        return trainer_runner(model, runs, batches, TrainConfig(seed=seed, grad_clip=None))
+    if variant == "trainer_defaults":
+        return trainer_runner(model, runs, batches, TrainConfig(seed=seed))
+    if variant == "trainer_streams":
+        return trainer_runner(model, runs, None, TrainConfig(seed=seed))
+    raise ValueError(f"unknown variant {variant!r}; use one of {VARIANTS}")
+
+
+def timed(runner: Runner, steps: int) -> float:
+    gc.collect()
+    start = time.perf_counter()
+    runner(steps)
+    return time.perf_counter() - start
+
+
+def bench_scenario(
+    task_types: Sequence[str], args: argparse.Namespace, model_config: ModelConfig
+) -> dict[str, Any]:
+    """Interleaved repetitions of every variant; order alternates (ABCD DCBA ...)."""
+    runs = [
+        make_run(
+            f"{t}-{i}",
+            t,
+            n=args.batches * args.batch_size,
+            size=args.image_size,
+            batch_size=args.batch_size,
+            seed=args.seed + i,
+        )
+        for i, t in enumerate(task_types)
+    ]
+    batches = [precollate(r, args.batches) for r in runs]
+    runners = {v: make_runner(v, model_config, runs, batches, args.seed) for v in args.variants}
+    for runner in runners.values():  # warm-up: allocator, optimizer state, lazy inits
+        runner(args.warmup)
+    seconds: dict[str, list[float]] = {v: [] for v in runners}
+    for rep in range(args.reps):
+        order = list(runners) if rep % 2 == 0 else list(reversed(runners))
+        for variant in order:
+            seconds[variant].append(timed(runners[variant], args.steps))
+        print(
+            f"  rep {rep + 1}/{args.reps}: "
+            + ", ".join(f"{v} {seconds[v][-1]:.2f}s" for v in runners)
+        )
+    images_per_step = args.batch_size * len(runs)
+    images_per_s = {
+        v: [args.steps * images_per_step / s for s in secs] for v, secs in seconds.items()
+    }
+    ratios = {
+        f"{v}/plain": [
+            ips / base for ips, base in zip(images_per_s[v], images_per_s["plain"], strict=True)
+        ]
+        for v in runners
+        if v != "plain" and "plain" in runners
+    }
+    return {
+        "task_types": list(task_types),
+        "images_per_step": images_per_step,
+        "seconds": seconds,
+        "images_per_s": images_per_s,
+        "median_images_per_s": {v: median(x) for v, x in images_per_s.items()},
+        "ratios": ratios,
+        "median_ratios": {k: median(x) for k, x in ratios.items()},
+    }
+
+
+def render_markdown(result: dict[str, Any]) -> str:
+    a = result["settings"]
+    lines = [
+        "# Throughput: MultiTaskTrainer vs a hand-written loop",
+        "",
+        f"Tiny preset, {a['image_size']} px, batch {a['batch_size']} per task, "
+        f"{a['steps']} steps per repetition, {a['reps']} interleaved repetitions "
+        f"(order alternates), {a['warmup']} warm-up steps excluded, "
+        f"{a['threads']} torch threads, CPU ({result['machine'].get('Model name', '?')}). "
+        "Ratio = images/s of the variant / images/s of the plain loop in the same repetition.",
+        "",
+    ]
+    for name, sc in result["scenarios"].items():
+        rows = []
+        for v, ips in sc["images_per_s"].items():
+            ratio = sc["ratios"].get(f"{v}/plain")
+            rows.append(
+                [
+                    v,
+                    sc["median_images_per_s"][v],
+                    " ".join(f"{x:.1f}" for x in ips),
+                    median(ratio) if ratio else "1 (reference)",
+                    " ".join(f"{x:.3f}" for x in ratio) if ratio else "",
+                ]
+            )
+        lines += [
+            f"## {name}",
+            "",
+            md_table(["variant", "median img/s", "img/s per rep", "median ratio", "ratios"], rows),
+            "",
+        ]
+    if result.get("comment"):
+        lines += ["## Notes", "", result["comment"], ""]
+    return "\n".join(lines)
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--steps", type=int, default=20, help="steps per timed repetition")
+    parser.add_argument("--reps", type=int, default=5)
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--batches", type=int, default=8, help="distinct pre-collated batches")
+    parser.add_argument("--image-size", type=int, default=64)
+    parser.add_argument("--preset", default="tiny")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
+    parser.add_argument("--scenarios", nargs="+", default=list(SCENARIOS), choices=list(SCENARIOS))
+    parser.add_argument("--out", type=Path, default=REPO_ROOT / "bench" / "results")
+    parser.add_argument("--comment", default="", help="interpretation, stored with the results")
+    args = parser.parse_args(argv)
+    if "plain" not in args.variants:
+        parser.error("the plain variant is the reference; keep it in --variants")
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    args = parse_args(argv)
+    torch.set_num_threads(args.threads)
+    model_config = PRESETS.get(args.preset)
+    scenarios = {}
+    for name in args.scenarios:
+        print(f"scenario {name}")
+        scenarios[name] = bench_scenario(SCENARIOS[name], args, model_config)
+        for k, v in scenarios[name]["median_ratios"].items():
+            print(f"  median {k}: {v:.3f}")
+    settings = {
+        k: getattr(args, k)
+        for k in ("steps", "reps", "warmup", "batch_size", "batches", "image_size", "preset")
+    }
+    result = {
+        "benchmark": "throughput",
+        "machine": machine_info(),
+        "settings": {**settings, "threads": args.threads, "seed": args.seed},
+        "scenarios": scenarios,
+        "comment": args.comment,
+    }
+    write_json(args.out / "throughput.json", result)
+    (args.out / "throughput.md").write_text(render_markdown(result))
+    return result
+
+
+if __name__ == "__main__":
+    main()

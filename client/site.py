@@ -1,0 +1,202 @@
+"""One site's part of a federated round, without Flower: load, train, save, report.
+
+The site keeps its heads, optimizer and data-order state on its own disk, one folder
+per completed round under ``<state_dir>/runs/<run-key>/``: a SuperNode restart (which
+loses Flower's in-memory ``context.state``) resumes where the site was, and a round
+that is repeated after a server restart starts from exactly the same local state.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import re
+import shutil
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from umedpt import contract
+from umedpt.config import SiteConfig, load_site_config
+from umedpt.model import UMedPTModel
+from umedpt.pretrain import load_runs, model_config_for
+from umedpt.run_config import RunSettings
+from umedpt.training.checkpoint import (
+    load_trainer_state,
+    load_weights,
+    save_checkpoint,
+    save_state_groups,
+)
+from umedpt.training.trainer import MultiTaskTrainer, TaskRun, TrainConfig
+
+log = logging.getLogger(__name__)
+ROUND_DIR = re.compile(r"^round-(\d+)$")
+KEEP_ROUNDS = 2
+
+
+class SiteError(RuntimeError):
+    """A site cannot take part as asked; the message names the site."""
+
+
+@dataclass
+class RoundOutcome:
+    """What a site sends back after training: shared weights (keys as received) and scalars."""
+
+    shared: dict[str, torch.Tensor]
+    metrics: dict[str, float]
+    num_examples: int
+
+
+@functools.lru_cache(maxsize=8)
+def _cached_runs(site_file: str, modified: float) -> tuple[TaskRun, ...]:
+    # Cached per process: a simulation worker serves many rounds of the same site, and
+    # reading every image again each round would dominate the round's time.
+    return tuple(load_runs(load_site_config(site_file).tasks))
+
+
+def site_state_dir(site: SiteConfig, settings: RunSettings) -> Path:
+    root = Path(settings.state_root) / site.name if settings.state_root else site.state_dir
+    return root / "runs" / (settings.run_key or "default")
+
+
+class SiteRunner:
+    """Trains and evaluates one site's tasks for a federated run."""
+
+    def __init__(self, site: SiteConfig, settings: RunSettings) -> None:
+        self.site = site
+        self.settings = settings
+        self.state_dir = site_state_dir(site, settings)
+        self.runs = list(_cached_runs(str(site.file), site.file.stat().st_mtime))
+        self.model_config = model_config_for(settings.preset, settings.encoder or None)
+        self.model = UMedPTModel(self.model_config, site.tasks, seed=settings.seed)
+        self.trainer = MultiTaskTrainer(
+            self.model,
+            self.runs,
+            TrainConfig(lr=settings.lr or None, seed=settings.seed, device=_device()),
+        )
+
+    @property
+    def blocks(self) -> list[str]:
+        return sorted(self.model.blocks)
+
+    def describe(self) -> dict[str, str]:
+        """What the server is told about this site (no data, no weights)."""
+        return {
+            contract.SITE_NAME_KEY: self.site.name,
+            contract.BLOCKS_USED_KEY: ",".join(self.blocks),
+            "tasks": ",".join(
+                f"{r.name}:{r.task_type.name}:{r.task_type.primary_metric}" for r in self.runs
+            ),
+        }
+
+    # -- state on disk ----------------------------------------------------------------
+    def _round_dirs(self) -> dict[int, Path]:
+        if not self.state_dir.is_dir():
+            return {}
+        found = {}
+        for path in self.state_dir.iterdir():
+            if (match := ROUND_DIR.match(path.name)) and path.is_dir():
+                found[int(match.group(1))] = path
+        return found
+
+    def restore(self, before_round: int) -> int:
+        """Load the newest saved local state from a round < ``before_round``; 0 if none."""
+        saved = [r for r in self._round_dirs() if r < before_round]
+        if not saved:
+            return 0
+        latest = max(saved)
+        folder = self._round_dirs()[latest]
+        heads = [f"{contract.HEADS}.{r.name}" for r in self.runs]
+        load_weights(self.model, folder, groups=heads)
+        if (state := load_trainer_state(folder)) is not None:
+            self.trainer.load_state_dict(state)
+        return latest
+
+    def _save(self, server_round: int) -> None:
+        heads = [f"{contract.HEADS}.{r.name}" for r in self.runs]
+        save_checkpoint(
+            self.state_dir / f"round-{server_round:05d}",
+            self.model,
+            meta={"site": self.site.name, "round": server_round, "run_key": self.settings.run_key},
+            trainer_state=self.trainer.state_dict(),
+            groups=heads,
+        )
+        # The latest heads, where a site operator (and `simulate`) finds them.
+        latest = self.state_dir / "latest-heads"
+        if latest.exists():
+            shutil.rmtree(latest)
+        save_state_groups(contract.select(self.model.state_dict(), heads), latest)
+        for old in sorted(self._round_dirs())[:-KEEP_ROUNDS]:
+            shutil.rmtree(self._round_dirs()[old], ignore_errors=True)
+
+    # -- shared weights ---------------------------------------------------------------
+    def load_shared(self, shared: Mapping[str, torch.Tensor]) -> list[str]:
+        """Load the server's weights; they must be exactly this site's shared keys."""
+        expected = self.model.shared_state_dict()
+        missing = sorted(set(expected) - set(shared))
+        unexpected = sorted(set(shared) - set(expected))
+        if missing or unexpected:
+            raise SiteError(
+                f"site '{self.site.name}': the server sent weights that do not fit this site's "
+                f"model (missing {missing[:3]}, unexpected {unexpected[:3]}); check that "
+                "server and site use the same preset and encoder"
+            )
+        for key, value in shared.items():
+            if value.shape != expected[key].shape:
+                raise SiteError(
+                    f"site '{self.site.name}': '{key}' has shape {tuple(value.shape)} from the "
+                    f"server, {tuple(expected[key].shape)} here (different preset or encoder?)"
+                )
+        self.model.load_state_dict(dict(shared), strict=False)
+        return list(shared)
+
+    # -- a round ----------------------------------------------------------------------
+    def train_round(
+        self, shared: Mapping[str, torch.Tensor], server_round: int, *, proximal_mu: float = 0.0
+    ) -> RoundOutcome:
+        restored = self.restore(server_round)
+        keys = self.load_shared(shared)
+        regularizer = None
+        if proximal_mu > 0:
+            anchor = [p.detach().clone() for p in self.model.shared_parameters()]
+
+            def regularizer() -> torch.Tensor:  # FedProx: (mu/2) ||w - w_global||^2
+                params = self.model.shared_parameters()
+                return 0.5 * proximal_mu * sum(((p - a) ** 2).sum() for p, a in zip(params, anchor))
+
+        tic = time.perf_counter()
+        report = self.trainer.train_steps(self.settings.local_steps, shared_regularizer=regularizer)
+        seconds = time.perf_counter() - tic
+        self._save(server_round)
+        state = self.model.state_dict()
+        metrics: dict[str, float] = {
+            "train-seconds": seconds,
+            "restored-round": float(restored),
+            contract.UNIT_WEIGHT_KEY: 1.0,
+        }
+        for task, loss in report.losses.items():
+            metrics[f"{task}/train-loss"] = loss
+        return RoundOutcome(
+            {k: state[k].detach().cpu() for k in keys}, metrics, report.total_examples
+        )
+
+    def evaluate_round(
+        self, shared: Mapping[str, torch.Tensor], server_round: int
+    ) -> tuple[dict[str, float], int]:
+        """Validation metrics of the global weights with this site's heads of this round."""
+        self.restore(server_round + 1)
+        self.load_shared(shared)
+        results = self.trainer.evaluate("val")
+        metrics: dict[str, float] = {contract.UNIT_WEIGHT_KEY: 1.0}
+        for task, values in results.items():
+            for name, value in values.items():
+                metrics[f"{task}/{name}"] = float(value)
+        count = sum(len(r.data.splits.get("val", [])) for r in self.runs)
+        return metrics, max(count, 1)
+
+
+def _device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"

@@ -1,0 +1,1 @@
+"""The coordinator side: the Flower ServerApp, simulation and the `server`/`simulate` commands."""

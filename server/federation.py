@@ -1,0 +1,155 @@
+"""The federation's round loop on the server: initial weights, strategy, checkpoints, report."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+import uuid
+from dataclasses import asdict
+from logging import INFO, WARNING
+from pathlib import Path
+from typing import Any
+
+from flwr.app import ArrayRecord, ConfigRecord
+from flwr.common.logger import log
+from flwr.serverapp import Grid
+
+from server.report import primary_metrics, write_plot, write_report
+from server.state import ServerProgress, load_server_state, save_server_state
+from strategies import GroupedStrategy, build_strategy
+from strategies.grouped import RoundFailedError, RoundRecord
+from umedpt.model import UMedPTModel
+from umedpt.pretrain import model_config_for
+from umedpt.run_config import RunSettings
+from umedpt.tasks.base import TASK_TYPES, get_task_type
+from umedpt.training.checkpoint import save_state_groups
+
+SERVER_STATE = "server-state"
+GLOBAL_CHECKPOINT = "global"
+
+
+class RunExistsError(RuntimeError):
+    """The output folder holds another run: resume it or choose another folder."""
+
+
+def initial_weights(settings: RunSettings) -> ArrayRecord:
+    """The shared weights every site starts from: encoder plus every task type's block."""
+    get_task_type("classification")  # registers the built-in task types
+    model = UMedPTModel(
+        model_config_for(settings.preset, settings.encoder or None),
+        [],
+        extra_blocks=TASK_TYPES.names(),
+        seed=settings.seed,
+    )
+    return ArrayRecord(model.shared_state_dict())
+
+
+def _round_dict(record: RoundRecord) -> dict[str, Any]:
+    return asdict(record)
+
+
+def run_federation(grid: Grid, settings: RunSettings) -> dict[str, Any]:
+    """Run (or resume) the federation; returns the final report."""
+    out = Path(settings.out_dir)
+    state_dir = out / SERVER_STATE
+    started = time.time()
+    strategy: GroupedStrategy = build_strategy(
+        settings.strategy,
+        min_sites=settings.min_sites,
+        weighting=settings.weighting,
+        proximal_mu=settings.proximal_mu,
+        server_lr=settings.server_lr,
+        node_wait_timeout=settings.node_wait_timeout,
+        query_timeout=min(settings.round_timeout, 300.0),
+    )
+    history: list[dict[str, Any]] = []
+    if settings.resume and (state_dir / "progress.json").is_file():
+        weights, strategy_state, progress = load_server_state(state_dir)
+        arrays = ArrayRecord(weights)
+        strategy.load_state_arrays(strategy_state)
+        run_key = progress.run_key
+        history = progress.rounds
+        start_round = progress.completed_round + 1
+        log(INFO, "resuming run %s after round %d", run_key, progress.completed_round)
+    else:
+        if (state_dir / "progress.json").is_file():
+            raise RunExistsError(
+                f"{out} already holds a run; pass --resume to continue it, or choose another --out"
+            )
+        arrays = initial_weights(settings)
+        run_key = settings.run_key or uuid.uuid4().hex[:12]
+        start_round = 1
+    settings = dataclasses.replace(settings, run_key=run_key)
+    out.mkdir(parents=True, exist_ok=True)
+    model_bytes = sum(a.numpy().nbytes for a in arrays.values())
+
+    def report(status: str) -> dict[str, Any]:
+        sites = {
+            s.name: {**s.details, "node_id": s.node_id, "blocks": list(s.blocks)}
+            for s in strategy.sites.values()
+        }
+        return {
+            "status": status,
+            "config": settings.to_run_config(),
+            "sites": sites,
+            "global_shared_bytes": model_bytes,
+            "rounds": history,
+            "seconds": time.time() - started,
+        }
+
+    def on_round_end(server_round: int, new_arrays: ArrayRecord, record: RoundRecord) -> None:
+        history.append(_round_dict(record))
+        current = report("running")
+        save_server_state(
+            state_dir,
+            new_arrays.to_torch_state_dict(),
+            strategy.state_arrays(),
+            ServerProgress(
+                server_round, run_key, settings.to_run_config(), history, current["sites"]
+            ),
+        )
+        write_report(out, current)
+        log(INFO, progress_line(server_round, settings.num_server_rounds, record, current["sites"]))
+
+    status = "failed"
+    try:
+        if start_round > settings.num_server_rounds:
+            log(WARNING, "all %d rounds are already done", settings.num_server_rounds)
+            result_arrays = arrays
+        else:
+            result = strategy.start(
+                grid,
+                arrays,
+                num_rounds=settings.num_server_rounds,
+                timeout=settings.round_timeout,
+                train_config=ConfigRecord({"run-key": run_key}),
+                evaluate_config=ConfigRecord({"run-key": run_key}),
+                start_round=start_round,
+                on_round_end=on_round_end,
+            )
+            result_arrays = result.arrays
+        save_state_groups(result_arrays.to_torch_state_dict(), out / GLOBAL_CHECKPOINT)
+        status = "completed"
+    except RoundFailedError as exc:
+        log(WARNING, "federation failed: %s", exc)
+        raise
+    finally:
+        final = report(status)
+        write_report(out, final)
+        write_plot(out, final)
+    return final
+
+
+def progress_line(server_round: int, total: int, record: RoundRecord, sites: dict[str, Any]) -> str:
+    """'round 3/5 (12.1 s): site-a cls/accuracy=0.81 | site-b ...'."""
+    primaries = primary_metrics(sites)
+    parts = []
+    for site, metrics in sorted(record.eval_metrics.items()):
+        shown = [
+            f"{task}/{metric}={metrics[f'{task}/{metric}']:.3f}"
+            for task, metric in primaries.get(site, [])
+            if f"{task}/{metric}" in metrics
+        ]
+        parts.append(f"{site} " + " ".join(shown))
+    rejected = f"; rejected {len(record.rejected)}" if record.rejected else ""
+    return f"round {server_round}/{total} ({record.seconds:.1f} s): " + " | ".join(parts) + rejected

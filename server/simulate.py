@@ -1,0 +1,83 @@
+"""`umedpt-fl simulate`: a whole federation on one machine with Flower's simulation engine.
+
+Uses Flower's in-process Ray simulation (``flwr.simulation.run_simulation``) so a round
+costs no more than its sites' training plus messaging in memory; the same ServerApp
+and ClientApp also run under ``flwr run .`` and on real SuperLink/SuperNodes.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import warnings
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from client.app import RUN_CONFIG_ENV
+from umedpt.run_config import RunSettings
+
+
+class SimulationFailedError(RuntimeError):
+    """The simulated federation did not complete; the message says why."""
+
+
+def simulate(
+    site_files: list[Path],
+    settings: RunSettings,
+    *,
+    cpus_per_site: float = 1.0,
+    gpus_per_site: float = 0.0,
+    verbose: bool = False,
+) -> dict[str, Any]:
+    """Run the federation of ``site_files``; returns the report (raises on failure)."""
+    import ray
+    from flwr.simulation import run_simulation
+
+    from client.app import app as client_app
+    from server.app import app as server_app
+
+    if not site_files:
+        raise SimulationFailedError("no sites given")
+    settings = replace(settings, site_configs=",".join(str(Path(f).resolve()) for f in site_files))
+    out = Path(settings.out_dir)
+    total_cpus = os.cpu_count() or 1
+    previous = os.environ.get(RUN_CONFIG_ENV)
+    os.environ[RUN_CONFIG_ENV] = settings.to_json()
+    os.environ["UMEDPT_FL_THREADS"] = str(max(1, int(cpus_per_site)))
+    os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+    error: BaseException | None = None
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            run_simulation(
+                server_app=server_app,
+                client_app=client_app,
+                num_supernodes=len(site_files),
+                backend_config={
+                    "client_resources": {"num_cpus": cpus_per_site, "num_gpus": gpus_per_site},
+                    "init_args": {
+                        "num_cpus": total_cpus,
+                        "include_dashboard": False,
+                        "logging_level": logging.INFO if verbose else logging.ERROR,
+                        "log_to_driver": verbose,
+                    },
+                },
+                verbose_logging=verbose,
+            )
+    except BaseException as exc:  # Flower re-raises the ServerApp's exception
+        error = exc
+    finally:
+        if previous is None:
+            os.environ.pop(RUN_CONFIG_ENV, None)
+        else:
+            os.environ[RUN_CONFIG_ENV] = previous
+        if ray.is_initialized():
+            ray.shutdown()
+    report_file = out / "report.json"
+    report = json.loads(report_file.read_text()) if report_file.is_file() else {}
+    if error is not None or report.get("status") != "completed":
+        reason = f"{type(error).__name__}: {error}" if error else f"status {report.get('status')!r}"
+        raise SimulationFailedError(f"the federated run failed ({reason}); see {out}")
+    return report

@@ -1,0 +1,11 @@
+"""Test configuration: keep torch to the CI machine's two cores, make `tests.helpers` importable."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import torch
+
+torch.set_num_threads(2)
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))

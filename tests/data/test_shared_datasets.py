@@ -1,0 +1,85 @@
+"""The bench site configs load the four real datasets (skipped when ../shared/data is absent)."""
+
+from __future__ import annotations
+
+import time
+import warnings
+from pathlib import Path
+
+import pytest
+
+from umedpt.config import load_site_config
+from umedpt.data.loading import load_task_data
+from umedpt.data.preview import summarize
+
+pytestmark = pytest.mark.shared_data
+
+REPO = Path(__file__).resolve().parents[2]
+SITES = REPO / "bench" / "sites"
+DATA = REPO.parent / "shared" / "data"
+
+if not DATA.is_dir():
+    pytest.skip(f"shared datasets not found at {DATA}", allow_module_level=True)
+
+
+@pytest.fixture(scope="module")
+def loaded():
+    """Load each site once; records (data, warnings, seconds)."""
+    out = {}
+    for name in ("breastmnist", "pbc_blood_cells", "hc18_fetal_head", "bccd"):
+        site = load_site_config(SITES / f"{name}.toml")
+        start = time.perf_counter()
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            data = load_task_data(site.tasks[0])
+        out[name] = (
+            site.tasks[0],
+            data,
+            [str(w.message) for w in caught],
+            time.perf_counter() - start,
+        )
+    return out
+
+
+def _sizes(data) -> tuple[int, int, int]:
+    return tuple(len(data.splits[s]) for s in ("train", "val", "test"))
+
+
+def test_breastmnist(loaded):
+    task, data, caught, _ = loaded["breastmnist"]
+    assert _sizes(data) == (546, 78, 156) and not caught
+    counts = summarize(task, data)["class_counts"]
+    assert counts["train"] == {"malignant": 147, "normal-benign": 399}
+
+
+def test_pbc(loaded):
+    task, data, caught, _ = loaded["pbc_blood_cells"]
+    assert _sizes(data) == (800, 160, 240) and not caught
+    counts = summarize(task, data)["class_counts"]
+    assert set(counts["train"].values()) == {100} and set(counts["test"].values()) == {30}
+
+
+def test_hc18(loaded):
+    task, data, caught, _ = loaded["hc18_fetal_head"]
+    assert sum(_sizes(data)) == 333 and not caught
+    assert all(n > 0 for n in _sizes(data))
+    exams = {
+        split: {Path(s.source).name.split("_")[0] for s in data.splits[split]}
+        for split in ("train", "val", "test")
+    }
+    assert not (exams["train"] & exams["val"]) and not (exams["train"] & exams["test"])
+    fg = summarize(task, data)["mask_foreground_fraction"]
+    assert 0.2 < fg["median"] < 0.4
+
+
+def test_bccd_drops_the_two_zero_area_boxes(loaded):
+    task, data, caught, _ = loaded["bccd"]
+    assert sum(_sizes(data)) == 364 and _sizes(data) == (205, 87, 72)
+    assert len(caught) == 1
+    assert "dropped 2 zero-width/height boxes" in caught[0]
+    assert "BloodImage_00338" in caught[0] and "BloodImage_00343" in caught[0]
+    assert summarize(task, data)["box_counts"] == {"RBC": 4153, "WBC": 372, "Platelets": 361}
+
+
+def test_loading_all_four_is_fast(loaded):
+    assert sum(seconds for *_, seconds in loaded.values()) < 60

@@ -1,0 +1,174 @@
+"""Command-line commands of the ML core: demo-data, pretrain, check-site.
+
+The federation commands (simulate, server, client) are added by ``umedpt_fl.cli``.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from umedpt.errors import UmedptError
+
+console = Console()
+app = typer.Typer(
+    name="umedpt-fl",
+    help="Federated multi-site pretraining of a UMedPT medical-imaging encoder.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+def fail(message: str, code: int = 2) -> typer.Exit:
+    console.print(f"[bold red]error:[/] {message}", highlight=False)
+    return typer.Exit(code)
+
+
+def setup_logging(verbose: bool) -> None:
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING,
+        format="%(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+def metrics_table(title: str, metrics: dict[str, dict[str, float]]) -> Table:
+    """One row per task, one column per metric name (union over tasks)."""
+    table = Table(title=title)
+    table.add_column("task")
+    names: list[str] = []
+    for values in metrics.values():
+        names += [n for n in values if n not in names]
+    for name in names:
+        table.add_column(name, justify="right")
+    for task, values in metrics.items():
+        table.add_row(task, *[f"{values[n]:.4f}" if n in values else "-" for n in names])
+    return table
+
+
+@app.command("demo-data")
+def demo_data(
+    out_dir: Annotated[Path, typer.Argument(help="Folder to write the demo sites into.")],
+    seed: Annotated[int, typer.Option(help="Seed; the same seed writes the same files.")] = 0,
+) -> None:
+    """Write a small synthetic federation (classification, segmentation, detection sites)."""
+    from umedpt.data.demo import write_demo_federation
+
+    try:
+        configs = write_demo_federation(out_dir, seed=seed)
+    except (UmedptError, OSError) as exc:
+        raise fail(str(exc)) from exc
+    for path in configs:
+        console.print(f"wrote site config {path}")
+
+
+@app.command("pretrain")
+def pretrain_command(
+    site: Annotated[list[Path], typer.Option("--site", help="Site TOML file (repeatable).")],
+    out: Annotated[Path, typer.Option(help="Output folder for checkpoints and metrics.")],
+    steps: Annotated[
+        int | None, typer.Option(help="Total multi-task steps (overrides --epochs).")
+    ] = None,
+    epochs: Annotated[int, typer.Option(help="Epochs (the longest task seen once each).")] = 3,
+    preset: Annotated[str, typer.Option(help="Model preset: tiny, swin-t, resnet18.")] = "tiny",
+    encoder: Annotated[
+        str | None, typer.Option(help="Any timm encoder name (overrides the preset's).")
+    ] = None,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
+    seed: Annotated[int, typer.Option(help="Seed for weights and data order.")] = 0,
+    lr: Annotated[float | None, typer.Option(help="Learning rate (default: the preset's).")] = None,
+    eval_every: Annotated[
+        int | None, typer.Option(help="Steps between validations (default: one epoch).")
+    ] = None,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+) -> None:
+    """Centralized UMedPT multi-task pretraining of all listed sites' tasks in one process."""
+    from umedpt.config import load_site_config
+    from umedpt.pretrain import PretrainConfig, pretrain
+
+    setup_logging(verbose)
+    try:
+        sites = [load_site_config(p) for p in site]
+        config = PretrainConfig(
+            preset=preset,
+            encoder=encoder,
+            epochs=epochs,
+            steps=steps,
+            eval_every=eval_every,
+            seed=seed,
+            device=device,
+            lr=lr,
+        )
+        with Progress(
+            TextColumn("[bold]pretrain"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            TextColumn("{task.fields[losses]}"),
+            console=console,
+            transient=False,
+        ) as progress:
+            bar = progress.add_task("train", total=None, losses="")
+
+            def on_progress(step: int, total: int, losses: dict[str, float]) -> None:
+                text = "  ".join(f"{k}={v:.3f}" for k, v in losses.items())
+                progress.update(bar, completed=step, total=total, losses=text)
+
+            def on_eval(entry: dict) -> None:
+                progress.console.print(
+                    metrics_table(
+                        f"validation after step {entry['step']} (epoch {entry['epoch']:.2f})",
+                        entry["val"],
+                    )
+                )
+
+            result = pretrain(sites, config, out, on_progress=on_progress, on_eval=on_eval)
+    except (UmedptError, OSError, ValueError) as exc:
+        raise fail(str(exc)) from exc
+    console.print(
+        f"done: {result.steps} steps in {result.seconds:.1f} s; checkpoint in {out / 'checkpoint'}"
+    )
+
+
+@app.command("check-site")
+def check_site(
+    site: Annotated[Path, typer.Argument(help="Site TOML file.")],
+    preview: Annotated[
+        Path | None, typer.Option(help="Preview PNG path (default: next to the config).")
+    ] = None,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+) -> None:
+    """Validate a site's config and data, print a summary and write a preview grid."""
+    import json
+
+    from umedpt.config import load_site_config
+    from umedpt.data.loading import load_task_data
+    from umedpt.data.preview import summarize, write_preview
+
+    setup_logging(verbose)
+    try:
+        config = load_site_config(site)
+        console.print(
+            f"site [bold]{config.name}[/] ({config.file}), state folder {config.state_dir}"
+        )
+        for task in config.tasks:
+            data = load_task_data(task)
+            summary = summarize(task, data)
+            console.print(f"\n[bold]task {task.name}[/] ({task.type}, {task.format}, {task.path})")
+            console.print_json(json.dumps(summary, default=str))
+            target = preview or config.file.with_name(f"{config.name}-preview.png")
+            if len(config.tasks) > 1:
+                target = target.with_name(f"{target.stem}-{task.name}{target.suffix}")
+            write_preview(task, data, target)
+            console.print(f"preview written to {target}")
+    except (UmedptError, OSError) as exc:
+        raise fail(str(exc)) from exc
+    console.print("\n[green]site OK[/]")

@@ -1,0 +1,267 @@
+"""Site configuration: one TOML file per site, parsed once into frozen dataclasses.
+
+A site file lists the site's tasks. Every error names the file and the field, e.g.
+``site-a.toml: field 'tasks[1].image_size': must be a positive multiple of 32, got 50``.
+
+Example::
+
+    name = "hospital-a"            # optional, defaults to the file's stem
+    state_dir = "state/hospital-a" # optional, relative to this file
+
+    [[tasks]]
+    name = "breast-ultrasound"     # letters, digits, '-' and '_'
+    type = "classification"        # classification | segmentation | detection
+    format = "npz"                 # see `umedpt.data.readers.FORMATS`
+    path = "data/BreastMNIST.npz"  # relative to this file
+    classes = ["malignant", "normal-or-benign"]
+    image_size = 64                # square side the images are resized to
+    batch_size = 16
+    skip_bad_samples = false       # true: warn about and skip unreadable samples
+
+    [tasks.split]                  # used when the data itself has no split
+    val = 0.15
+    test = 0.15
+    seed = 0
+    group_pattern = '^(\\d+)_'      # optional: keep files sharing this match together
+
+    [tasks.options]                # format-specific, see the reader's docstring
+    key_prefix = ""
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+
+from umedpt.errors import ConfigError
+
+TASK_TYPES = ("classification", "segmentation", "detection")
+SPLITS = ("train", "val", "test")
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
+
+
+@dataclass(frozen=True)
+class SplitConfig:
+    """How to split data that comes without a split (deterministic by seed)."""
+
+    val: float = 0.15
+    test: float = 0.15
+    seed: int = 0
+    group_pattern: str | None = None
+
+
+@dataclass(frozen=True)
+class TaskConfig:
+    """One task of a site: what to learn and where its data is."""
+
+    name: str
+    type: str
+    format: str
+    path: Path
+    classes: tuple[str, ...]
+    image_size: int = 64
+    batch_size: int = 16
+    skip_bad_samples: bool = False
+    split: SplitConfig = field(default_factory=SplitConfig)
+    options: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
+    source: Path = Path("<memory>")
+    index: int = 0
+
+    @property
+    def field_prefix(self) -> str:
+        """How this task's fields are named in errors, e.g. ``tasks[0]``."""
+        return f"tasks[{self.index}]"
+
+    def error(self, field_name: str, problem: str) -> ConfigError:
+        """A ConfigError naming this task's file and one of its fields."""
+        return ConfigError(self.source, f"{self.field_prefix}.{field_name}", problem)
+
+
+@dataclass(frozen=True)
+class SiteConfig:
+    """A site (hospital): a name, a private state folder and one or more tasks."""
+
+    name: str
+    file: Path
+    state_dir: Path
+    tasks: tuple[TaskConfig, ...]
+
+    def task(self, name: str) -> TaskConfig:
+        for task in self.tasks:
+            if task.name == name:
+                return task
+        raise KeyError(f"{self.file}: no task named '{name}'")
+
+
+_TASK_FIELDS = {
+    "name",
+    "type",
+    "format",
+    "path",
+    "classes",
+    "image_size",
+    "batch_size",
+    "skip_bad_samples",
+    "split",
+    "options",
+}
+_SITE_FIELDS = {"name", "state_dir", "tasks"}
+_SPLIT_FIELDS = {"val", "test", "seed", "group_pattern"}
+
+
+def load_site_config(path: str | Path) -> SiteConfig:
+    """Read and validate a site TOML file."""
+    file = Path(path).expanduser().resolve()
+    if not file.is_file():
+        raise ConfigError(file, "<file>", "site config file not found")
+    try:
+        raw = tomllib.loads(file.read_text(encoding="utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(file, "<file>", f"not valid TOML: {exc}") from exc
+    return parse_site_config(raw, file)
+
+
+def parse_site_config(raw: Mapping[str, Any], file: Path) -> SiteConfig:
+    """Validate an already-parsed TOML mapping; relative paths resolve against ``file``'s folder."""
+    _reject_unknown(raw, _SITE_FIELDS, file, "")
+    base = file.parent
+    name = raw.get("name", file.stem)
+    _check_name(name, file, "name")
+    state_dir_raw = raw.get("state_dir", f".umedpt-state/{name}")
+    if not isinstance(state_dir_raw, str) or not state_dir_raw:
+        raise ConfigError(file, "state_dir", f"must be a path string, got {state_dir_raw!r}")
+    tasks_raw = raw.get("tasks")
+    if not isinstance(tasks_raw, list) or not tasks_raw:
+        raise ConfigError(file, "tasks", "a site needs at least one [[tasks]] table")
+    tasks = tuple(_parse_task(t, file, base, i) for i, t in enumerate(tasks_raw))
+    seen: set[str] = set()
+    for task in tasks:
+        if task.name in seen:
+            raise task.error("name", f"task name '{task.name}' is used twice in this site")
+        seen.add(task.name)
+    return SiteConfig(name=name, file=file, state_dir=(base / state_dir_raw).resolve(), tasks=tasks)
+
+
+def _parse_task(raw: Any, file: Path, base: Path, index: int) -> TaskConfig:
+    prefix = f"tasks[{index}]"
+    if not isinstance(raw, Mapping):
+        raise ConfigError(file, prefix, "must be a table ([[tasks]])")
+    _reject_unknown(raw, _TASK_FIELDS, file, prefix + ".")
+    for required in ("name", "type", "format", "path", "classes"):
+        if required not in raw:
+            raise ConfigError(file, f"{prefix}.{required}", "is required")
+    name = raw["name"]
+    _check_name(name, file, f"{prefix}.name")
+    task_type = raw["type"]
+    if task_type not in TASK_TYPES:
+        raise ConfigError(
+            file, f"{prefix}.type", f"must be one of {', '.join(TASK_TYPES)}, got {task_type!r}"
+        )
+    fmt = raw["format"]
+    from umedpt.data.readers import formats_for  # local import: readers import this module
+
+    valid_formats = formats_for(task_type)
+    if fmt not in valid_formats:
+        raise ConfigError(
+            file,
+            f"{prefix}.format",
+            f"{task_type} data can be read from {', '.join(valid_formats)}; got {fmt!r}",
+        )
+    path_raw = raw["path"]
+    if not isinstance(path_raw, str) or not path_raw:
+        raise ConfigError(file, f"{prefix}.path", f"must be a path string, got {path_raw!r}")
+    classes = raw["classes"]
+    if (
+        not isinstance(classes, list)
+        or not classes
+        or not all(isinstance(c, str) and c for c in classes)
+    ):
+        raise ConfigError(file, f"{prefix}.classes", "must be a non-empty list of class names")
+    if len(set(classes)) != len(classes):
+        raise ConfigError(file, f"{prefix}.classes", "class names must be unique")
+    if task_type == "classification" and len(classes) < 2:
+        raise ConfigError(file, f"{prefix}.classes", "classification needs at least 2 classes")
+    image_size = _positive_int(raw.get("image_size", 64), file, f"{prefix}.image_size")
+    if image_size % 32:
+        raise ConfigError(
+            file, f"{prefix}.image_size", f"must be a positive multiple of 32, got {image_size}"
+        )
+    batch_size = _positive_int(raw.get("batch_size", 16), file, f"{prefix}.batch_size")
+    skip = raw.get("skip_bad_samples", False)
+    if not isinstance(skip, bool):
+        raise ConfigError(
+            file, f"{prefix}.skip_bad_samples", f"must be true or false, got {skip!r}"
+        )
+    options = raw.get("options", {})
+    if not isinstance(options, Mapping):
+        raise ConfigError(file, f"{prefix}.options", "must be a table ([tasks.options])")
+    return TaskConfig(
+        name=name,
+        type=task_type,
+        format=fmt,
+        path=(base / path_raw).resolve(),
+        classes=tuple(classes),
+        image_size=image_size,
+        batch_size=batch_size,
+        skip_bad_samples=skip,
+        split=_parse_split(raw.get("split", {}), file, f"{prefix}.split"),
+        options=MappingProxyType(dict(options)),
+        source=file,
+        index=index,
+    )
+
+
+def _parse_split(raw: Any, file: Path, prefix: str) -> SplitConfig:
+    if not isinstance(raw, Mapping):
+        raise ConfigError(file, prefix, "must be a table ([tasks.split])")
+    _reject_unknown(raw, _SPLIT_FIELDS, file, prefix + ".")
+    fractions = {}
+    for key in ("val", "test"):
+        value = raw.get(key, 0.15)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1:
+            raise ConfigError(
+                file, f"{prefix}.{key}", f"must be a fraction in [0, 1), got {value!r}"
+            )
+        fractions[key] = float(value)
+    if fractions["val"] + fractions["test"] >= 1:
+        raise ConfigError(file, prefix, "val + test must leave some data for training")
+    seed = raw.get("seed", 0)
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise ConfigError(file, f"{prefix}.seed", f"must be an integer, got {seed!r}")
+    pattern = raw.get("group_pattern")
+    if pattern is not None:
+        try:
+            re.compile(pattern)
+        except (re.error, TypeError) as exc:
+            raise ConfigError(file, f"{prefix}.group_pattern", f"not a valid regex: {exc}") from exc
+    return SplitConfig(
+        val=fractions["val"], test=fractions["test"], seed=seed, group_pattern=pattern
+    )
+
+
+def _reject_unknown(raw: Mapping[str, Any], allowed: set[str], file: Path, prefix: str) -> None:
+    unknown = sorted(set(raw) - allowed)
+    if unknown:
+        raise ConfigError(
+            file,
+            prefix + unknown[0],
+            f"unknown field (valid fields: {', '.join(sorted(allowed))})",
+        )
+
+
+def _check_name(name: Any, file: Path, field_name: str) -> None:
+    if not isinstance(name, str) or not _NAME_RE.match(name):
+        raise ConfigError(
+            file, field_name, f"must use letters, digits, '-' and '_' only, got {name!r}"
+        )
+
+
+def _positive_int(value: Any, file: Path, field_name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ConfigError(file, field_name, f"must be a positive integer, got {value!r}")
+    return value

@@ -1,0 +1,1 @@
+"""Data: site readers for the formats people have, preprocessing, demo data and previews."""

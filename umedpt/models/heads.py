@@ -1,0 +1,62 @@
+"""Tiny per-task heads. Each head belongs to one task and never leaves its site."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+
+class ClassificationHead(nn.Module):
+    """Dropout + linear from the image vector to class logits."""
+
+    def __init__(self, image_dim: int, num_classes: int, dropout: float = 0.1) -> None:
+        super().__init__()
+        if num_classes < 2:
+            raise ValueError(f"a classification head needs >= 2 classes, got {num_classes}")
+        self.dropout = nn.Dropout(dropout)
+        self.linear = nn.Linear(image_dim, num_classes)
+
+    def forward(self, image_vector: torch.Tensor) -> torch.Tensor:
+        return self.linear(self.dropout(image_vector))  # (B, C)
+
+
+class SegmentationHead(nn.Module):
+    """3x3 conv from the pixel embedding to per-pixel logits (background + classes)."""
+
+    def __init__(self, pixel_dim: int, num_classes_with_background: int) -> None:
+        super().__init__()
+        if num_classes_with_background < 2:
+            raise ValueError("a segmentation head needs background + at least one class")
+        self.conv = nn.Conv2d(pixel_dim, num_classes_with_background, 3, padding=1)
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self.conv(pixels)  # (B, C+1, H, W)
+
+
+class DetectionHead(nn.Module):
+    """FCOS outputs per pyramid level: class logits, ltrb distances and centerness logits."""
+
+    def __init__(self, channels: int, num_classes: int, prior_probability: float = 0.01) -> None:
+        super().__init__()
+        if num_classes < 1:
+            raise ValueError("a detection head needs at least one class")
+        self.cls_logits = nn.Conv2d(channels, num_classes, 3, padding=1)
+        self.bbox = nn.Conv2d(channels, 4, 3, padding=1)
+        self.centerness = nn.Conv2d(channels, 1, 3, padding=1)
+        # Focal-loss prior: start predicting "background" everywhere (FCOS/RetinaNet init).
+        nn.init.normal_(self.cls_logits.weight, std=0.01)
+        nn.init.constant_(
+            self.cls_logits.bias, -math.log((1 - prior_probability) / prior_probability)
+        )
+
+    def forward(
+        self, levels: list[tuple[torch.Tensor, torch.Tensor]]
+    ) -> tuple[list[torch.Tensor], list[torch.Tensor], list[torch.Tensor]]:
+        cls_out, box_out, ctr_out = [], [], []
+        for cls_feature, reg_feature in levels:
+            cls_out.append(self.cls_logits(cls_feature))  # (B, C, H, W)
+            box_out.append(self.bbox(reg_feature))  # (B, 4, H, W), raw; decoded by the task
+            ctr_out.append(self.centerness(reg_feature))  # (B, 1, H, W)
+        return cls_out, box_out, ctr_out

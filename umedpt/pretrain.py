@@ -1,0 +1,183 @@
+"""Centralized UMedPT pretraining: all listed sites' tasks in one process (the baseline)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from umedpt.config import SiteConfig, TaskConfig
+from umedpt.data.loading import load_task_data
+from umedpt.errors import ConfigError
+from umedpt.model import UMedPTModel, count_parameters
+from umedpt.models.presets import PRESETS, ModelConfig
+from umedpt.training.checkpoint import save_checkpoint
+from umedpt.training.seeding import seed_everything
+from umedpt.training.streams import steps_per_epoch
+from umedpt.training.trainer import MultiTaskTrainer, TaskRun, TrainConfig
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class PretrainConfig:
+    """A centralized run: which model, how long, where."""
+
+    preset: str = "tiny"
+    encoder: str | None = None  # any timm name; overrides the preset's encoder
+    epochs: int = 3
+    steps: int | None = None  # total multi-task steps; overrides epochs
+    eval_every: int | None = None  # steps between validations; default one epoch
+    seed: int = 0
+    device: str = "auto"
+    lr: float | None = None
+    schedule: str = "constant"
+
+
+def resolve_device(device: str) -> str:
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError("--device", "device", f"'{device}' asked for, but CUDA is not available")
+    return device
+
+
+def model_config_for(preset: str, encoder: str | None) -> ModelConfig:
+    config = PRESETS.get(preset)
+    return config.with_encoder(encoder) if encoder else config
+
+
+def collect_tasks(sites: Sequence[SiteConfig]) -> list[TaskConfig]:
+    """All sites' tasks; task names must be unique across the sites of one run."""
+    owner: dict[str, SiteConfig] = {}
+    tasks = []
+    for site in sites:
+        for task in site.tasks:
+            if task.name in owner:
+                raise ConfigError(
+                    site.file,
+                    f"{task.field_prefix}.name",
+                    f"task '{task.name}' is also defined in {owner[task.name].file}; "
+                    "task names must be unique across the sites of one run",
+                )
+            owner[task.name] = site
+            tasks.append(task)
+    return tasks
+
+
+def load_runs(tasks: Sequence[TaskConfig]) -> list[TaskRun]:
+    runs = []
+    for task in tasks:
+        data = load_task_data(task)
+        if not data.splits.get("train"):
+            raise ConfigError(
+                task.source,
+                f"{task.field_prefix}.split",
+                f"task '{task.name}' has no training samples",
+            )
+        runs.append(TaskRun(task, data))
+    return runs
+
+
+def _progress_callback(
+    on_progress: Callable[[int, int, dict[str, float]], None] | None, done: int, total: int
+) -> Callable[[int, dict[str, tuple[float, int]]], None] | None:
+    if on_progress is None:
+        return None
+
+    def on_step(i: int, results: dict[str, tuple[float, int]]) -> None:
+        on_progress(done + i + 1, total, {k: v[0] for k, v in results.items()})
+
+    return on_step
+
+
+@dataclass
+class PretrainResult:
+    out_dir: Path
+    steps: int
+    history: list[dict[str, Any]] = field(default_factory=list)  # one entry per validation
+    seconds: float = 0.0
+
+    @property
+    def final_metrics(self) -> dict[str, dict[str, float]]:
+        return self.history[-1]["val"] if self.history else {}
+
+
+def pretrain(
+    sites: Sequence[SiteConfig],
+    config: PretrainConfig,
+    out_dir: str | Path,
+    *,
+    on_progress: Callable[[int, int, dict[str, float]], None] | None = None,
+    on_eval: Callable[[dict[str, Any]], None] | None = None,
+) -> PretrainResult:
+    """Train every task of ``sites`` together; validate and checkpoint under ``out_dir``."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    device = resolve_device(config.device)
+    model_config = model_config_for(config.preset, config.encoder)
+    tasks = collect_tasks(sites)
+    runs = load_runs(tasks)
+    seed_everything(config.seed)
+    model = UMedPTModel(model_config, tasks, seed=config.seed)
+    log.info("model: %s, %.2fM parameters", model_config.encoder, count_parameters(model) / 1e6)
+
+    probe = MultiTaskTrainer(model, runs, TrainConfig(seed=config.seed, device=device))
+    epoch_steps = steps_per_epoch(probe.streams)
+    total = config.steps if config.steps is not None else config.epochs * epoch_steps
+    eval_every = config.eval_every or min(epoch_steps, total) or 1
+    trainer = MultiTaskTrainer(
+        model,
+        runs,
+        TrainConfig(
+            lr=config.lr,
+            seed=config.seed,
+            device=device,
+            schedule=config.schedule,
+            total_steps=total,
+        ),
+    )
+    meta = {
+        "kind": "centralized",
+        "model": model_config.to_dict(),
+        "tasks": {
+            t.name: {"type": t.type, "classes": list(t.classes), "site_file": str(t.source)}
+            for t in tasks
+        },
+        "config": asdict(config),
+    }
+    result = PretrainResult(out, total)
+    start = time.perf_counter()
+    metrics_file = out / "metrics.jsonl"
+    metrics_file.write_text("")
+    done = 0
+    while done < total:
+        chunk = min(eval_every, total - done)
+        report = trainer.train_steps(chunk, on_step=_progress_callback(on_progress, done, total))
+        done += chunk
+        entry = {
+            "step": done,
+            "epoch": done / epoch_steps,
+            "train_loss": report.losses,
+            "val": trainer.evaluate("val"),
+            "seconds": time.perf_counter() - start,
+        }
+        result.history.append(entry)
+        with metrics_file.open("a") as fh:
+            fh.write(json.dumps(entry) + "\n")
+        save_checkpoint(
+            out / "checkpoint",
+            model,
+            meta={**meta, "step": done, "val": entry["val"]},
+            trainer_state=trainer.state_dict(),
+        )
+        if on_eval:
+            on_eval(entry)
+    result.seconds = time.perf_counter() - start
+    return result

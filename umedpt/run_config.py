@@ -1,0 +1,106 @@
+"""Settings of a federated run, parsed from Flower's run config (kebab-case keys).
+
+Server and sites read the same run config, so both sides agree on the model preset,
+seed and learning rate. This module only parses plain values: it does not import Flower.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from umedpt.errors import ConfigError
+
+SOURCE = "run config"
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    """One federated run. Field ``foo_bar`` is run-config key ``foo-bar``."""
+
+    num_server_rounds: int = 5
+    local_steps: int = 10
+    strategy: str = "fedavg"  # fedavg | fedprox | fedadam
+    weighting: str = "examples"  # examples | equal
+    proximal_mu: float = 0.01  # FedProx only
+    server_lr: float = 0.01  # FedAdam only (eta)
+    min_sites: int = 1  # fewest usable replies for a round to count
+    round_timeout: float = 600.0  # seconds a round waits for replies
+    node_wait_timeout: float = 300.0  # seconds to wait for min-sites to connect
+    preset: str = "tiny"
+    encoder: str = ""  # "" = the preset's encoder
+    seed: int = 0
+    lr: float = 0.0  # 0 = the preset's learning rate
+    out_dir: str = "runs/federated"  # server side: report, checkpoints
+    resume: bool = False
+    site_configs: str = ""  # simulation: comma-separated site TOML paths, one per node
+    state_root: str = ""  # "" = each site's own state_dir; else <state-root>/<site>
+    run_key: str = ""  # set by the server: names the sites' state of this run
+
+    def __post_init__(self) -> None:
+        positive = ("num_server_rounds", "local_steps", "min_sites")
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise ConfigError(SOURCE, _key(name), f"must be >= 1, got {getattr(self, name)}")
+        for name in ("round_timeout", "node_wait_timeout"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(SOURCE, _key(name), "must be positive")
+        if self.strategy not in ("fedavg", "fedprox", "fedadam"):
+            raise ConfigError(
+                SOURCE, "strategy", f"must be fedavg, fedprox or fedadam, got {self.strategy!r}"
+            )
+        if self.weighting not in ("examples", "equal"):
+            raise ConfigError(
+                SOURCE, "weighting", f"must be examples or equal, got {self.weighting!r}"
+            )
+        if self.proximal_mu < 0 or self.server_lr <= 0 or self.lr < 0:
+            raise ConfigError(
+                SOURCE, "proximal-mu/server-lr/lr", "must be non-negative (server-lr positive)"
+            )
+
+    @classmethod
+    def from_run_config(cls, run_config: Mapping[str, Any]) -> RunSettings:
+        """Parse kebab-case keys; unknown keys are ignored (Flower adds its own)."""
+        values: dict[str, Any] = {}
+        for f in dataclasses.fields(cls):
+            key = _key(f.name)
+            if key not in run_config:
+                continue
+            values[f.name] = _coerce(run_config[key], f.type, key)
+        return cls(**values)
+
+    def to_run_config(self) -> dict[str, Any]:
+        return {_key(f.name): getattr(self, f.name) for f in dataclasses.fields(self)}
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_run_config())
+
+    def site_config_list(self) -> list[str]:
+        return [p for p in self.site_configs.split(",") if p]
+
+
+def _key(field_name: str) -> str:
+    return field_name.replace("_", "-")
+
+
+def _coerce(value: Any, annotation: Any, key: str) -> Any:
+    kind = annotation if isinstance(annotation, str) else getattr(annotation, "__name__", "")
+    try:
+        if kind == "bool":
+            if isinstance(value, str):
+                if value.lower() not in ("true", "false", "1", "0"):
+                    raise ValueError(value)
+                return value.lower() in ("true", "1")
+            return bool(value)
+        if kind == "int":
+            if isinstance(value, float) and not value.is_integer():
+                raise ValueError(value)
+            return int(value)
+        if kind == "float":
+            return float(value)
+        return str(value)
+    except (TypeError, ValueError):
+        raise ConfigError(SOURCE, key, f"expected {kind}, got {value!r}") from None

@@ -1,0 +1,1 @@
+"""UMedPT's constant-memory multi-task loop, reusable by a federated client."""

@@ -1,0 +1,244 @@
+"""UMedPT's constant-memory multi-task training loop.
+
+One step = one batch of every task, in a fixed round-robin order. Each task's loss is
+backpropagated right after its forward pass, so only one task's activations exist at a
+time (memory of one batch, however many tasks); shared gradients accumulate across
+tasks. Each head's optimizer steps after its own backward; the shared optimizer
+(encoder + blocks) steps once per step, after every task.
+
+The loop knows nothing about federation: a federated client builds a trainer over its
+own tasks, loads the round's shared weights, calls ``train_steps`` and reports.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from umedpt.config import TaskConfig
+from umedpt.data.samples import Sample, TaskData
+from umedpt.model import UMedPTModel
+from umedpt.tasks import TaskType, get_task_type
+from umedpt.training.streams import TaskStream
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Optimisation settings; ``None`` means "use the model preset's value"."""
+
+    lr: float | None = None
+    head_lr: float | None = None
+    weight_decay: float | None = None
+    schedule: str = "constant"  # "constant" | "cosine"
+    total_steps: int | None = None  # horizon of the cosine schedule
+    warmup_steps: int = 0
+    grad_clip: float | None = 5.0
+    seed: int = 0
+    device: str = "cpu"
+    mixed_precision: bool = True  # bf16 autocast, only on CUDA
+    eval_batch_size: int = 32
+
+    def __post_init__(self) -> None:
+        if self.schedule not in ("constant", "cosine"):
+            raise ValueError(f"schedule must be 'constant' or 'cosine', got {self.schedule!r}")
+        if self.schedule == "cosine" and not self.total_steps:
+            raise ValueError("the cosine schedule needs total_steps")
+
+
+@dataclass(frozen=True)
+class TaskRun:
+    """A task with its loaded data: what the trainer trains and evaluates."""
+
+    config: TaskConfig
+    data: TaskData
+
+    @property
+    def task_type(self) -> TaskType:
+        return get_task_type(self.config.type)
+
+    @property
+    def name(self) -> str:
+        return self.config.name
+
+
+@dataclass
+class StepReport:
+    """What ``train_steps`` did: mean loss and examples seen per task."""
+
+    steps: int
+    losses: dict[str, float]
+    examples: dict[str, int]
+    seconds: float = 0.0
+    extra: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def total_examples(self) -> int:
+        return sum(self.examples.values())
+
+
+class MultiTaskTrainer:
+    """Trains one :class:`UMedPTModel` on several tasks with UMedPT's loop."""
+
+    def __init__(self, model: UMedPTModel, tasks: Sequence[TaskRun], config: TrainConfig) -> None:
+        if not tasks:
+            raise ValueError("the trainer needs at least one task")
+        missing = [t.name for t in tasks if t.name not in model.heads]
+        if missing:
+            raise ValueError(f"the model has no head for task(s) {missing}")
+        self.model = model
+        self.tasks = list(tasks)
+        self.config = config
+        self.device = torch.device(config.device)
+        self.model.to(self.device)
+        lr = config.lr if config.lr is not None else model.config.lr
+        head_lr = config.head_lr if config.head_lr is not None else lr
+        wd = config.weight_decay if config.weight_decay is not None else model.config.weight_decay
+        self.shared_optimizer = torch.optim.AdamW(model.shared_parameters(), lr=lr, weight_decay=wd)
+        self.head_optimizers = {
+            t.name: torch.optim.AdamW(model.heads[t.name].parameters(), lr=head_lr, weight_decay=wd)
+            for t in self.tasks
+        }
+        self.schedulers = [
+            torch.optim.lr_scheduler.LambdaLR(opt, self._lr_factor)
+            for opt in [self.shared_optimizer, *self.head_optimizers.values()]
+        ]
+        self.streams = {
+            t.name: TaskStream(
+                t.data["train"],
+                t.config.batch_size,
+                t.task_type.collate,
+                seed=config.seed * 1000 + i,
+            )
+            for i, t in enumerate(self.tasks)
+        }
+        self.step_count = 0
+
+    # -- schedule ---------------------------------------------------------------------
+    def _lr_factor(self, step: int) -> float:
+        if step < self.config.warmup_steps:
+            return (step + 1) / self.config.warmup_steps
+        if self.config.schedule == "cosine":
+            horizon = max(1, (self.config.total_steps or 1) - self.config.warmup_steps)
+            progress = min(1.0, (step - self.config.warmup_steps) / horizon)
+            return 0.5 * (1 + math.cos(math.pi * progress))
+        return 1.0
+
+    def _autocast(self) -> contextlib.AbstractContextManager[Any]:
+        if self.device.type == "cuda" and self.config.mixed_precision:
+            return torch.autocast("cuda", dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    # -- training ---------------------------------------------------------------------
+    def train_step(
+        self, shared_regularizer: Callable[[], torch.Tensor] | None = None
+    ) -> dict[str, tuple[float, int]]:
+        """One batch of every task; returns {task: (loss, batch size)}."""
+        self.model.train()
+        results: dict[str, tuple[float, int]] = {}
+        for task in self.tasks:
+            batch = self.streams[task.name].next_batch().to(self.device)
+            with self._autocast():
+                outputs = self.model(batch.images, task.name)
+                loss = task.task_type.loss(outputs, batch, task.config)
+            if not torch.isfinite(loss):
+                raise FloatingPointError(
+                    f"task '{task.name}': loss became {float(loss)} at step {self.step_count}; "
+                    "lower the learning rate or check the data"
+                )
+            loss.backward()  # frees this task's graph before the next task's forward
+            head_optimizer = self.head_optimizers[task.name]
+            head_optimizer.step()
+            head_optimizer.zero_grad(set_to_none=True)
+            results[task.name] = (float(loss.detach()), batch.size)
+        if shared_regularizer is not None:
+            shared_regularizer().backward()
+        if self.config.grad_clip:
+            nn.utils.clip_grad_norm_(self.model.shared_parameters(), self.config.grad_clip)
+        self.shared_optimizer.step()
+        self.shared_optimizer.zero_grad(set_to_none=True)
+        for scheduler in self.schedulers:
+            scheduler.step()
+        self.step_count += 1
+        return results
+
+    def train_steps(
+        self,
+        num_steps: int,
+        *,
+        shared_regularizer: Callable[[], torch.Tensor] | None = None,
+        on_step: Callable[[int, dict[str, tuple[float, int]]], None] | None = None,
+    ) -> StepReport:
+        """Run ``num_steps`` multi-task steps; report mean losses and examples per task."""
+        import time
+
+        start = time.perf_counter()
+        loss_sums = {t.name: 0.0 for t in self.tasks}
+        examples = {t.name: 0 for t in self.tasks}
+        for i in range(num_steps):
+            results = self.train_step(shared_regularizer)
+            for name, (loss, size) in results.items():
+                loss_sums[name] += loss
+                examples[name] += size
+            if on_step is not None:
+                on_step(i, results)
+        losses = {k: v / max(num_steps, 1) for k, v in loss_sums.items()}
+        return StepReport(num_steps, losses, examples, time.perf_counter() - start)
+
+    # -- evaluation -------------------------------------------------------------------
+    @torch.no_grad()
+    def evaluate(self, split: str = "val") -> dict[str, dict[str, float]]:
+        """Loss and metrics of every task on one split ({} for a task without that split)."""
+        self.model.eval()
+        results: dict[str, dict[str, float]] = {}
+        for task in self.tasks:
+            samples: list[Sample] = task.data.splits.get(split, [])
+            if not samples:
+                continue
+            metrics = task.task_type.metrics(task.config)
+            loss_sum, count = 0.0, 0
+            size = self.config.eval_batch_size
+            for start in range(0, len(samples), size):
+                batch = task.task_type.collate(samples[start : start + size]).to(self.device)
+                with self._autocast():
+                    outputs = self.model(batch.images, task.name)
+                    loss = task.task_type.loss(outputs, batch, task.config)
+                loss_sum += float(loss) * batch.size
+                count += batch.size
+                metrics.update(outputs, batch)
+            results[task.name] = {"loss": loss_sum / count, **metrics.compute()}
+        return results
+
+    # -- state ------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        """Optimizer, schedule and data-order state (weights are saved separately)."""
+        return {
+            "step": self.step_count,
+            "shared_optimizer": self.shared_optimizer.state_dict(),
+            "head_optimizers": {k: o.state_dict() for k, o in self.head_optimizers.items()},
+            "schedulers": [s.state_dict() for s in self.schedulers],
+            "streams": {k: s.state_dict() for k, s in self.streams.items()},
+            # dropout and stochastic depth draw from torch's global RNG
+            "torch_rng": torch.get_rng_state(),
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any], *, include_shared: bool = True) -> None:
+        """Restore state; ``include_shared=False`` keeps the shared optimizer fresh."""
+        self.step_count = int(state["step"])
+        if include_shared:
+            self.shared_optimizer.load_state_dict(state["shared_optimizer"])
+        for name, opt_state in state["head_optimizers"].items():
+            if name in self.head_optimizers:
+                self.head_optimizers[name].load_state_dict(opt_state)
+        for scheduler, sched_state in zip(self.schedulers, state["schedulers"]):
+            scheduler.load_state_dict(sched_state)
+        for name, stream_state in state["streams"].items():
+            if name in self.streams:
+                self.streams[name].load_state_dict(stream_state)
+        if "torch_rng" in state:
+            torch.set_rng_state(state["torch_rng"])

@@ -1,0 +1,1 @@
+"""The ``umedpt-fl`` command: the ML core's commands plus the federation's."""
