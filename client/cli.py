@@ -1,0 +1,50 @@
+"""The site operator's command: `client` runs this site as a Flower SuperNode."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from umedpt.cli import app, console, fail, setup_logging
+from umedpt.errors import UmedptError
+
+
+@app.command("client")
+def client_command(
+    site: Annotated[Path, typer.Option("--site", help="This site's TOML file.")],
+    server: Annotated[str, typer.Option(help="The coordinator's SuperLink, HOST:PORT.")],
+    insecure: Annotated[
+        bool, typer.Option("--insecure", help="Plain HTTP (trusted test networks only).")
+    ] = False,
+    root_certificates: Annotated[
+        Path | None, typer.Option(help="The coordinator's CA certificate.")
+    ] = None,
+    port: Annotated[int, typer.Option(help="Local ClientAppIo port, unique per host.")] = 9094,
+    skip_check: Annotated[bool, typer.Option(help="Do not read the data before joining.")] = False,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+) -> None:
+    """Join a federation as this site. Data, heads and local state never leave this machine."""
+    from client.supernode import SuperNodeOptions, run_supernode
+    from umedpt.config import load_site_config
+    from umedpt.data.loading import load_task_data
+
+    setup_logging(verbose)
+    try:
+        config = load_site_config(site)
+        if not skip_check:  # fail here, with the file named, rather than in round 1
+            for task in config.tasks:
+                data = load_task_data(task)
+                counts = {split: len(samples) for split, samples in data.splits.items()}
+                console.print(f"task {task.name}: {counts}")
+        options = SuperNodeOptions(
+            server=server, site_config=config.file, insecure=insecure,
+            root_certificates=root_certificates, port=port,
+        )  # fmt: skip
+    except (UmedptError, OSError, ValueError) as exc:
+        raise fail(str(exc)) from exc
+    console.print(f"site {config.name} joining {server}; local state in {config.state_dir}")
+    code = run_supernode(options)
+    if code not in (0, 130):
+        raise fail(f"the SuperNode exited with code {code}", code=code)

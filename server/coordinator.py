@@ -1,0 +1,151 @@
+"""`umedpt-fl server`: start a SuperLink with persistent state and run the federation on it.
+
+Sites join with `umedpt-fl client` (a SuperNode each). The run is submitted with Flower's
+own `flwr run`, its log is streamed, and its final status is read back with `flwr ls`
+(`flwr run --stream` exits 0 even when a run failed).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from server.flower_app import write_app_dir
+from server.processes import FlowerProcessError, start, stop, wait_healthy
+from umedpt.run_config import RunSettings
+
+CONNECTION = "umedpt"
+
+
+@dataclass(frozen=True)
+class SuperLinkOptions:
+    host: str = "0.0.0.0"
+    port: int = 9093
+    database: Path | None = None  # persistent SuperLink state (SQLite)
+    insecure: bool = False
+    certfile: Path | None = None
+    keyfile: Path | None = None
+    ca_certfile: Path | None = None
+
+    def __post_init__(self) -> None:
+        if not self.insecure and not (self.certfile and self.keyfile and self.ca_certfile):
+            raise ValueError(
+                "TLS is not configured: pass --ssl-certfile, --ssl-keyfile and --ssl-ca-certfile, "
+                "or --insecure for a test on a trusted network"
+            )
+
+
+def superlink_command(options: SuperLinkOptions, log_file: Path) -> list[str]:
+    command = [
+        "flower-superlink",
+        "--host",
+        options.host,
+        "--port",
+        str(options.port),
+        "--disable-runtime-dependency-installation",
+        "--log-file",
+        str(log_file),
+    ]
+    if options.database:
+        command += ["--database", str(options.database)]
+    if options.insecure:
+        command.append("--insecure")
+    else:
+        command += [
+            "--ssl-certfile",
+            str(options.certfile),
+            "--ssl-keyfile",
+            str(options.keyfile),
+            "--ssl-ca-certfile",
+            str(options.ca_certfile),
+        ]
+    return command
+
+
+def write_connection(flwr_home: Path, options: SuperLinkOptions) -> None:
+    host = "127.0.0.1" if options.host in ("0.0.0.0", "::") else options.host
+    lines = ["[superlink]", f'default = "{CONNECTION}"', "", f"[superlink.{CONNECTION}]"]
+    lines.append(f'address = "{host}:{options.port}"')
+    if options.insecure:
+        lines.append("insecure = true")
+    else:
+        lines.append(f'root-certificates = "{Path(options.ca_certfile).resolve()}"')
+    flwr_home.mkdir(parents=True, exist_ok=True)
+    (flwr_home / "config.toml").write_text("\n".join(lines) + "\n")
+
+
+def run_status(env: dict[str, str], run_id: str, cwd: Path) -> tuple[str, str]:
+    listing = subprocess.run(
+        ["flwr", "ls", CONNECTION, "--run-id", run_id, "--format", "json"],
+        env=env,
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    try:
+        run = json.loads(listing.stdout)["runs"][0]
+    except (ValueError, KeyError, IndexError):
+        return "unknown", listing.stdout[-500:] + listing.stderr[-500:]
+    return str(run.get("status", "unknown")), str(run.get("status-details", ""))
+
+
+def coordinate(settings: RunSettings, options: SuperLinkOptions) -> str:
+    """Run the federation to its end; returns Flower's final status (raises on failure)."""
+    out = Path(settings.out_dir).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    settings = settings.__class__(**{**settings.__dict__, "out_dir": str(out)})
+    work = Path(tempfile.mkdtemp(prefix="umedpt-fl-"))
+    env = {
+        **os.environ,
+        "FLWR_HOME": str(work / "flwr-home"),
+        "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
+    }
+    write_connection(work / "flwr-home", options)
+    app_dir = write_app_dir(work / "app", settings)
+    log_file = out / "superlink.log"
+    superlink = start(superlink_command(options, log_file), env=env, log_file=log_file)
+    try:
+        scheme = "http" if options.insecure else "https"
+        host = "127.0.0.1" if options.host in ("0.0.0.0", "::") else options.host
+        wait_healthy(
+            superlink,
+            f"{scheme}://{host}:{options.port}/health",
+            timeout=60,
+            what="SuperLink",
+            log_file=log_file,
+        )
+        print(
+            f"SuperLink listening on {options.host}:{options.port}; waiting for sites", flush=True
+        )
+        run = subprocess.Popen(
+            ["flwr", "run", str(app_dir), CONNECTION, "--stream"],
+            env=env,
+            cwd=app_dir,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        run_id = None
+        assert run.stdout is not None
+        for line in run.stdout:
+            sys.stdout.write(line)
+            if run_id is None and (match := re.search(r"run (?:ID )?(\d+)", line, re.IGNORECASE)):
+                run_id = match.group(1)
+        run.wait()
+        if run_id is None:
+            raise FlowerProcessError(
+                f"`flwr run` did not report a run id (exit code {run.returncode})"
+            )
+        status, details = run_status(env, run_id, app_dir)
+        if status != "finished:completed":
+            raise FlowerProcessError(f"run {run_id} ended as {status}: {details}")
+        return status
+    finally:
+        stop(superlink)
