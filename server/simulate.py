@@ -19,6 +19,15 @@ from client.app import RUN_CONFIG_ENV
 from umedpt.run_config import RunSettings
 
 
+class _DropDeprecationBanner(logging.Filter):
+    """`run_simulation` is deprecated in favour of `flwr run`, whose SuperLink polls for
+    replies every 3 s; we choose it knowingly for in-memory rounds, so users need not see
+    the banner on every run."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "DEPRECATED FEATURE" not in str(record.msg)
+
+
 class SimulationFailedError(RuntimeError):
     """The simulated federation did not complete; the message says why."""
 
@@ -47,6 +56,9 @@ def simulate(
     os.environ[RUN_CONFIG_ENV] = settings.to_json()
     os.environ["UMEDPT_FL_THREADS"] = str(max(1, int(cpus_per_site)))
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+    os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
+    banner_filter = _DropDeprecationBanner()
+    logging.getLogger("flwr").addFilter(banner_filter)
     error: BaseException | None = None
     try:
         with warnings.catch_warnings():
@@ -69,6 +81,7 @@ def simulate(
     except BaseException as exc:  # Flower re-raises the ServerApp's exception
         error = exc
     finally:
+        logging.getLogger("flwr").removeFilter(banner_filter)
         if previous is None:
             os.environ.pop(RUN_CONFIG_ENV, None)
         else:

@@ -38,6 +38,8 @@ def setup_logging(verbose: bool) -> None:
         format="%(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    # Flower's logger has its own console handler; propagating would print it all twice.
+    logging.getLogger("flwr").propagate = False
 
 
 def metrics_table(title: str, metrics: dict[str, dict[str, float]]) -> Table:

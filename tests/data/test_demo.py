@@ -77,20 +77,30 @@ def _foreground(sample) -> np.ndarray:
     return grey > (low + high) / 2
 
 
-def test_shapes_are_separable_by_fill_ratio(loaded):
-    """A one-feature nearest-centroid rule (disc ~0.79, square ~1, cross ~0.55) beats chance."""
+def test_lesion_textures_are_separable(loaded):
+    """A nearest-centroid rule on two texture features (fill of the bright part, and how
+    often neighbouring bright pixels change along rows vs columns) beats chance clearly."""
     site, data = loaded["clinic-a"]
 
-    def fill(sample) -> float:
-        ys, xs = np.nonzero(_foreground(sample))
-        return len(ys) / ((np.ptp(ys) + 1) * (np.ptp(xs) + 1))
+    def features(sample) -> np.ndarray:
+        grey = sample.image[0].float().numpy()
+        lesion = grey > np.percentile(grey, 60)
+        bright = grey > np.percentile(grey[lesion], 50)
+        changes = np.abs(np.diff(bright.astype(int), axis=1)).sum() + np.abs(
+            np.diff(bright.astype(int), axis=0)
+        ).sum()
+        return np.array([changes / max(lesion.sum(), 1), bright.sum() / max(lesion.sum(), 1)])
 
     centroids = np.array(
-        [np.mean([fill(s) for s in data["train"] if s.label == c]) for c in range(3)]
+        [np.mean([features(s) for s in data["train"] if s.label == c], axis=0) for c in range(3)]
     )
+    scale = centroids.std(axis=0) + 1e-6
     held_out = data["val"] + data["test"]
-    hits = [int(np.argmin(abs(centroids - fill(s)))) == s.label for s in held_out]
-    assert np.mean(hits) > 0.8  # chance is 1/3
+    hits = [
+        int(np.argmin(np.abs((centroids - features(s)) / scale).sum(axis=1))) == s.label
+        for s in held_out
+    ]
+    assert np.mean(hits) > 0.6  # chance is 1/3
 
 
 def test_blobs_masks_match_bright_regions(loaded):

@@ -80,7 +80,10 @@ def _size_stats(samples: list[Sample]) -> dict[str, Any]:
 
 def write_preview(task: TaskConfig, data: TaskData, out_png: Path, n: int = 16) -> Path:
     """Draw up to ``n`` training samples (labels, translucent masks, named boxes) into a PNG."""
-    samples = data.splits.get("train", [])[:n] or [s for v in data.splits.values() for s in v][:n]
+    pool = data.splits.get("train", []) or [s for v in data.splits.values() for s in v]
+    # Evenly spaced, not the first n: readers return files grouped by class or folder.
+    step = max(1, len(pool) // n)
+    samples = pool[::step][:n]
     cols = max(1, math.ceil(math.sqrt(max(len(samples), 1))))
     rows = max(1, math.ceil(len(samples) / cols))
     fig = Figure(figsize=(2.2 * cols, 2.4 * rows), dpi=100)

@@ -26,8 +26,11 @@ class ModelConfig:
     weight_decay: float = 1e-2
 
     def to_dict(self) -> dict[str, Any]:
-        data = dataclasses.asdict(self)
-        data["encoder_kwargs"] = dict(self.encoder_kwargs)
+        # Not dataclasses.asdict: it cannot deep-copy the read-only kwargs mapping.
+        data = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        data["encoder_kwargs"] = {
+            k: list(v) if isinstance(v, tuple) else v for k, v in self.encoder_kwargs.items()
+        }
         data["decoder_channels"] = list(self.decoder_channels)
         return data
 

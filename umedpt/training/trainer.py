@@ -118,6 +118,9 @@ class MultiTaskTrainer:
             for i, t in enumerate(self.tasks)
         }
         self.step_count = 0
+        # Dropout and stochastic depth draw from torch's global RNG: start it from the seed
+        # so that the same seed gives the same run wherever the trainer is built.
+        torch.manual_seed(config.seed)
 
     # -- schedule ---------------------------------------------------------------------
     def _lr_factor(self, step: int) -> float:

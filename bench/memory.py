@@ -1,0 +1,338 @@
+"""Peak training memory with 4 tasks vs 1 task: UMedPT's constant-memory property.
+
+Why: the trainer backpropagates each task's loss right after its forward pass, so only one
+task's activation graph is alive at a time and peak memory should not grow with the number of
+tasks. The contrast is a NAIVE multi-task loop that sums all task losses and calls backward
+once: it keeps every task's graph alive together, so its peak grows with the task count.
+
+Every (loop, task set) variant runs in a fresh subprocess, so peaks do not leak between
+variants. In the child: build data, model and optimizers; run one warm-up step (allocates the
+AdamW state); hand freed heap back to the OS (``malloc_trim``) and record RSS (the baseline);
+reset the kernel's high-water mark (``/proc/self/clear_refs``); run ``--steps`` steps; read
+``VmHWM``. Reported: peak RSS, and the increase of the peak above the baseline (activations,
+gradients and allocator slack, without the Python, torch, weights and optimizer state that
+every variant shares). ``ru_maxrss`` (lifetime peak, warm-up included) is kept too.
+On CUDA, ``torch.cuda.max_memory_allocated`` is reported as well.
+
+    PYTHONPATH=. python3 bench/memory.py                 # ~3 min on 2 cores
+    PYTHONPATH=. python3 bench/memory.py --reps 1 --steps 2 --out /tmp/b   # smoke test
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import gc
+import json
+import re
+import resource
+import subprocess
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from bench.common import REPO_ROOT, machine_info, md_table, median, write_json
+from bench.synthetic import ReplayStream, make_run, precollate
+from umedpt.model import UMedPTModel
+from umedpt.models.presets import PRESETS
+from umedpt.tasks.base import Batch
+from umedpt.training.seeding import seed_everything
+from umedpt.training.trainer import MultiTaskTrainer, TaskRun, TrainConfig
+
+LOOPS = ("trainer", "naive")
+# Comparisons: a 4-task set against the 1-task set (the heaviest single task).
+TASK_SETS: dict[str, tuple[str, ...]] = {
+    "1 seg": ("segmentation",),
+    "4 seg": ("segmentation",) * 4,
+    "2 seg + 2 cls": ("segmentation", "classification", "segmentation", "classification"),
+}
+COMPARISONS = (("4 seg", "1 seg"), ("2 seg + 2 cls", "1 seg"))
+
+
+# -- child process ------------------------------------------------------------------------
+def _proc_status_kb(field: str) -> int:
+    text = Path("/proc/self/status").read_text()
+    match = re.search(rf"^{field}:\s+(\d+) kB", text, re.MULTILINE)
+    return int(match.group(1)) if match else -1
+
+
+def _release_free_memory() -> None:
+    """Return freed heap pages to the OS (glibc), so RSS is live memory, not the warm-up's peak."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
+def _reset_peak_rss() -> bool:
+    """Reset VmHWM to the current RSS (Linux >= 4.0); False where not permitted."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        return True
+    except OSError:
+        return False
+
+
+def naive_runner(
+    model: UMedPTModel, runs: Sequence[TaskRun], batches: list[list[Batch]], device: str
+) -> Callable[[], None]:
+    """One step = forward every task, sum the losses, ONE backward: all graphs alive at once."""
+    cfg = model.config
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    model.train()
+    position = 0
+
+    def step() -> None:
+        nonlocal position
+        total = torch.zeros((), device=device)
+        for task, task_batches in zip(runs, batches, strict=True):
+            batch = task_batches[position % len(task_batches)].to(device)
+            total = total + task.task_type.loss(model(batch.images, task.name), batch, task.config)
+        total.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        position += 1
+
+    return step
+
+
+def trainer_runner(
+    model: UMedPTModel, runs: Sequence[TaskRun], batches: list[list[Batch]], device: str, seed: int
+) -> Callable[[], None]:
+    """UMedPT's loop (backward per task), replaying the same batches as the naive loop."""
+    trainer = MultiTaskTrainer(model, runs, TrainConfig(seed=seed, device=device))
+    for task, task_batches in zip(runs, batches, strict=True):
+        trainer.streams[task.name] = ReplayStream(task_batches)  # type: ignore[assignment]
+    return lambda: trainer.train_step()
+
+
+def child_main(args: argparse.Namespace) -> None:
+    """Measure one variant in this (fresh) process; print one JSON line."""
+    torch.set_num_threads(args.threads)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    task_types = TASK_SETS[args.child_tasks]
+    runs = [
+        make_run(
+            f"{t}-{i}",
+            t,
+            n=args.batches * args.batch_size,
+            size=args.image_size,
+            batch_size=args.batch_size,
+            seed=args.seed + i,
+        )
+        for i, t in enumerate(task_types)
+    ]
+    batches = [precollate(r, args.batches) for r in runs]
+    seed_everything(args.seed)
+    model = UMedPTModel(PRESETS.get(args.preset), [r.config for r in runs], seed=args.seed).to(
+        device
+    )
+    rss_after_model_kb = _proc_status_kb("VmRSS")
+    if args.child_loop == "naive":
+        step = naive_runner(model, runs, batches, device)
+    else:
+        step = trainer_runner(model, runs, batches, device, args.seed)
+    step()  # warm-up: AdamW state, allocator pools
+    gc.collect()
+    _release_free_memory()
+    baseline_kb = _proc_status_kb("VmRSS")
+    reset_ok = _reset_peak_rss()
+    if device == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        cuda_baseline = torch.cuda.memory_allocated()
+    for _ in range(args.steps):
+        step()
+    peak_kb = _proc_status_kb("VmHWM") if reset_ok else -1
+    result: dict[str, Any] = {
+        "loop": args.child_loop,
+        "tasks": args.child_tasks,
+        "rss_after_model_mb": rss_after_model_kb / 1024,
+        "baseline_rss_mb": baseline_kb / 1024,
+        "peak_rss_mb": peak_kb / 1024 if reset_ok else None,
+        "increase_mb": (peak_kb - baseline_kb) / 1024 if reset_ok else None,
+        "ru_maxrss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "hwm_reset": reset_ok,
+    }
+    if device == "cuda":
+        torch.cuda.synchronize()
+        result["cuda_max_allocated_mb"] = torch.cuda.max_memory_allocated() / 2**20
+        result["cuda_increase_mb"] = (torch.cuda.max_memory_allocated() - cuda_baseline) / 2**20
+    print("RESULT " + json.dumps(result))
+
+
+# -- parent process -----------------------------------------------------------------------
+def run_child(loop: str, tasks: str, args: argparse.Namespace) -> dict[str, Any]:
+    """Run one variant in a fresh interpreter and parse its result line."""
+    cmd = [
+        sys.executable,
+        "-m",
+        "bench.memory",
+        "--child-loop",
+        loop,
+        "--child-tasks",
+        tasks,
+        *("--steps", str(args.steps), "--batch-size", str(args.batch_size)),
+        *("--image-size", str(args.image_size), "--batches", str(args.batches)),
+        *("--threads", str(args.threads), "--seed", str(args.seed), "--preset", args.preset),
+    ]
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO_ROOT, check=False)
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
+    if proc.returncode != 0 or not lines:
+        raise RuntimeError(
+            f"child {loop}/{tasks} failed ({proc.returncode}):\n{proc.stderr[-3000:]}"
+        )
+    return json.loads(lines[-1][len("RESULT ") :])
+
+
+def summarise(samples: dict[str, dict[str, list[dict[str, Any]]]]) -> dict[str, Any]:
+    """Medians per variant and per-repetition ratios of each comparison."""
+    keys = (
+        "peak_rss_mb",
+        "increase_mb",
+        "ru_maxrss_mb",
+        "baseline_rss_mb",
+        "cuda_max_allocated_mb",
+    )
+    medians: dict[str, dict[str, dict[str, float]]] = {}
+    for loop, by_tasks in samples.items():
+        medians[loop] = {}
+        for tasks, reps in by_tasks.items():
+            medians[loop][tasks] = {
+                k: median([r[k] for r in reps]) for k in keys if reps[0].get(k) is not None
+            }
+    ratios: dict[str, dict[str, dict[str, Any]]] = {}
+    for loop, by_tasks in samples.items():
+        ratios[loop] = {}
+        for many, one in COMPARISONS:
+            entry: dict[str, Any] = {}
+            for k in ("peak_rss_mb", "increase_mb", "cuda_max_allocated_mb"):
+                if by_tasks[many][0].get(k) is None:
+                    continue
+                per_rep = [a[k] / b[k] for a, b in zip(by_tasks[many], by_tasks[one], strict=True)]
+                entry[k] = {"per_rep": per_rep, "median": median(per_rep)}
+            ratios[loop][f"{many} / {one}"] = entry
+    return {"medians": medians, "ratios": ratios}
+
+
+def render_markdown(result: dict[str, Any]) -> str:
+    s = result["settings"]
+    lines = [
+        "# Peak memory: 4 tasks vs 1 task (constant-memory property)",
+        "",
+        f"Tiny preset, {s['image_size']} px, batch {s['batch_size']} per task, {s['steps']} "
+        f"measured steps after 1 warm-up step, {s['reps']} repetitions (variants interleaved), "
+        f"each variant in a fresh process, {s['threads']} torch threads, device {s['device']}. "
+        "Peak = VmHWM after resetting it post-warm-up; increase = peak - RSS after warm-up "
+        "(activations + gradients). Target for the trainer: 4-task / 1-task <= 1.15x.",
+        "",
+    ]
+    rows = []
+    for loop, by_tasks in result["summary"]["medians"].items():
+        for tasks, m in by_tasks.items():
+            rows.append(
+                [
+                    loop,
+                    tasks,
+                    m["baseline_rss_mb"],
+                    m["peak_rss_mb"],
+                    m["increase_mb"],
+                    m["ru_maxrss_mb"],
+                ]
+            )
+    header = ["loop", "tasks", "baseline MB", "peak MB", "increase MB", "ru_maxrss MB"]
+    lines += [
+        "## Medians",
+        "",
+        md_table(header, rows),
+        "",
+        "## Ratios (median, per repetition)",
+        "",
+    ]
+    rows = []
+    for loop, comps in result["summary"]["ratios"].items():
+        for comp, entry in comps.items():
+            row: list[Any] = [loop, comp]
+            for k in ("peak_rss_mb", "increase_mb"):
+                row += [entry[k]["median"], " ".join(f"{x:.3f}" for x in entry[k]["per_rep"])]
+            rows.append(row)
+    header = ["loop", "comparison", "peak ratio", "per rep", "increase ratio", "per rep"]
+    lines += [md_table(header, rows), ""]
+    if result.get("comment"):
+        lines += ["## Notes", "", result["comment"], ""]
+    return "\n".join(lines)
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--steps", type=int, default=4, help="measured steps per variant")
+    parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--batches", type=int, default=2, help="distinct pre-collated batches")
+    parser.add_argument("--image-size", type=int, default=64)
+    parser.add_argument("--preset", default="tiny")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", type=Path, default=REPO_ROOT / "bench" / "results")
+    parser.add_argument("--comment", default="", help="interpretation, stored with the results")
+    parser.add_argument("--child-loop", choices=LOOPS, help=argparse.SUPPRESS)
+    parser.add_argument("--child-tasks", choices=list(TASK_SETS), help=argparse.SUPPRESS)
+    return parser.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, Any] | None:
+    args = parse_args(argv)
+    if args.child_loop:
+        child_main(args)
+        return None
+    samples: dict[str, dict[str, list[dict[str, Any]]]] = {
+        loop: {t: [] for t in TASK_SETS} for loop in LOOPS
+    }
+    variants = [(loop, tasks) for loop in LOOPS for tasks in TASK_SETS]
+    for rep in range(args.reps):
+        order = variants if rep % 2 == 0 else list(reversed(variants))
+        for loop, tasks in order:
+            res = run_child(loop, tasks, args)
+            samples[loop][tasks].append(res)
+            print(
+                f"rep {rep + 1} {loop:7s} {tasks:14s} peak {res['peak_rss_mb']:.0f} MB, "
+                f"increase {res['increase_mb']:.0f} MB"
+            )
+    summary = summarise(samples)
+    for loop, comps in summary["ratios"].items():
+        for comp, entry in comps.items():
+            print(
+                f"{loop:7s} {comp}: peak x{entry['peak_rss_mb']['median']:.3f}, "
+                f"increase x{entry['increase_mb']['median']:.3f}"
+            )
+    settings = {
+        k: getattr(args, k)
+        for k in (
+            "steps",
+            "reps",
+            "batch_size",
+            "batches",
+            "image_size",
+            "preset",
+            "threads",
+            "seed",
+        )
+    }
+    result = {
+        "benchmark": "memory",
+        "machine": machine_info(),
+        "settings": {**settings, "device": "cuda" if torch.cuda.is_available() else "cpu"},
+        "samples": samples,
+        "summary": summary,
+        "comment": args.comment,
+    }
+    write_json(args.out / "memory.json", result)
+    (args.out / "memory.md").write_text(render_markdown(result))
+    return result
+
+
+if __name__ == "__main__":
+    main()

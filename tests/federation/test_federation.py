@@ -1,0 +1,175 @@
+"""The federation end to end in-process: real ClientApp, real ServerApp logic, no Ray."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from client.app import app as client_app
+from server.federation import GLOBAL_CHECKPOINT, RunExistsError, run_federation
+from strategies.grouped import RoundFailedError
+from tests.federation.fakes import ClientAppGrid
+from umedpt import contract
+from umedpt.config import load_site_config
+from umedpt.model import UMedPTModel
+from umedpt.pretrain import load_runs
+from umedpt.models.presets import PRESETS
+from umedpt.run_config import RunSettings
+from umedpt.training.trainer import MultiTaskTrainer, TrainConfig
+
+
+def settings_for(sites: list[Path], out: Path, **overrides) -> RunSettings:
+    base = RunSettings(
+        num_server_rounds=2,
+        local_steps=2,
+        out_dir=str(out),
+        site_configs=",".join(str(s) for s in sites),
+        state_root=str(out / "sites"),
+        seed=3,
+    )
+    return replace(base, **overrides)
+
+
+def federate(settings: RunSettings, **grid_kwargs) -> tuple[dict, ClientAppGrid]:
+    nodes = {100 + i: {"partition-id": i} for i in range(len(settings.site_config_list()))}
+    grid = ClientAppGrid(client_app, nodes, settings.to_run_config(), **grid_kwargs)
+    return run_federation(grid, settings), grid
+
+
+def global_weights(out: Path) -> dict[str, torch.Tensor]:
+    weights = {}
+    for file in sorted((out / GLOBAL_CHECKPOINT).glob("*.safetensors")):
+        weights.update(load_file(str(file)))
+    return weights
+
+
+def test_only_shared_weights_and_scalars_reach_the_server(demo_sites, tmp_path) -> None:
+    settings = settings_for(demo_sites[:3], tmp_path / "run")
+    report, grid = federate(settings)
+    assert report["status"] == "completed"
+    sent_keys = {}
+    for message in grid.sent:
+        if contract.SHARED_ARRAYS_KEY in message.content:
+            sent_keys[message.metadata.dst_node_id] = list(message.content[contract.SHARED_ARRAYS_KEY].keys())
+    assert grid.received
+    for reply in grid.received:
+        content = reply.content
+        assert not reply.has_error(), reply.error.reason if reply.has_error() else ""
+        for name, record in content.array_records.items():
+            keys = list(record.keys())
+            assert not [k for k in keys if not contract.is_shared(k)], f"head weights leaked: {keys}"
+            assert keys == sent_keys[reply.metadata.src_node_id]
+        for record in content.metric_records.values():
+            assert all(isinstance(v, int | float) for v in record.values())
+        for name, record in content.config_records.items():
+            assert name == contract.SITE_INFO_KEY
+            assert set(record.keys()) == {contract.SITE_NAME_KEY, contract.BLOCKS_USED_KEY, "tasks"}
+    # and the blocks went only to the sites that use them
+    detection_nodes = {n for n, keys in sent_keys.items() if any(k.startswith("blocks.detection.") for k in keys)}
+    assert len(detection_nodes) == 1
+
+
+def test_outputs_report_plot_checkpoint_and_site_heads(demo_sites, tmp_path) -> None:
+    out = tmp_path / "run"
+    report, _ = federate(settings_for(demo_sites, out))
+    saved = json.loads((out / "report.json").read_text())
+    assert saved["status"] == "completed" and len(saved["rounds"]) == 2
+    assert set(saved["sites"]) == {"clinic-a", "clinic-b", "clinic-c", "clinic-d"}
+    first = saved["rounds"][0]
+    assert set(first["eval_metrics"]) == set(saved["sites"])
+    assert all(v > 0 for v in first["bytes_sent"].values())
+    assert first["bytes_received"] == first["bytes_sent"]
+    assert saved["global_shared_bytes"] >= max(first["bytes_sent"].values()) * 0.99
+    assert (out / "metrics.png").stat().st_size > 1000
+    weights = global_weights(out)
+    assert any(k.startswith("encoder.") for k in weights) and not any(k.startswith("heads.") for k in weights)
+    heads = list((out / "sites").glob("*/runs/*/latest-heads/heads.*.safetensors"))
+    assert len(heads) == 4
+
+
+def test_one_site_one_round_equals_local_training(demo_sites, tmp_path) -> None:
+    site_file = demo_sites[1]
+    settings = settings_for([site_file], tmp_path / "run", num_server_rounds=1, local_steps=3)
+    federate(settings)
+    federated = global_weights(tmp_path / "run")
+
+    site = load_site_config(site_file)
+    model = UMedPTModel(PRESETS.get("tiny"), site.tasks, seed=settings.seed)
+    trainer = MultiTaskTrainer(model, load_runs(site.tasks), TrainConfig(seed=settings.seed))
+    trainer.train_steps(3)
+    local = model.shared_state_dict()
+    assert set(local) <= set(federated)
+    for key, value in local.items():
+        assert torch.allclose(value, federated[key], atol=1e-6), key
+
+
+def test_resume_matches_an_uninterrupted_run(demo_sites, tmp_path) -> None:
+    sites = demo_sites[:2]
+    straight = settings_for(sites, tmp_path / "straight", num_server_rounds=3)
+    federate(straight)
+
+    stopped = settings_for(sites, tmp_path / "stopped", num_server_rounds=2)
+    federate(stopped)
+    with pytest.raises(RunExistsError, match="--resume"):
+        federate(replace(stopped, num_server_rounds=3))
+    report, _ = federate(replace(stopped, num_server_rounds=3, resume=True))
+    assert [r["round"] for r in report["rounds"]] == [1, 2, 3]
+
+    a, b = global_weights(tmp_path / "straight"), global_weights(tmp_path / "stopped")
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+
+
+def test_a_site_that_vanishes_does_not_kill_the_round(demo_sites, tmp_path) -> None:
+    def vanish(node, message):
+        return node == 101 and message.metadata.message_type == "train"
+
+    settings = settings_for(demo_sites[:3], tmp_path / "run", num_server_rounds=1)
+    report, _ = federate(settings, failing=vanish)
+    assert report["status"] == "completed"
+    rejected = report["rounds"][0]["rejected"]
+    assert rejected == [["clinic-b", "training: no reply before the round timeout"]]
+
+
+def test_too_few_sites_fail_the_run_and_say_so(demo_sites, tmp_path) -> None:
+    settings = settings_for(demo_sites[:2], tmp_path / "run", num_server_rounds=1, min_sites=2)
+    with pytest.raises(RoundFailedError, match="fewer than 2 sites"):
+        federate(settings, failing=lambda node, message: node == 100 and message.metadata.message_type == "train")
+    assert json.loads((tmp_path / "run" / "report.json").read_text())["status"] == "failed"
+
+
+def test_site_state_lives_on_disk_and_survives_a_restart(demo_sites, tmp_path) -> None:
+    settings = settings_for(demo_sites[:1], tmp_path / "run", num_server_rounds=2)
+    report, grid = federate(settings)
+    run_key = report["config"]["run-key"]
+    site_dir = tmp_path / "run" / "sites" / "clinic-a" / "runs" / run_key
+    assert sorted(p.name for p in site_dir.glob("round-*")) == ["round-00001", "round-00002"]
+    # the ClientApp kept nothing in Flower's in-memory node state
+    assert all(len(ctx.state) == 0 for ctx in grid.contexts.values())
+    # round 2 started from the heads saved in round 1
+    train_metrics = report["rounds"][1]["train_metrics"]["clinic-a"]
+    assert train_metrics["restored-round"] == 1.0
+
+
+def test_mismatched_site_model_is_reported_with_the_site_name(demo_sites, tmp_path) -> None:
+    from client.site import SiteError, SiteRunner
+
+    settings = settings_for(demo_sites[:1], tmp_path / "run")
+    runner = SiteRunner(load_site_config(demo_sites[0]), settings)
+    shared = runner.model.shared_state_dict()
+    shared["encoder.extra"] = torch.zeros(1)
+    with pytest.raises(SiteError, match="site 'clinic-a'.*unexpected"):
+        runner.load_shared(shared)
+    bad_shape = runner.model.shared_state_dict()
+    key = next(iter(bad_shape))
+    bad_shape[key] = torch.zeros(3)
+    with pytest.raises(SiteError, match="has shape"):
+        runner.load_shared(bad_shape)
+    assert np.isfinite(1.0)

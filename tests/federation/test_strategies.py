@@ -1,0 +1,161 @@
+"""Per-group aggregation, payload selection and rejection of bad replies (no Ray)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from flwr.app import Array, ArrayRecord, MetricRecord, RecordDict
+
+from strategies import build_strategy
+from strategies.grouped import RoundFailedError
+from tests.federation.fakes import ScriptedGrid
+from umedpt import contract
+
+GLOBAL = {
+    "encoder.w": np.zeros((2, 3), np.float32),
+    "blocks.segmentation.w": np.zeros(4, np.float32),
+    "blocks.detection.w": np.ones(4, np.float32),
+}
+SITES = {
+    11: ("a", ("segmentation",), 10),
+    22: ("b", ("segmentation",), 30),
+    33: ("c", ("detection", "segmentation"), 60),
+}
+
+
+def initial() -> ArrayRecord:
+    return ArrayRecord({k: Array(v.copy()) for k, v in GLOBAL.items()})
+
+
+def run(strategy_name: str = "fedavg", rounds: int = 1, min_sites: int = 1, **grid_kwargs):
+    grid = ScriptedGrid(SITES, **grid_kwargs)
+    strategy = build_strategy(strategy_name, min_sites=min_sites, **grid_kwargs.pop("strategy_kwargs", {}))
+    result = strategy.start(grid, initial(), num_rounds=rounds, timeout=5)
+    return grid, strategy, result
+
+
+def test_encoder_over_all_sites_blocks_only_over_their_users() -> None:
+    _, strategy, result = run()
+    expected_all = (0.11 * 10 + 0.22 * 30 + 0.33 * 60) / 100
+    assert np.allclose(result.arrays["encoder.w"].numpy(), expected_all)
+    assert np.allclose(result.arrays["blocks.segmentation.w"].numpy(), expected_all)
+    assert np.allclose(result.arrays["blocks.detection.w"].numpy(), 0.33)  # only site c
+    assert strategy.rounds[1].updated_groups == ["blocks.detection", "blocks.segmentation", "encoder"]
+
+
+def test_equal_weighting_ignores_example_counts() -> None:
+    grid = ScriptedGrid(SITES)
+    strategy = build_strategy("fedavg", min_sites=1, weighting="equal")
+    result = strategy.start(grid, initial(), num_rounds=1, timeout=5)
+    assert np.allclose(result.arrays["encoder.w"].numpy(), (0.11 + 0.22 + 0.33) / 3)
+
+
+def test_each_site_is_sent_only_its_groups_and_never_heads() -> None:
+    grid, strategy, _ = run()
+    for message in grid.sent:
+        if message.metadata.message_type not in ("train", "evaluate"):
+            continue
+        keys = set(message.content[contract.SHARED_ARRAYS_KEY].keys())
+        blocks = SITES[message.metadata.dst_node_id][1]
+        assert keys == {"encoder.w", *(f"blocks.{b}.w" for b in blocks)}
+    record = strategy.rounds[1]
+    assert record.bytes_sent["c"] > record.bytes_sent["a"] == record.bytes_sent["b"]
+
+
+def _strategy_with(tamper, min_sites=1):
+    grid = ScriptedGrid(SITES, tamper=tamper)
+    strategy = build_strategy("fedavg", min_sites=min_sites)
+    return grid, strategy
+
+
+@pytest.mark.parametrize(
+    ("bad", "reason"),
+    [
+        ("head", "unexpected ['heads.t.w']"),
+        ("shape", "has shape (3,)"),
+        ("nan", "non-finite"),
+        ("weight", "must be a positive number"),
+        ("no-arrays", "expected 1 ArrayRecord"),
+        ("dtype", "dtype float64"),
+    ],
+)
+def test_hostile_replies_are_rejected_naming_the_site(bad: str, reason: str) -> None:
+    def tamper(node, arrays, metrics):
+        if node != 22:
+            return None
+        if bad == "head":
+            arrays["heads.t.w"] = Array(np.zeros(2, np.float32))
+        elif bad == "shape":
+            arrays["blocks.segmentation.w"] = Array(np.zeros(3, np.float32))
+        elif bad == "nan":
+            arrays["encoder.w"] = Array(np.full((2, 3), np.nan, np.float32))
+        elif bad == "weight":
+            metrics[contract.NUM_EXAMPLES_KEY] = -5
+        elif bad == "dtype":
+            arrays["encoder.w"] = Array(np.zeros((2, 3), np.float64))
+        if bad == "no-arrays":
+            return RecordDict({"m": metrics})
+        return RecordDict({"a": ArrayRecord(arrays), "m": metrics})
+
+    grid, strategy = _strategy_with(tamper)
+    result = strategy.start(grid, initial(), num_rounds=1, timeout=5)
+    rejected = strategy.rounds[1].rejected
+    assert len(rejected) == 1 and rejected[0][0] == "b"
+    assert reason in rejected[0][1]
+    # the hostile site had no influence: the mean of a (10) and c (60) only
+    assert np.allclose(result.arrays["encoder.w"].numpy(), (0.11 * 10 + 0.33 * 60) / 70)
+
+
+def test_too_few_usable_replies_fail_the_round_loudly() -> None:
+    def nan_everywhere(node, arrays, metrics):
+        arrays["encoder.w"] = Array(np.full((2, 3), np.inf, np.float32))
+        return RecordDict({"a": ArrayRecord(arrays), "m": metrics})
+
+    grid, strategy = _strategy_with(nan_everywhere, min_sites=2)
+    with pytest.raises(RoundFailedError, match="fewer than 2 sites"):
+        strategy.start(grid, initial(), num_rounds=1, timeout=5)
+
+
+def test_waiting_for_sites_has_a_deadline() -> None:
+    strategy = build_strategy("fedavg", min_sites=5, node_wait_timeout=0.5)
+    with pytest.raises(RoundFailedError, match="only 3 of the 5 required sites connected"):
+        strategy.start(ScriptedGrid(SITES), initial(), num_rounds=1, timeout=5)
+
+
+def test_fedprox_sends_mu_and_averages_like_fedavg() -> None:
+    grid = ScriptedGrid(SITES)
+    strategy = build_strategy("fedprox", min_sites=1, proximal_mu=0.5)
+    result = strategy.start(grid, initial(), num_rounds=1, timeout=5)
+    train = [m for m in grid.sent if m.metadata.message_type == "train"]
+    assert {float(m.content[contract.CONFIG_KEY]["proximal-mu"]) for m in train} == {0.5}
+    assert np.allclose(result.arrays["encoder.w"].numpy(), (0.11 * 10 + 0.22 * 30 + 0.33 * 60) / 100)
+
+
+def test_fedadam_keeps_float32_and_leaves_untrained_blocks_alone() -> None:
+    sites = {11: ("a", ("segmentation",), 10), 22: ("b", ("segmentation",), 30)}
+    grid = ScriptedGrid(sites)
+    strategy = build_strategy("fedadam", min_sites=1, server_lr=0.1)
+    result = strategy.start(grid, initial(), num_rounds=2, timeout=5)
+    for key, value in result.arrays.items():
+        assert value.numpy().dtype == np.float32, key
+    assert np.array_equal(result.arrays["blocks.detection.w"].numpy(), GLOBAL["blocks.detection.w"])
+    assert not np.allclose(result.arrays["encoder.w"].numpy(), 0)
+    state = strategy.state_arrays()
+    assert "m_t/encoder.w" in state and not np.any(state["m_t/blocks.detection.w"])
+
+    restored = build_strategy("fedadam", min_sites=1, server_lr=0.1)
+    restored.load_state_arrays(state)
+    assert all(np.array_equal(restored.m_t[k], strategy.m_t[k]) for k in strategy.m_t)
+
+
+def test_metrics_of_different_tasks_are_merged_per_key() -> None:
+    from strategies.grouped import merged_metrics
+
+    replies = [
+        RecordDict({"m": MetricRecord({"num-examples": 10, "x/acc": 0.5})}),
+        RecordDict({"m": MetricRecord({"num-examples": 30, "x/acc": 1.0, "y/dice": 0.2})}),
+    ]
+    merged = merged_metrics(replies, "num-examples")
+    assert merged["x/acc"] == pytest.approx(0.875)
+    assert merged["y/dice"] == pytest.approx(0.2)
+    assert merged["num-examples"] == 40
