@@ -24,6 +24,7 @@ import argparse
 import ctypes
 import gc
 import json
+import os
 import re
 import resource
 import subprocess
@@ -74,6 +75,56 @@ def _reset_peak_rss() -> bool:
         return True
     except OSError:
         return False
+
+
+class SavedTensorTracker:
+    """Peak bytes of tensors saved for backward (activations), allocator-independent.
+
+    A ``saved_tensors_hooks`` pack hook wraps every saved tensor in a holder; the holder dies
+    when autograd frees that graph. Storages are counted once however often they are saved,
+    and parameter storages (alive anyway) are not counted. This is exactly what the
+    backward-per-task loop is meant to bound: the live activation graphs.
+    """
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        self.param_ptrs = {p.untyped_storage().data_ptr() for p in model.parameters()}
+        self.refs: dict[int, int] = {}
+        self.current = 0
+        self.peak = 0
+
+    def _add(self, tensor: torch.Tensor) -> int | None:
+        storage = tensor.untyped_storage()
+        ptr = storage.data_ptr()
+        if ptr in self.param_ptrs or ptr == 0:
+            return None
+        if self.refs.get(ptr, 0) == 0:
+            self.current += storage.nbytes()
+            self.peak = max(self.peak, self.current)
+        self.refs[ptr] = self.refs.get(ptr, 0) + 1
+        return ptr
+
+    def _remove(self, ptr: int, nbytes: int) -> None:
+        self.refs[ptr] -= 1
+        if self.refs[ptr] == 0:
+            del self.refs[ptr]
+            self.current -= nbytes
+
+    def hooks(self) -> torch.autograd.graph.saved_tensors_hooks:
+        tracker = self
+
+        class Holder:
+            __slots__ = ("tensor", "ptr", "nbytes")
+
+            def __init__(self, tensor: torch.Tensor) -> None:
+                self.tensor = tensor
+                self.nbytes = tensor.untyped_storage().nbytes()
+                self.ptr = tracker._add(tensor)
+
+            def __del__(self) -> None:
+                if self.ptr is not None:
+                    tracker._remove(self.ptr, self.nbytes)
+
+        return torch.autograd.graph.saved_tensors_hooks(Holder, lambda h: h.tensor)
 
 
 def naive_runner(
@@ -144,8 +195,10 @@ def child_main(args: argparse.Namespace) -> None:
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
         cuda_baseline = torch.cuda.memory_allocated()
-    for _ in range(args.steps):
-        step()
+    tracker = SavedTensorTracker(model)
+    with tracker.hooks():
+        for _ in range(args.steps):
+            step()
     peak_kb = _proc_status_kb("VmHWM") if reset_ok else -1
     result: dict[str, Any] = {
         "loop": args.child_loop,
@@ -156,6 +209,7 @@ def child_main(args: argparse.Namespace) -> None:
         "increase_mb": (peak_kb - baseline_kb) / 1024 if reset_ok else None,
         "ru_maxrss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "hwm_reset": reset_ok,
+        "saved_activations_mb": tracker.peak / 2**20,
     }
     if device == "cuda":
         torch.cuda.synchronize()
@@ -165,6 +219,19 @@ def child_main(args: argparse.Namespace) -> None:
 
 
 # -- parent process -----------------------------------------------------------------------
+def child_env() -> dict[str, str]:
+    """A fixed glibc mmap threshold: freed tensors go back to the OS, so RSS follows live memory.
+
+    With glibc's default *dynamic* threshold, freed large blocks stay in the heap and later
+    reuse fragments it, so RSS grows with the number of forward/backward cycles (more tasks
+    = more cycles) even when the live memory does not.
+    """
+    env = dict(os.environ)
+    env.setdefault("MALLOC_MMAP_THRESHOLD_", "65536")
+    env.setdefault("MALLOC_TRIM_THRESHOLD_", "131072")
+    return env
+
+
 def run_child(loop: str, tasks: str, args: argparse.Namespace) -> dict[str, Any]:
     """Run one variant in a fresh interpreter and parse its result line."""
     cmd = [
@@ -179,7 +246,9 @@ def run_child(loop: str, tasks: str, args: argparse.Namespace) -> dict[str, Any]
         *("--image-size", str(args.image_size), "--batches", str(args.batches)),
         *("--threads", str(args.threads), "--seed", str(args.seed), "--preset", args.preset),
     ]
-    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO_ROOT, check=False)
+    proc = subprocess.run(
+        cmd, capture_output=True, text=True, cwd=REPO_ROOT, check=False, env=child_env()
+    )
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
     if proc.returncode != 0 or not lines:
         raise RuntimeError(
@@ -191,6 +260,7 @@ def run_child(loop: str, tasks: str, args: argparse.Namespace) -> dict[str, Any]
 def summarise(samples: dict[str, dict[str, list[dict[str, Any]]]]) -> dict[str, Any]:
     """Medians per variant and per-repetition ratios of each comparison."""
     keys = (
+        "saved_activations_mb",
         "peak_rss_mb",
         "increase_mb",
         "ru_maxrss_mb",
@@ -209,7 +279,12 @@ def summarise(samples: dict[str, dict[str, list[dict[str, Any]]]]) -> dict[str, 
         ratios[loop] = {}
         for many, one in COMPARISONS:
             entry: dict[str, Any] = {}
-            for k in ("peak_rss_mb", "increase_mb", "cuda_max_allocated_mb"):
+            for k in (
+                "saved_activations_mb",
+                "peak_rss_mb",
+                "increase_mb",
+                "cuda_max_allocated_mb",
+            ):
                 if by_tasks[many][0].get(k) is None:
                     continue
                 per_rep = [a[k] / b[k] for a, b in zip(by_tasks[many], by_tasks[one], strict=True)]
@@ -225,41 +300,38 @@ def render_markdown(result: dict[str, Any]) -> str:
         "",
         f"Tiny preset, {s['image_size']} px, batch {s['batch_size']} per task, {s['steps']} "
         f"measured steps after 1 warm-up step, {s['reps']} repetitions (variants interleaved), "
-        f"each variant in a fresh process, {s['threads']} torch threads, device {s['device']}. "
-        "Peak = VmHWM after resetting it post-warm-up; increase = peak - RSS after warm-up "
-        "(activations + gradients). Target for the trainer: 4-task / 1-task <= 1.15x.",
+        f"each variant in a fresh process, {s['threads']} torch thread(s), device {s['device']}. "
+        "Saved activations = peak bytes of tensors autograd holds for backward (parameters "
+        "excluded). Peak = VmHWM, reset after the warm-up step; increase = peak - RSS after "
+        "warm-up + malloc_trim (activations, gradients, allocator slack). Children run with a "
+        "fixed glibc mmap threshold. Target for the trainer: 4-task / 1-task <= 1.15x.",
         "",
     ]
+    keys = ["saved_activations_mb", "baseline_rss_mb", "peak_rss_mb", "increase_mb", "ru_maxrss_mb"]
     rows = []
     for loop, by_tasks in result["summary"]["medians"].items():
         for tasks, m in by_tasks.items():
-            rows.append(
-                [
-                    loop,
-                    tasks,
-                    m["baseline_rss_mb"],
-                    m["peak_rss_mb"],
-                    m["increase_mb"],
-                    m["ru_maxrss_mb"],
-                ]
-            )
-    header = ["loop", "tasks", "baseline MB", "peak MB", "increase MB", "ru_maxrss MB"]
-    lines += [
-        "## Medians",
-        "",
-        md_table(header, rows),
-        "",
-        "## Ratios (median, per repetition)",
-        "",
+            rows.append([loop, tasks, *(m[k] for k in keys)])
+    header = [
+        "loop",
+        "tasks",
+        "saved act. MB",
+        "baseline MB",
+        "peak MB",
+        "increase MB",
+        "maxrss MB",
     ]
+    lines += ["## Medians", "", md_table(header, rows), "", "## Ratios (median; per rep)", ""]
     rows = []
+    ratio_keys = ("saved_activations_mb", "peak_rss_mb", "increase_mb")
     for loop, comps in result["summary"]["ratios"].items():
         for comp, entry in comps.items():
             row: list[Any] = [loop, comp]
-            for k in ("peak_rss_mb", "increase_mb"):
-                row += [entry[k]["median"], " ".join(f"{x:.3f}" for x in entry[k]["per_rep"])]
+            for k in ratio_keys:
+                per_rep = " ".join(f"{x:.3f}" for x in entry[k]["per_rep"])
+                row.append(f"**{entry[k]['median']:.3f}** ({per_rep})")
             rows.append(row)
-    header = ["loop", "comparison", "peak ratio", "per rep", "increase ratio", "per rep"]
+    header = ["loop", "comparison", "saved activations", "peak RSS", "increase over baseline"]
     lines += [md_table(header, rows), ""]
     if result.get("comment"):
         lines += ["## Notes", "", result["comment"], ""]
@@ -298,14 +370,16 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any] | None:
             res = run_child(loop, tasks, args)
             samples[loop][tasks].append(res)
             print(
-                f"rep {rep + 1} {loop:7s} {tasks:14s} peak {res['peak_rss_mb']:.0f} MB, "
+                f"rep {rep + 1} {loop:7s} {tasks:14s} saved {res['saved_activations_mb']:.0f} MB, "
+                f"peak {res['peak_rss_mb']:.0f} MB, "
                 f"increase {res['increase_mb']:.0f} MB"
             )
     summary = summarise(samples)
     for loop, comps in summary["ratios"].items():
         for comp, entry in comps.items():
             print(
-                f"{loop:7s} {comp}: peak x{entry['peak_rss_mb']['median']:.3f}, "
+                f"{loop:7s} {comp}: saved x{entry['saved_activations_mb']['median']:.3f}, "
+                f"peak x{entry['peak_rss_mb']['median']:.3f}, "
                 f"increase x{entry['increase_mb']['median']:.3f}"
             )
     settings = {

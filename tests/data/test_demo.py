@@ -86,9 +86,10 @@ def test_lesion_textures_are_separable(loaded):
         grey = sample.image[0].float().numpy()
         lesion = grey > np.percentile(grey, 60)
         bright = grey > np.percentile(grey[lesion], 50)
-        changes = np.abs(np.diff(bright.astype(int), axis=1)).sum() + np.abs(
-            np.diff(bright.astype(int), axis=0)
-        ).sum()
+        changes = (
+            np.abs(np.diff(bright.astype(int), axis=1)).sum()
+            + np.abs(np.diff(bright.astype(int), axis=0)).sum()
+        )
         return np.array([changes / max(lesion.sum(), 1), bright.sum() / max(lesion.sum(), 1)])
 
     centroids = np.array(

@@ -52,7 +52,9 @@ class ClientAppGrid:
     def get_node_ids(self) -> list[int]:
         return list(self.contexts)
 
-    def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> list[Message]:
+    def send_and_receive(
+        self, messages: Iterable[Message], *, timeout: float | None = None
+    ) -> list[Message]:
         replies = []
         for message in messages:
             self.sent.append(message)
@@ -83,7 +85,9 @@ class ScriptedGrid:
     def get_node_ids(self) -> list[int]:
         return list(self.sites)
 
-    def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> list[Message]:
+    def send_and_receive(
+        self, messages: Iterable[Message], *, timeout: float | None = None
+    ) -> list[Message]:
         replies = []
         for message in messages:
             self.sent.append(message)
@@ -94,7 +98,9 @@ class ScriptedGrid:
                 info = ConfigRecord(
                     {contract.SITE_NAME_KEY: name, contract.BLOCKS_USED_KEY: ",".join(blocks)}
                 )
-                replies.append(Message(RecordDict({contract.SITE_INFO_KEY: info}), reply_to=message))
+                replies.append(
+                    Message(RecordDict({contract.SITE_INFO_KEY: info}), reply_to=message)
+                )
                 continue
             metrics = MetricRecord(
                 {contract.NUM_EXAMPLES_KEY: examples, contract.UNIT_WEIGHT_KEY: 1, "loss": 1.0}

@@ -6,7 +6,6 @@ import json
 from dataclasses import replace
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -18,8 +17,8 @@ from tests.federation.fakes import ClientAppGrid
 from umedpt import contract
 from umedpt.config import load_site_config
 from umedpt.model import UMedPTModel
-from umedpt.pretrain import load_runs
 from umedpt.models.presets import PRESETS
+from umedpt.pretrain import load_runs
 from umedpt.run_config import RunSettings
 from umedpt.training.trainer import MultiTaskTrainer, TrainConfig
 
@@ -27,7 +26,7 @@ from umedpt.training.trainer import MultiTaskTrainer, TrainConfig
 def settings_for(sites: list[Path], out: Path, **overrides) -> RunSettings:
     base = RunSettings(
         num_server_rounds=2,
-        local_steps=2,
+        local_steps=1,
         out_dir=str(out),
         site_configs=",".join(str(s) for s in sites),
         state_root=str(out / "sites"),
@@ -49,21 +48,32 @@ def global_weights(out: Path) -> dict[str, torch.Tensor]:
     return weights
 
 
-def test_only_shared_weights_and_scalars_reach_the_server(demo_sites, tmp_path) -> None:
-    settings = settings_for(demo_sites[:3], tmp_path / "run")
-    report, grid = federate(settings)
+@pytest.fixture(scope="module")
+def three_sites(demo_sites, tmp_path_factory) -> tuple[dict, ClientAppGrid, Path]:
+    """Classification, segmentation and detection sites, two rounds (shared by tests)."""
+    out = tmp_path_factory.mktemp("three-sites")
+    report, grid = federate(settings_for(demo_sites[:3], out))
+    return report, grid, out
+
+
+def test_only_shared_weights_and_scalars_reach_the_server(three_sites) -> None:
+    report, grid, _ = three_sites
     assert report["status"] == "completed"
     sent_keys = {}
     for message in grid.sent:
         if contract.SHARED_ARRAYS_KEY in message.content:
-            sent_keys[message.metadata.dst_node_id] = list(message.content[contract.SHARED_ARRAYS_KEY].keys())
+            sent_keys[message.metadata.dst_node_id] = list(
+                message.content[contract.SHARED_ARRAYS_KEY].keys()
+            )
     assert grid.received
     for reply in grid.received:
         content = reply.content
         assert not reply.has_error(), reply.error.reason if reply.has_error() else ""
-        for name, record in content.array_records.items():
+        for record in content.array_records.values():
             keys = list(record.keys())
-            assert not [k for k in keys if not contract.is_shared(k)], f"head weights leaked: {keys}"
+            assert not [k for k in keys if not contract.is_shared(k)], (
+                f"head weights leaked: {keys}"
+            )
             assert keys == sent_keys[reply.metadata.src_node_id]
         for record in content.metric_records.values():
             assert all(isinstance(v, int | float) for v in record.values())
@@ -71,16 +81,17 @@ def test_only_shared_weights_and_scalars_reach_the_server(demo_sites, tmp_path) 
             assert name == contract.SITE_INFO_KEY
             assert set(record.keys()) == {contract.SITE_NAME_KEY, contract.BLOCKS_USED_KEY, "tasks"}
     # and the blocks went only to the sites that use them
-    detection_nodes = {n for n, keys in sent_keys.items() if any(k.startswith("blocks.detection.") for k in keys)}
+    detection_nodes = {
+        n for n, keys in sent_keys.items() if any(k.startswith("blocks.detection.") for k in keys)
+    }
     assert len(detection_nodes) == 1
 
 
-def test_outputs_report_plot_checkpoint_and_site_heads(demo_sites, tmp_path) -> None:
-    out = tmp_path / "run"
-    report, _ = federate(settings_for(demo_sites, out))
+def test_outputs_report_plot_checkpoint_and_site_heads(three_sites) -> None:
+    _, _, out = three_sites
     saved = json.loads((out / "report.json").read_text())
     assert saved["status"] == "completed" and len(saved["rounds"]) == 2
-    assert set(saved["sites"]) == {"clinic-a", "clinic-b", "clinic-c", "clinic-d"}
+    assert set(saved["sites"]) == {"clinic-a", "clinic-b", "clinic-c"}
     first = saved["rounds"][0]
     assert set(first["eval_metrics"]) == set(saved["sites"])
     assert all(v > 0 for v in first["bytes_sent"].values())
@@ -88,21 +99,23 @@ def test_outputs_report_plot_checkpoint_and_site_heads(demo_sites, tmp_path) -> 
     assert saved["global_shared_bytes"] >= max(first["bytes_sent"].values()) * 0.99
     assert (out / "metrics.png").stat().st_size > 1000
     weights = global_weights(out)
-    assert any(k.startswith("encoder.") for k in weights) and not any(k.startswith("heads.") for k in weights)
+    assert any(k.startswith("encoder.") for k in weights) and not any(
+        k.startswith("heads.") for k in weights
+    )
     heads = list((out / "sites").glob("*/runs/*/latest-heads/heads.*.safetensors"))
-    assert len(heads) == 4
+    assert len(heads) == 3
 
 
 def test_one_site_one_round_equals_local_training(demo_sites, tmp_path) -> None:
     site_file = demo_sites[1]
-    settings = settings_for([site_file], tmp_path / "run", num_server_rounds=1, local_steps=3)
+    settings = settings_for([site_file], tmp_path / "run", num_server_rounds=1, local_steps=2)
     federate(settings)
     federated = global_weights(tmp_path / "run")
 
     site = load_site_config(site_file)
     model = UMedPTModel(PRESETS.get("tiny"), site.tasks, seed=settings.seed)
     trainer = MultiTaskTrainer(model, load_runs(site.tasks), TrainConfig(seed=settings.seed))
-    trainer.train_steps(3)
+    trainer.train_steps(2)
     local = model.shared_state_dict()
     assert set(local) <= set(federated)
     for key, value in local.items():
@@ -110,7 +123,7 @@ def test_one_site_one_round_equals_local_training(demo_sites, tmp_path) -> None:
 
 
 def test_resume_matches_an_uninterrupted_run(demo_sites, tmp_path) -> None:
-    sites = demo_sites[:2]
+    sites = [demo_sites[1], demo_sites[3]]  # segmentation + classification
     straight = settings_for(sites, tmp_path / "straight", num_server_rounds=3)
     federate(straight)
 
@@ -131,25 +144,28 @@ def test_a_site_that_vanishes_does_not_kill_the_round(demo_sites, tmp_path) -> N
     def vanish(node, message):
         return node == 101 and message.metadata.message_type == "train"
 
-    settings = settings_for(demo_sites[:3], tmp_path / "run", num_server_rounds=1)
+    settings = settings_for([demo_sites[3], demo_sites[1]], tmp_path / "run", num_server_rounds=1)
     report, _ = federate(settings, failing=vanish)
     assert report["status"] == "completed"
-    rejected = report["rounds"][0]["rejected"]
+    rejected = [list(r) for r in report["rounds"][0]["rejected"]]
     assert rejected == [["clinic-b", "training: no reply before the round timeout"]]
 
 
 def test_too_few_sites_fail_the_run_and_say_so(demo_sites, tmp_path) -> None:
-    settings = settings_for(demo_sites[:2], tmp_path / "run", num_server_rounds=1, min_sites=2)
+    sites = [demo_sites[3], demo_sites[1]]
+    settings = settings_for(sites, tmp_path / "run", num_server_rounds=1, min_sites=2)
     with pytest.raises(RoundFailedError, match="fewer than 2 sites"):
-        federate(settings, failing=lambda node, message: node == 100 and message.metadata.message_type == "train")
+        federate(
+            settings,
+            failing=lambda node, message: node == 100 and message.metadata.message_type == "train",
+        )
     assert json.loads((tmp_path / "run" / "report.json").read_text())["status"] == "failed"
 
 
-def test_site_state_lives_on_disk_and_survives_a_restart(demo_sites, tmp_path) -> None:
-    settings = settings_for(demo_sites[:1], tmp_path / "run", num_server_rounds=2)
-    report, grid = federate(settings)
+def test_site_state_lives_on_disk_and_survives_a_restart(three_sites) -> None:
+    report, grid, out = three_sites
     run_key = report["config"]["run-key"]
-    site_dir = tmp_path / "run" / "sites" / "clinic-a" / "runs" / run_key
+    site_dir = out / "sites" / "clinic-a" / "runs" / run_key
     assert sorted(p.name for p in site_dir.glob("round-*")) == ["round-00001", "round-00002"]
     # the ClientApp kept nothing in Flower's in-memory node state
     assert all(len(ctx.state) == 0 for ctx in grid.contexts.values())
@@ -172,4 +188,3 @@ def test_mismatched_site_model_is_reported_with_the_site_name(demo_sites, tmp_pa
     bad_shape[key] = torch.zeros(3)
     with pytest.raises(SiteError, match="has shape"):
         runner.load_shared(bad_shape)
-    assert np.isfinite(1.0)

@@ -29,7 +29,9 @@ def initial() -> ArrayRecord:
 
 def run(strategy_name: str = "fedavg", rounds: int = 1, min_sites: int = 1, **grid_kwargs):
     grid = ScriptedGrid(SITES, **grid_kwargs)
-    strategy = build_strategy(strategy_name, min_sites=min_sites, **grid_kwargs.pop("strategy_kwargs", {}))
+    strategy = build_strategy(
+        strategy_name, min_sites=min_sites, **grid_kwargs.pop("strategy_kwargs", {})
+    )
     result = strategy.start(grid, initial(), num_rounds=rounds, timeout=5)
     return grid, strategy, result
 
@@ -40,7 +42,11 @@ def test_encoder_over_all_sites_blocks_only_over_their_users() -> None:
     assert np.allclose(result.arrays["encoder.w"].numpy(), expected_all)
     assert np.allclose(result.arrays["blocks.segmentation.w"].numpy(), expected_all)
     assert np.allclose(result.arrays["blocks.detection.w"].numpy(), 0.33)  # only site c
-    assert strategy.rounds[1].updated_groups == ["blocks.detection", "blocks.segmentation", "encoder"]
+    assert strategy.rounds[1].updated_groups == [
+        "blocks.detection",
+        "blocks.segmentation",
+        "encoder",
+    ]
 
 
 def test_equal_weighting_ignores_example_counts() -> None:
@@ -128,7 +134,9 @@ def test_fedprox_sends_mu_and_averages_like_fedavg() -> None:
     result = strategy.start(grid, initial(), num_rounds=1, timeout=5)
     train = [m for m in grid.sent if m.metadata.message_type == "train"]
     assert {float(m.content[contract.CONFIG_KEY]["proximal-mu"]) for m in train} == {0.5}
-    assert np.allclose(result.arrays["encoder.w"].numpy(), (0.11 * 10 + 0.22 * 30 + 0.33 * 60) / 100)
+    assert np.allclose(
+        result.arrays["encoder.w"].numpy(), (0.11 * 10 + 0.22 * 30 + 0.33 * 60) / 100
+    )
 
 
 def test_fedadam_keeps_float32_and_leaves_untrained_blocks_alone() -> None:

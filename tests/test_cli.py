@@ -1,0 +1,74 @@
+"""The `umedpt-fl` commands as a user runs them (typer's runner, same process)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from umedpt_fl.cli import app
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("cli-demo")
+    result = runner.invoke(app, ["demo-data", str(out)])
+    assert result.exit_code == 0, result.output
+    return out
+
+
+def test_demo_data_writes_one_site_file_per_site(demo) -> None:
+    assert sorted(p.name for p in demo.glob("*.toml")) == [
+        "clinic-a.toml",
+        "clinic-b.toml",
+        "clinic-c.toml",
+        "clinic-d.toml",
+    ]
+
+
+def test_check_site_prints_a_summary_and_writes_a_preview(demo, tmp_path) -> None:
+    preview = tmp_path / "preview.png"
+    result = runner.invoke(app, ["check-site", str(demo / "clinic-c.toml"), "--preview", str(preview)])
+    assert result.exit_code == 0, result.output
+    assert "boxes_per_image" in result.output and "site OK" in result.output
+    assert preview.stat().st_size > 5000
+
+
+def test_pretrain_runs_steps_and_writes_safetensors_checkpoints(demo, tmp_path) -> None:
+    out = tmp_path / "pretrain"
+    args = ["pretrain", "--out", str(out), "--steps", "2", "--eval-every", "2", "--device", "cpu"]
+    for site in ("clinic-a", "clinic-b"):
+        args += ["--site", str(demo / f"{site}.toml")]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert "validation after step 2" in result.output
+    files = sorted(p.name for p in (out / "checkpoint").glob("*.safetensors"))
+    assert files == [
+        "blocks.classification.safetensors",
+        "blocks.segmentation.safetensors",
+        "encoder.safetensors",
+        "heads.blobs.safetensors",
+        "heads.lesions.safetensors",
+    ]
+    history = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert history[-1]["step"] == 2 and set(history[-1]["val"]) == {"blobs", "lesions"}
+
+
+def test_bad_site_file_fails_with_the_file_and_field_named(tmp_path) -> None:
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[[tasks]]\nname = "x"\ntype = "classification"\nformat = "npz"\n')
+    result = runner.invoke(app, ["check-site", str(bad)])
+    assert result.exit_code == 2
+    assert "bad.toml" in result.output and "tasks[0].path" in result.output
+
+
+def test_client_refuses_plaintext_unless_asked(demo) -> None:
+    result = runner.invoke(
+        app, ["client", "--site", str(demo / "clinic-a.toml"), "--server", "127.0.0.1:1", "--skip-check"]
+    )
+    assert result.exit_code == 2
+    assert "TLS is not configured" in result.output
