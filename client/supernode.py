@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from client.app import SITE_CONFIG_NODE_KEY
-from server.processes import start, stop
+from server.processes import exit_on_sigterm, start, stop
 
 
 @dataclass(frozen=True)
@@ -49,10 +49,11 @@ def supernode_command(options: SuperNodeOptions) -> list[str]:
 def run_supernode(options: SuperNodeOptions, *, log_file: Path | None = None) -> int:
     """Run until the SuperNode exits or the user interrupts; returns its exit code."""
     env = {**os.environ, "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1"}
-    process = start(supernode_command(options), env=env, log_file=log_file)
-    try:
-        return process.wait()
-    except KeyboardInterrupt:
-        return 130
-    finally:
-        stop(process)
+    with exit_on_sigterm():
+        process = start(supernode_command(options), env=env, log_file=log_file)
+        try:
+            return process.wait()
+        except KeyboardInterrupt:
+            return 130
+        finally:
+            stop(process)

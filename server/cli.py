@@ -14,6 +14,9 @@ from umedpt.run_config import RunSettings
 
 Rounds = Annotated[int, typer.Option("--rounds", help="Federated rounds.")]
 LocalSteps = Annotated[int, typer.Option(help="Multi-task steps each site trains per round.")]
+EvalEvery = Annotated[
+    int, typer.Option(help="Evaluate on the sites every N rounds (and the last).")
+]
 Strategy = Annotated[str, typer.Option(help="Server optimizer: fedavg, fedprox or fedadam.")]
 Weighting = Annotated[str, typer.Option(help="Weight sites by 'examples' or 'equal'.")]
 ProximalMu = Annotated[float, typer.Option(help="FedProx proximal weight mu.")]
@@ -66,6 +69,7 @@ def simulate_command(
     out: Annotated[Path, typer.Option(help="Output folder.")] = Path("runs/simulation"),
     rounds: Rounds = 6,
     local_steps: LocalSteps = 10,
+    eval_every: EvalEvery = 1,
     strategy: Strategy = "fedavg",
     weighting: Weighting = "examples",
     proximal_mu: ProximalMu = 0.01,
@@ -93,8 +97,8 @@ def simulate_command(
             site = write_demo_federation(out / "demo-data", seed=seed)
             console.print(f"using the demo sites in {out / 'demo-data'}")
         settings = settings_from(
-            num_server_rounds=rounds, local_steps=local_steps, strategy=strategy,
-            weighting=weighting, proximal_mu=proximal_mu, server_lr=server_lr,
+            num_server_rounds=rounds, local_steps=local_steps, eval_every=eval_every,
+            strategy=strategy, weighting=weighting, proximal_mu=proximal_mu, server_lr=server_lr,
             min_sites=min_sites, round_timeout=round_timeout, preset=preset, encoder=encoder,
             seed=seed, lr=lr, out_dir=str(out.resolve()), resume=resume,
             state_root=str((out / "sites").resolve()),
@@ -133,6 +137,7 @@ def server_command(
     ssl_ca_certfile: Annotated[Path | None, typer.Option(help="CA certificate.")] = None,
     rounds: Rounds = 10,
     local_steps: LocalSteps = 50,
+    eval_every: EvalEvery = 1,
     strategy: Strategy = "fedavg",
     weighting: Weighting = "examples",
     proximal_mu: ProximalMu = 0.01,
@@ -161,8 +166,8 @@ def server_command(
             certfile=ssl_certfile, keyfile=ssl_keyfile, ca_certfile=ssl_ca_certfile,
         )  # fmt: skip
         settings = settings_from(
-            num_server_rounds=rounds, local_steps=local_steps, strategy=strategy,
-            weighting=weighting, proximal_mu=proximal_mu, server_lr=server_lr,
+            num_server_rounds=rounds, local_steps=local_steps, eval_every=eval_every,
+            strategy=strategy, weighting=weighting, proximal_mu=proximal_mu, server_lr=server_lr,
             min_sites=min_sites, round_timeout=round_timeout, node_wait_timeout=node_wait_timeout,
             preset=preset, encoder=encoder, seed=seed, lr=lr, out_dir=str(out.resolve()),
             resume=resume,

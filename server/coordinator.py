@@ -7,6 +7,7 @@ own `flwr run`, its log is streamed, and its final status is read back with `flw
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -17,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from server.flower_app import write_app_dir
-from server.processes import FlowerProcessError, start, stop, wait_healthy
+from server.processes import FlowerProcessError, exit_on_sigterm, start, stop, wait_healthy
 from umedpt.run_config import RunSettings
 
 CONNECTION = "umedpt"
@@ -100,16 +101,25 @@ def coordinate(settings: RunSettings, options: SuperLinkOptions) -> str:
     """Run the federation to its end; returns Flower's final status (raises on failure)."""
     out = Path(settings.out_dir).resolve()
     out.mkdir(parents=True, exist_ok=True)
-    settings = settings.__class__(**{**settings.__dict__, "out_dir": str(out)})
-    work = Path(tempfile.mkdtemp(prefix="umedpt-fl-"))
-    env = {
-        **os.environ,
-        "FLWR_HOME": str(work / "flwr-home"),
-        "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
-    }
-    write_connection(work / "flwr-home", options)
-    app_dir = write_app_dir(work / "app", settings)
-    log_file = out / "superlink.log"
+    settings = dataclasses.replace(settings, out_dir=str(out))
+    with tempfile.TemporaryDirectory(prefix="umedpt-fl-") as tmp, exit_on_sigterm():
+        work = Path(tmp)
+        env = {
+            **os.environ,
+            "FLWR_HOME": str(work / "flwr-home"),
+            "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
+        }
+        write_connection(work / "flwr-home", options)
+        app_dir = write_app_dir(work / "app", settings)
+        return _run_on_superlink(options, env, app_dir, out / "superlink.log")
+
+
+def _run_on_superlink(
+    options: SuperLinkOptions,
+    env: dict[str, str],
+    app_dir: Path,
+    log_file: Path,
+) -> str:
     superlink = start(superlink_command(options, log_file), env=env, log_file=log_file)
     try:
         scheme = "http" if options.insecure else "https"
@@ -134,11 +144,17 @@ def coordinate(settings: RunSettings, options: SuperLinkOptions) -> str:
         )
         run_id = None
         assert run.stdout is not None
-        for line in run.stdout:
-            sys.stdout.write(line)
-            if run_id is None and (match := re.search(r"run (?:ID )?(\d+)", line, re.IGNORECASE)):
-                run_id = match.group(1)
-        run.wait()
+        try:
+            for line in run.stdout:
+                sys.stdout.write(line)
+                match = re.search(r"run (?:ID )?(\d+)", line, re.IGNORECASE)
+                if run_id is None and match:
+                    run_id = match.group(1)
+            run.wait()
+        finally:
+            if run.poll() is None:
+                run.kill()
+                run.wait()
         if run_id is None:
             raise FlowerProcessError(
                 f"`flwr run` did not report a run id (exit code {run.returncode})"

@@ -61,6 +61,7 @@ def run_federation(grid: Grid, settings: RunSettings) -> dict[str, Any]:
         server_lr=settings.server_lr,
         node_wait_timeout=settings.node_wait_timeout,
         query_timeout=min(settings.round_timeout, 300.0),
+        eval_every=settings.eval_every,
     )
     history: list[dict[str, Any]] = []
     if settings.resume and (state_dir / "progress.json").is_file():

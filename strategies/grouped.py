@@ -110,11 +110,21 @@ class GroupedStrategy(FedAvg):
     node_wait_timeout: float = 300.0
     query_timeout: float = 120.0
     min_replies: int = 1
+    eval_every: int = 1
 
-    def setup(self, *, node_wait_timeout: float, query_timeout: float, min_replies: int) -> None:
+    def setup(
+        self,
+        *,
+        node_wait_timeout: float,
+        query_timeout: float,
+        min_replies: int,
+        eval_every: int = 1,
+    ) -> None:
         self.node_wait_timeout = node_wait_timeout
         self.query_timeout = query_timeout
         self.min_replies = min_replies
+        self.eval_every = eval_every
+        self.num_rounds = 0
         self.sites: dict[int, SiteInfo] = {}
         self.rounds: dict[int, RoundRecord] = {}
         self._global: ArrayRecord | None = None
@@ -207,6 +217,9 @@ class GroupedStrategy(FedAvg):
     def configure_evaluate(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
+        due = server_round % self.eval_every == 0 or server_round == self.num_rounds
+        if not due:
+            return []
         return self._messages(server_round, arrays, config, grid, MessageType.EVALUATE)
 
     def _accept(self, server_round: int, replies: list[Message], *, train: bool) -> list[Message]:
@@ -343,6 +356,7 @@ class GroupedStrategy(FedAvg):
         """
         result = Result(arrays=initial_arrays)
         arrays = initial_arrays
+        self.num_rounds = num_rounds
         for server_round in range(start_round, num_rounds + 1):
             record = self._record(server_round)
             record.started = time.time()
@@ -438,6 +452,7 @@ def build_strategy(
     server_lr: float = 0.01,
     node_wait_timeout: float = 300.0,
     query_timeout: float = 120.0,
+    eval_every: int = 1,
 ) -> GroupedStrategy:
     """Create a grouped strategy by name; unknown names list the valid ones."""
     if name not in STRATEGIES:
@@ -462,6 +477,9 @@ def build_strategy(
         common["eta"] = server_lr
     strategy = STRATEGIES[name](**common)
     strategy.setup(
-        node_wait_timeout=node_wait_timeout, query_timeout=query_timeout, min_replies=min_sites
+        node_wait_timeout=node_wait_timeout,
+        query_timeout=query_timeout,
+        min_replies=min_sites,
+        eval_every=eval_every,
     )
     return strategy

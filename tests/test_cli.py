@@ -32,7 +32,9 @@ def test_demo_data_writes_one_site_file_per_site(demo) -> None:
 
 def test_check_site_prints_a_summary_and_writes_a_preview(demo, tmp_path) -> None:
     preview = tmp_path / "preview.png"
-    result = runner.invoke(app, ["check-site", str(demo / "clinic-c.toml"), "--preview", str(preview)])
+    result = runner.invoke(
+        app, ["check-site", str(demo / "clinic-c.toml"), "--preview", str(preview)]
+    )
     assert result.exit_code == 0, result.output
     assert "boxes_per_image" in result.output and "site OK" in result.output
     assert preview.stat().st_size > 5000
@@ -68,7 +70,15 @@ def test_bad_site_file_fails_with_the_file_and_field_named(tmp_path) -> None:
 
 def test_client_refuses_plaintext_unless_asked(demo) -> None:
     result = runner.invoke(
-        app, ["client", "--site", str(demo / "clinic-a.toml"), "--server", "127.0.0.1:1", "--skip-check"]
+        app,
+        [
+            "client",
+            "--site",
+            str(demo / "clinic-a.toml"),
+            "--server",
+            "127.0.0.1:1",
+            "--skip-check",
+        ],
     )
     assert result.exit_code == 2
     assert "TLS is not configured" in result.output

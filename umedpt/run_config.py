@@ -23,6 +23,7 @@ class RunSettings:
 
     num_server_rounds: int = 5
     local_steps: int = 10
+    eval_every: int = 1  # evaluate on the sites every N rounds (and after the last)
     strategy: str = "fedavg"  # fedavg | fedprox | fedadam
     weighting: str = "examples"  # examples | equal
     proximal_mu: float = 0.01  # FedProx only
@@ -41,7 +42,7 @@ class RunSettings:
     run_key: str = ""  # set by the server: names the sites' state of this run
 
     def __post_init__(self) -> None:
-        positive = ("num_server_rounds", "local_steps", "min_sites")
+        positive = ("num_server_rounds", "local_steps", "eval_every", "min_sites")
         for name in positive:
             if getattr(self, name) < 1:
                 raise ConfigError(SOURCE, _key(name), f"must be >= 1, got {getattr(self, name)}")
