@@ -39,6 +39,7 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAdam, FedAvg, FedProx, Result
 from flwr.serverapp.strategy.strategy_utils import aggregate_arrayrecords
 
+from strategies.validation import reply_problem
 from umedpt import contract
 
 
@@ -223,8 +224,6 @@ class GroupedStrategy(FedAvg):
         return self._messages(server_round, arrays, config, grid, MessageType.EVALUATE)
 
     def _accept(self, server_round: int, replies: list[Message], *, train: bool) -> list[Message]:
-        from strategies.validation import reply_problem
-
         record = self._record(server_round)
         accepted = []
         for reply in replies:

@@ -44,7 +44,7 @@ def resolve_device(device: str) -> str:
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError("--device", "device", f"'{device}' asked for, but CUDA is not available")
+        raise ValueError(f"--device {device}: CUDA is not available on this machine")
     return device
 
 

@@ -27,11 +27,9 @@ def initial() -> ArrayRecord:
     return ArrayRecord({k: Array(v.copy()) for k, v in GLOBAL.items()})
 
 
-def run(strategy_name: str = "fedavg", rounds: int = 1, min_sites: int = 1, **grid_kwargs):
-    grid = ScriptedGrid(SITES, **grid_kwargs)
-    strategy = build_strategy(
-        strategy_name, min_sites=min_sites, **grid_kwargs.pop("strategy_kwargs", {})
-    )
+def run(strategy_name: str = "fedavg", rounds: int = 1, min_sites: int = 1):
+    grid = ScriptedGrid(SITES)
+    strategy = build_strategy(strategy_name, min_sites=min_sites)
     result = strategy.start(grid, initial(), num_rounds=rounds, timeout=5)
     return grid, strategy, result
 
@@ -167,3 +165,15 @@ def test_metrics_of_different_tasks_are_merged_per_key() -> None:
     assert merged["x/acc"] == pytest.approx(0.875)
     assert merged["y/dice"] == pytest.approx(0.2)
     assert merged["num-examples"] == 40
+
+
+def test_evaluation_runs_every_n_rounds_and_after_the_last() -> None:
+    grid = ScriptedGrid(SITES)
+    strategy = build_strategy("fedavg", min_sites=1, eval_every=2)
+    strategy.start(grid, initial(), num_rounds=3, timeout=5)
+    evaluated = {
+        int(m.content[contract.CONFIG_KEY][contract.SERVER_ROUND_KEY])
+        for m in grid.sent
+        if m.metadata.message_type == "evaluate"
+    }
+    assert evaluated == {2, 3}
