@@ -26,9 +26,9 @@ from bench.common import REPO_ROOT, machine_info, md_table, write_json
 from umedpt.config import load_site_config
 from umedpt.model import UMedPTModel, count_parameters
 from umedpt.models.presets import PRESETS, ModelConfig
-from umedpt.pretrain import collect_tasks, load_runs
+from umedpt.pretrain import collect_tasks, load_runs, steps_per_epoch
 from umedpt.training.seeding import seed_everything
-from umedpt.training.streams import TaskStream, steps_per_epoch
+from umedpt.training.streams import TaskStream
 from umedpt.training.trainer import MultiTaskTrainer, TaskRun, TrainConfig
 
 log = logging.getLogger("bench.centralized")
@@ -191,7 +191,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
 
     multi = build_trainer(model_config, runs, seeds, args.seed)
     parameters_m = count_parameters(multi.model) / 1e6
-    epochs = args.steps / steps_per_epoch(multi.streams)
+    epochs = args.steps / steps_per_epoch(multi.tasks)
     log.info("multi-task run: %d tasks, %d steps", len(runs), args.steps)
     multi_result = train_with_evals(multi, args.steps, eval_every)
     del multi

@@ -7,7 +7,6 @@ or, in simulation, entry ``partition-id`` of the run config's ``site-configs`` l
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 from collections.abc import Mapping
 from typing import Any
@@ -19,25 +18,15 @@ from flwr.clientapp import ClientApp
 from client.site import SiteError, SiteRunner
 from umedpt import contract
 from umedpt.config import load_site_config
-from umedpt.run_config import RunSettings
+from umedpt.run_config import THREADS_ENV, settings_for_app
 
-# Set by `umedpt-fl simulate`: Flower's in-process simulation gives apps an empty run config.
-RUN_CONFIG_ENV = "UMEDPT_FL_RUN_CONFIG"
 SITE_CONFIG_NODE_KEY = "site-config"
 
 app = ClientApp()
 
 
-def run_settings(context: Context) -> RunSettings:
-    """The run config (pyproject + --run-config), with the simulation's overrides on top."""
-    values: dict[str, Any] = dict(context.run_config)
-    if overrides := os.environ.get(RUN_CONFIG_ENV):
-        values.update(json.loads(overrides))
-    return RunSettings.from_run_config(values)
-
-
 def site_runner(context: Context, message: Message | None = None) -> SiteRunner:
-    settings = run_settings(context)
+    settings = settings_for_app(context.run_config)
     if message is not None and contract.CONFIG_KEY in message.content:
         run_key = message.content[contract.CONFIG_KEY].get("run-key")
         if run_key:  # chosen by the server; names this run's local state folder
@@ -58,7 +47,7 @@ def site_runner(context: Context, message: Message | None = None) -> SiteRunner:
             "this SuperNode does not know its site: start it with "
             f"--node-config \"{SITE_CONFIG_NODE_KEY}='/path/to/site.toml'\""
         )
-    torch.set_num_threads(max(1, int(os.environ.get("UMEDPT_FL_THREADS", torch.get_num_threads()))))
+    torch.set_num_threads(max(1, int(os.environ.get(THREADS_ENV, torch.get_num_threads()))))
     return SiteRunner(load_site_config(path), settings)
 
 

@@ -2,27 +2,15 @@
 
 from __future__ import annotations
 
-import json
-import os
-from typing import Any
-
 from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
-from client.app import RUN_CONFIG_ENV
 from server.federation import run_federation
-from umedpt.run_config import RunSettings
+from umedpt.run_config import settings_for_app
 
 app = ServerApp()
 
 
-def run_settings(context: Context) -> RunSettings:
-    values: dict[str, Any] = dict(context.run_config)
-    if overrides := os.environ.get(RUN_CONFIG_ENV):
-        values.update(json.loads(overrides))
-    return RunSettings.from_run_config(values)
-
-
 @app.main()
 def main(grid: Grid, context: Context) -> None:
-    run_federation(grid, run_settings(context))
+    run_federation(grid, settings_for_app(context.run_config))

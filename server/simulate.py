@@ -15,8 +15,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from client.app import RUN_CONFIG_ENV
-from umedpt.run_config import RunSettings
+from umedpt.run_config import RUN_CONFIG_ENV, THREADS_ENV, RunSettings
 
 
 class _DropDeprecationBanner(logging.Filter):
@@ -54,7 +53,7 @@ def simulate(
     total_cpus = os.cpu_count() or 1
     previous = os.environ.get(RUN_CONFIG_ENV)
     os.environ[RUN_CONFIG_ENV] = settings.to_json()
-    os.environ["UMEDPT_FL_THREADS"] = str(max(1, int(cpus_per_site)))
+    os.environ[THREADS_ENV] = str(max(1, int(cpus_per_site)))
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
     os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
     banner_filter = _DropDeprecationBanner()

@@ -19,7 +19,6 @@ from umedpt.model import UMedPTModel, count_parameters
 from umedpt.models.presets import PRESETS, ModelConfig
 from umedpt.training.checkpoint import save_checkpoint
 from umedpt.training.seeding import seed_everything
-from umedpt.training.streams import steps_per_epoch
 from umedpt.training.trainer import MultiTaskTrainer, TaskRun, TrainConfig
 
 log = logging.getLogger(__name__)
@@ -97,6 +96,11 @@ def _progress_callback(
     return on_step
 
 
+def steps_per_epoch(runs: Sequence[TaskRun]) -> int:
+    """Steps until the longest task has been seen once (UMedPT's epoch)."""
+    return max(len(r.data["train"]) // min(r.config.batch_size, len(r.data["train"])) for r in runs)
+
+
 @dataclass
 class PretrainResult:
     out_dir: Path
@@ -128,8 +132,7 @@ def pretrain(
     model = UMedPTModel(model_config, tasks, seed=config.seed)
     log.info("model: %s, %.2fM parameters", model_config.encoder, count_parameters(model) / 1e6)
 
-    probe = MultiTaskTrainer(model, runs, TrainConfig(seed=config.seed, device=device))
-    epoch_steps = steps_per_epoch(probe.streams)
+    epoch_steps = steps_per_epoch(runs)
     total = config.steps if config.steps is not None else config.epochs * epoch_steps
     eval_every = config.eval_every or min(epoch_steps, total) or 1
     trainer = MultiTaskTrainer(

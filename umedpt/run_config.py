@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -15,6 +16,11 @@ from typing import Any
 from umedpt.errors import ConfigError
 
 SOURCE = "run config"
+# Set by `umedpt-fl simulate`: Flower's in-process simulation gives apps an empty run
+# config, so the simulation passes its settings to the apps (and their Ray workers,
+# which inherit the environment) as JSON in this variable.
+RUN_CONFIG_ENV = "UMEDPT_FL_RUN_CONFIG"
+THREADS_ENV = "UMEDPT_FL_THREADS"  # torch threads per simulated site (its CPU share)
 
 
 @dataclass(frozen=True)
@@ -105,3 +111,11 @@ def _coerce(value: Any, annotation: Any, key: str) -> Any:
         return str(value)
     except (TypeError, ValueError):
         raise ConfigError(SOURCE, key, f"expected {kind}, got {value!r}") from None
+
+
+def settings_for_app(run_config: Mapping[str, Any]) -> RunSettings:
+    """What a ServerApp or ClientApp runs with: Flower's run config plus simulate's overrides."""
+    values: dict[str, Any] = dict(run_config)
+    if overrides := os.environ.get(RUN_CONFIG_ENV):
+        values.update(json.loads(overrides))
+    return RunSettings.from_run_config(values)

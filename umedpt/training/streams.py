@@ -64,8 +64,3 @@ class TaskStream:
         self.order = state["order"].clone()
         self.position = int(state["position"])
         self.passes = int(state["passes"])
-
-
-def steps_per_epoch(streams: dict[str, TaskStream]) -> int:
-    """Steps until the longest task has been seen once (UMedPT's epoch)."""
-    return max(s.batches_per_pass for s in streams.values())

@@ -149,16 +149,17 @@ class MultiTaskTrainer:
             with self._autocast():
                 outputs = self.model(batch.images, task.name)
                 loss = task.task_type.loss(outputs, batch, task.config)
-            if not torch.isfinite(loss):
+            value = float(loss.detach())  # one host sync per task
+            if not math.isfinite(value):
                 raise FloatingPointError(
-                    f"task '{task.name}': loss became {float(loss)} at step {self.step_count}; "
+                    f"task '{task.name}': loss became {value} at step {self.step_count}; "
                     "lower the learning rate or check the data"
                 )
             loss.backward()  # frees this task's graph before the next task's forward
             head_optimizer = self.head_optimizers[task.name]
             head_optimizer.step()
             head_optimizer.zero_grad(set_to_none=True)
-            results[task.name] = (float(loss.detach()), batch.size)
+            results[task.name] = (value, batch.size)
         if shared_regularizer is not None:
             shared_regularizer().backward()
         if self.config.grad_clip:
