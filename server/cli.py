@@ -68,7 +68,7 @@ def simulate_command(
     ] = None,
     out: Annotated[Path, typer.Option(help="Output folder.")] = Path("runs/simulation"),
     rounds: Rounds = 6,
-    local_steps: LocalSteps = 10,
+    local_steps: LocalSteps = 15,
     eval_every: EvalEvery = 1,
     strategy: Strategy = "fedavg",
     weighting: Weighting = "examples",

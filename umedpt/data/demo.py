@@ -30,7 +30,7 @@ _ZIP_DATE = (1980, 1, 1, 0, 0, 0)
 
 
 def write_demo_federation(
-    out_dir: Path, *, seed: int = 0, image_size: int = 64, images_per_site: int = 150
+    out_dir: Path, *, seed: int = 0, image_size: int = 64, images_per_site: int = 240
 ) -> list[Path]:
     """Write four demo sites under ``out_dir`` and return their site TOML files."""
     if image_size < 32 or image_size % 32:

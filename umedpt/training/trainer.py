@@ -37,7 +37,7 @@ class TrainConfig:
     weight_decay: float | None = None
     schedule: str = "constant"  # "constant" | "cosine"
     total_steps: int | None = None  # horizon of the cosine schedule
-    warmup_steps: int = 0
+    warmup_steps: int | None = None
     grad_clip: float | None = 5.0
     seed: int = 0
     device: str = "cpu"
@@ -99,6 +99,9 @@ class MultiTaskTrainer:
         lr = config.lr if config.lr is not None else model.config.lr
         head_lr = config.head_lr if config.head_lr is not None else lr
         wd = config.weight_decay if config.weight_decay is not None else model.config.weight_decay
+        self.warmup_steps = (
+            config.warmup_steps if config.warmup_steps is not None else model.config.warmup_steps
+        )
         self.shared_optimizer = torch.optim.AdamW(model.shared_parameters(), lr=lr, weight_decay=wd)
         self.head_optimizers = {
             t.name: torch.optim.AdamW(model.heads[t.name].parameters(), lr=head_lr, weight_decay=wd)
@@ -124,11 +127,11 @@ class MultiTaskTrainer:
 
     # -- schedule ---------------------------------------------------------------------
     def _lr_factor(self, step: int) -> float:
-        if step < self.config.warmup_steps:
-            return (step + 1) / self.config.warmup_steps
+        if step < self.warmup_steps:
+            return (step + 1) / self.warmup_steps
         if self.config.schedule == "cosine":
-            horizon = max(1, (self.config.total_steps or 1) - self.config.warmup_steps)
-            progress = min(1.0, (step - self.config.warmup_steps) / horizon)
+            horizon = max(1, (self.config.total_steps or 1) - self.warmup_steps)
+            progress = min(1.0, (step - self.warmup_steps) / horizon)
             return 0.5 * (1 + math.cos(math.pi * progress))
         return 1.0
 
