@@ -52,7 +52,10 @@ def print_summary(report: dict) -> None:
         console.print(table)
     rounds = report.get("rounds", [])
     if rounds:
-        sent = sum(sum(r["bytes_sent"].values()) for r in rounds)
+        sent = sum(
+            sum(r["bytes_sent"].values()) + sum(r.get("bytes_sent_for_evaluation", {}).values())
+            for r in rounds
+        )
         received = sum(sum(r["bytes_received"].values()) for r in rounds)
         console.print(
             f"{len(rounds)} rounds, {sent / 1e6:.1f} MB sent to sites, "

@@ -64,8 +64,9 @@ class RoundRecord:
     round: int
     started: float = 0.0
     seconds: float = 0.0
-    bytes_sent: dict[str, int] = field(default_factory=dict)
+    bytes_sent: dict[str, int] = field(default_factory=dict)  # training payloads
     bytes_received: dict[str, int] = field(default_factory=dict)
+    bytes_sent_for_evaluation: dict[str, int] = field(default_factory=dict)
     train_metrics: dict[str, dict[str, float]] = field(default_factory=dict)
     eval_metrics: dict[str, dict[str, float]] = field(default_factory=dict)
     rejected: list[tuple[str, str]] = field(default_factory=list)  # (site, reason)
@@ -205,6 +206,8 @@ class GroupedStrategy(FedAvg):
             if kind == MessageType.TRAIN:
                 self._sent_to[node] = keys
                 record.bytes_sent[site.name] = arrays_nbytes(payload)
+            else:
+                record.bytes_sent_for_evaluation[site.name] = arrays_nbytes(payload)
         return messages
 
     # -- Flower's hooks ---------------------------------------------------------------

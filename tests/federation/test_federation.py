@@ -96,6 +96,7 @@ def test_outputs_report_plot_checkpoint_and_site_heads(three_sites) -> None:
     assert set(first["eval_metrics"]) == set(saved["sites"])
     assert all(v > 0 for v in first["bytes_sent"].values())
     assert first["bytes_received"] == first["bytes_sent"]
+    assert first["bytes_sent_for_evaluation"] == first["bytes_sent"]
     assert saved["global_shared_bytes"] >= max(first["bytes_sent"].values()) * 0.99
     assert (out / "metrics.png").stat().st_size > 1000
     weights = global_weights(out)
