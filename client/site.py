@@ -50,10 +50,11 @@ class RoundOutcome:
     num_examples: int
 
 
-@functools.lru_cache(maxsize=8)
+@functools.lru_cache(maxsize=64)
 def _cached_runs(site_file: str, modified: float) -> tuple[TaskRun, ...]:
-    # Cached per process: a simulation worker serves many rounds of the same site, and
-    # reading every image again each round would dominate the round's time.
+    # Cached per process: a simulation worker serves many rounds of many sites (Ray gives
+    # each message to whichever worker is free), and reading every image again each round
+    # would dominate the round's time.
     return tuple(load_runs(load_site_config(site_file).tasks))
 
 

@@ -55,6 +55,8 @@ def simulate(
     os.environ[RUN_CONFIG_ENV] = settings.to_json()
     os.environ[THREADS_ENV] = str(max(1, int(cpus_per_site)))
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+    # Ray starts workers at nice 15; the sites' training would then starve on a busy host.
+    os.environ.setdefault("RAY_worker_niceness", "0")
     os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
     banner_filter = _DropDeprecationBanner()
     logging.getLogger("flwr").addFilter(banner_filter)

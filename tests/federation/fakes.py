@@ -1,70 +1,28 @@
 """Ray-free stand-ins for Flower's Grid, so federation tests run in-process and fast.
 
-``ClientAppGrid`` plays every node by calling the real ClientApp with a Context of its own
-(as a SuperNode would) and records every message both ways; ``ScriptedGrid`` answers with
-made-up replies, for testing the strategy's checks on hostile or broken sites.
+``ClientAppGrid`` (from ``server.inprocess``) plays every node with the real ClientApp;
+``ScriptedGrid`` answers with made-up replies, for testing the strategy's checks on hostile
+or broken sites.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from typing import Any
 
 import numpy as np
 from flwr.app import (
     Array,
     ArrayRecord,
     ConfigRecord,
-    Context,
     Message,
     MetricRecord,
     RecordDict,
 )
-from flwr.clientapp import ClientApp
-from flwr.supercore.task_identity import TaskIdentity
 
+from server.inprocess import ClientAppGrid
 from umedpt import contract
 
-# Messages built outside a Flower run need a task identity (the simulation sets the same).
-TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, 1, 0
-
-
-class ClientAppGrid:
-    """Delivers each message to the real ClientApp of its node, in this process."""
-
-    def __init__(
-        self,
-        client_app: ClientApp,
-        node_configs: dict[int, dict[str, Any]],
-        run_config: dict[str, Any],
-        *,
-        failing: Callable[[int, Message], bool] | None = None,
-    ) -> None:
-        self.client_app = client_app
-        self.contexts = {
-            node: Context(1, node, dict(config), RecordDict(), dict(run_config))
-            for node, config in node_configs.items()
-        }
-        self.failing = failing
-        self.sent: list[Message] = []
-        self.received: list[Message] = []
-
-    def get_node_ids(self) -> list[int]:
-        return list(self.contexts)
-
-    def send_and_receive(
-        self, messages: Iterable[Message], *, timeout: float | None = None
-    ) -> list[Message]:
-        replies = []
-        for message in messages:
-            self.sent.append(message)
-            node = message.metadata.dst_node_id
-            if self.failing and self.failing(node, message):
-                continue  # the site vanished: no reply at all
-            reply = self.client_app(message, self.contexts[node])
-            self.received.append(reply)
-            replies.append(reply)
-        return replies
+__all__ = ["ClientAppGrid", "ScriptedGrid"]
 
 
 class ScriptedGrid:

@@ -1,0 +1,292 @@
+"""Federation overhead in Flower's Ray simulation: round wall time vs the sites' training time.
+
+Why: a federated round should cost little more than its sites' local training. For each round
+after the first (round 1 includes Ray and actor start-up and data loading), this divides the
+round's wall time (``RoundRecord.seconds``: send, train, aggregate, and evaluation when due) by
+the SUM of the sites' own ``train-seconds`` (``MultiTaskTrainer.train_steps`` only). Target:
+<= 1.15x. Variants (each ``server.simulate.simulate`` in a fresh process, run one after the
+other, never concurrently), on the four demo sites:
+
+- ``parallel``: ``cpus_per_site=1``: on 2 cores Ray runs 2 sites at a time, so the ratio can
+  fall below 1 (the sum of training times exceeds the wall time);
+- ``sequential``: ``cpus_per_site=1.5``: Ray fits one actor on 2 CPUs, so one site at a
+  time, and ``simulate`` gives it ``int(1.5) = 1`` torch thread: the ratio shows the
+  per-round overhead directly (``sequential-2threads`` is ``cpus_per_site=2``, one site at a
+  time with 2 torch threads: on a busy 2-core machine two-thread OpenMP regions stall, see
+  README);
+- each with evaluation only after the last round (``eval_every`` large) and with evaluation
+  every round (``eval`` variants: the sites' validation counts as overhead here).
+
+A no-evaluation variant's last round still carries the final evaluation (the strategy always
+evaluates after the last round), so its median is over rounds 2 .. R-1.
+
+Then, in this process without Ray, the site-side costs of one round are timed piece by piece
+(building the SiteRunner, restoring state, training, saving state, copying weights out) to
+say where the overhead goes.
+
+    PYTHONPATH=. python3 bench/overhead.py                   # ~10 min on 2 cores
+    PYTHONPATH=. python3 bench/overhead.py --quick --out /tmp/bench
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from bench.common import REPO_ROOT, machine_info, md_table, median, write_json
+from bench.simtools import demo_sites, round_rows, simulate_in_subprocess
+
+log = logging.getLogger("bench.overhead")
+
+VARIANTS = {  # name -> (cpus_per_site, evaluate every round)
+    "parallel": (1.0, False),
+    "parallel-eval": (1.0, True),
+    "sequential": (1.5, False),
+    "sequential-eval": (1.5, True),
+    "sequential-2threads": (2.0, False),
+}
+DEFAULT_VARIANTS = ["parallel", "parallel-eval", "sequential"]
+
+
+def run_variant(
+    name: str, site_files: Sequence[Path], args: argparse.Namespace, work: Path
+) -> dict[str, Any]:
+    cpus, every_round = VARIANTS[name]
+    out = work / name
+    settings = {
+        "num_server_rounds": args.rounds,
+        "local_steps": args.local_steps,
+        "eval_every": 1 if every_round else 10_000,
+        "preset": "tiny",
+        "seed": args.seed,
+        "out_dir": str(out),
+        "state_root": str(out / "sites"),
+    }
+    log.info("variant %s: cpus_per_site=%g, eval every round: %s", name, cpus, every_round)
+    payload = simulate_in_subprocess(
+        site_files, settings, cpus_per_site=cpus, result_file=work / f"{name}.json"
+    )
+    rows = round_rows(payload["report"])
+    last = args.rounds if every_round else args.rounds - 1
+    measured = [r for r in rows if 2 <= r["round"] <= last]
+    slots = max(1, int((os.cpu_count() or 1) // cpus))
+    return {
+        "cpus_per_site": cpus,
+        "torch_threads": max(1, int(cpus)),
+        "eval_every_round": every_round,
+        "parallel_slots": slots,
+        "rounds": rows,
+        "measured_rounds": [r["round"] for r in measured],
+        "median_ratio": median([r["ratio"] for r in measured]),
+        "median_round_seconds": median([r["seconds"] for r in measured]),
+        "median_train_seconds_sum": median([r["train_seconds_sum"] for r in measured]),
+        "median_overhead_seconds": median(
+            [r["seconds"] - r["train_seconds_sum"] / slots for r in measured]
+        ),
+        "simulate_seconds": payload["simulate_seconds"],
+        "ray_worker_niceness": payload["ray_worker_niceness"],
+        "process_seconds": payload["seconds"],
+        "first_round_seconds": rows[0]["seconds"],
+    }
+
+
+def site_breakdown(site_files: Sequence[Path], args: argparse.Namespace, work: Path) -> list[dict]:
+    """Time the parts of one training round of each site in this process (no Ray, no Flower).
+
+    Mirrors ``client.app.train``: a new SiteRunner per message (the site's data is cached per
+    process), restore last round's local state, load the shared weights, train, save state,
+    copy the shared weights out.
+    """
+    from client.site import SiteRunner
+    from umedpt.config import load_site_config
+    from umedpt.run_config import RunSettings
+
+    torch.set_num_threads(args.breakdown_threads)
+    rows = []
+    for file in site_files:
+        site = load_site_config(file)
+        settings = RunSettings(
+            local_steps=args.local_steps,
+            seed=args.seed,
+            state_root=str(work / "breakdown"),
+            run_key="breakdown",
+        )
+        first = SiteRunner(site, settings)  # warms the per-process data cache
+        shared = {k: v.clone() for k, v in first.model.shared_state_dict().items()}
+        first.train_round(shared, 1)  # round 1 leaves state on disk to restore
+        timings: dict[str, list[float]] = {}
+        for server_round in range(2, 2 + args.breakdown_reps):
+            for label, seconds in _timed_round(site, settings, shared, server_round).items():
+                timings.setdefault(label, []).append(seconds)
+        row: dict[str, Any] = {"site": site.name, "blocks": ",".join(first.blocks)}
+        row.update({k: median(v) for k, v in timings.items()})
+        rows.append(row)
+    return rows
+
+
+def _timed_round(site, settings, shared: dict, server_round: int) -> dict[str, float]:
+    """One site round as ``client.app.train`` runs it, timed part by part."""
+    from flwr.app import ArrayRecord
+
+    from client.site import SiteRunner
+    from strategies.grouped import arrays_nbytes
+
+    times: dict[str, float] = {}
+    tic = time.perf_counter()
+
+    def lap(label: str) -> None:
+        nonlocal tic
+        now = time.perf_counter()
+        times[label] = now - tic
+        tic = now
+
+    runner = SiteRunner(site, settings)
+    lap("build SiteRunner")
+    runner.restore(server_round)
+    lap("restore state")
+    runner.load_shared(shared)
+    lap("load shared")
+    runner.trainer.train_steps(settings.local_steps)
+    lap("train")
+    runner._save(server_round)
+    lap("save state")
+    state = runner.model.state_dict()
+    arrays_nbytes(ArrayRecord({k: state[k].detach().cpu() for k in shared}))
+    lap("weights out + serialise")
+    return times
+
+
+def render_markdown(result: dict[str, Any]) -> str:
+    variants = result["variants"]
+    header = [
+        "variant",
+        "cpus/site (threads)",
+        "eval",
+        "rounds",
+        "median s/round",
+        "median sum train-s",
+        "median wall / sum train",
+        "per-round ratios",
+        "round 1 s",
+    ]
+    rows = []
+    for name, v in variants.items():
+        ratios = ", ".join(
+            f"{r['ratio']:.2f}" for r in v["rounds"] if r["round"] in v["measured_rounds"]
+        )
+        rows.append(
+            [
+                name,
+                f"{v['cpus_per_site']:g} ({v['torch_threads']})",
+                "every round" if v["eval_every_round"] else "last round only",
+                f"{v['measured_rounds'][0]}-{v['measured_rounds'][-1]}",
+                f"{v['median_round_seconds']:.1f}",
+                f"{v['median_train_seconds_sum']:.1f}",
+                f"**{v['median_ratio']:.2f}x**",
+                ratios,
+                f"{v['first_round_seconds']:.1f}",
+            ]
+        )
+    lines = [
+        "# Federation overhead in Flower's Ray simulation",
+        "",
+        f"Four demo sites (cls, seg, det, cls; {result['images_per_site']} images each), tiny "
+        f"preset, {result['rounds']} rounds x {result['local_steps']} local steps, 2 cores "
+        "(shared, noisy machine). Ratio = round wall time / sum of the sites' `train-seconds` "
+        "in that round; round 1 (Ray/actor start-up, data loading) excluded. Target <= 1.15x.",
+        "",
+        md_table(header, rows),
+        "",
+    ]
+    if result.get("breakdown"):
+        parts = [k for k in result["breakdown"][0] if k not in ("site", "blocks")]
+        lines += [
+            "Where a site's round goes (in-process, no Ray; median seconds over "
+            f"{result['breakdown_reps']} rounds, {result['breakdown_threads']} torch "
+            "thread(s)):",
+            "",
+            md_table(
+                ["site", "blocks", *parts, "non-train share"],
+                [
+                    [
+                        b["site"],
+                        b["blocks"],
+                        *[f"{b[p]:.3f}" for p in parts],
+                        f"{1 - b['train'] / sum(b[p] for p in parts):.0%}",
+                    ]
+                    for b in result["breakdown"]
+                ],
+            ),
+            "",
+        ]
+    if result.get("comment"):
+        lines += ["## What the numbers show", "", result["comment"], ""]
+    return "\n".join(lines)
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rounds", type=int, default=6)
+    parser.add_argument("--local-steps", type=int, default=20)
+    parser.add_argument("--images-per-site", type=int, default=150)
+    parser.add_argument("--variants", nargs="*", default=DEFAULT_VARIANTS, choices=list(VARIANTS))
+    parser.add_argument("--breakdown-reps", type=int, default=2)
+    parser.add_argument("--breakdown-threads", type=int, default=1)
+    parser.add_argument("--no-breakdown", action="store_true")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--quick", action="store_true", help="smoke run: 3 rounds x 2 steps")
+    parser.add_argument("--out", type=Path, default=REPO_ROOT / "bench" / "results")
+    parser.add_argument("--name", default="overhead", help="output file stem")
+    parser.add_argument("--comment", default="", help="interpretation, stored with the results")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.rounds, args.local_steps, args.images_per_site, args.breakdown_reps = 3, 2, 30, 1
+    if args.rounds < 3:
+        parser.error("--rounds must be >= 3 (round 1 and the final-eval round are excluded)")
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    start = time.perf_counter()
+    work = Path(tempfile.mkdtemp(prefix="bench-overhead-"))
+    try:
+        site_files = demo_sites(work / "data", 4, images_per_site=args.images_per_site)
+        variants = {name: run_variant(name, site_files, args, work) for name in args.variants}
+        breakdown = [] if args.no_breakdown else site_breakdown(site_files, args, work)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    result: dict[str, Any] = {
+        "benchmark": "overhead",
+        "machine": machine_info(),
+        "rounds": args.rounds,
+        "local_steps": args.local_steps,
+        "images_per_site": args.images_per_site,
+        "seed": args.seed,
+        "target_ratio": 1.15,
+        "variants": variants,
+        "breakdown": breakdown,
+        "breakdown_reps": args.breakdown_reps,
+        "breakdown_threads": args.breakdown_threads,
+        "total_seconds": time.perf_counter() - start,
+        "comment": args.comment,
+    }
+    args.out.mkdir(parents=True, exist_ok=True)
+    write_json(args.out / f"{args.name}.json", result)
+    (args.out / f"{args.name}.md").write_text(render_markdown(result))
+    log.info("wrote %s", args.out / f"{args.name}.json")
+    return result
+
+
+if __name__ == "__main__":
+    main()

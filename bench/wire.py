@@ -1,0 +1,266 @@
+"""Bytes on the wire per site and round vs the size of the whole model.
+
+Why: a site only exchanges the encoder and the shared blocks its tasks use (never its heads),
+and the server holds every block. This computes, for each demo site and for the ``tiny`` and
+``swin-t`` presets, exactly what ``strategies.grouped.GroupedStrategy`` sends (the global
+shared state's keys whose group is the encoder or one of the site's blocks, measured with the
+strategy's own ``arrays_nbytes``: serialised npy payloads as they travel) and compares it with
+
+- the site's whole ``UMedPTModel`` state (encoder + its blocks + its heads),
+- the server's global shared state (encoder + every task type's block).
+
+No training is needed for that (models are only built). Then one short tiny federation
+(1 round x 1 local step, in-process ``run_federation`` + ``ClientAppGrid``, no Ray) confirms
+the computed tiny payloads against ``report.json``'s ``bytes_sent`` / ``bytes_received``.
+
+Note: ``report.json`` counts the training messages only. A round that also evaluates sends
+every site the same shared payload once more (evaluation replies carry only scalars), so
+downstream traffic is 2x the payload in evaluated rounds.
+
+    PYTHONPATH=. python3 bench/wire.py            # ~1 min
+    PYTHONPATH=. python3 bench/wire.py --quick --out /tmp/bench
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import shutil
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from flwr.app import ArrayRecord
+
+from bench.common import REPO_ROOT, machine_info, md_table, write_json
+from server.federation import initial_weights
+from strategies.grouped import arrays_nbytes
+from umedpt import contract
+from umedpt.config import load_site_config
+from umedpt.data.demo import write_demo_federation
+from umedpt.model import UMedPTModel
+from umedpt.pretrain import model_config_for
+from umedpt.run_config import RunSettings
+
+log = logging.getLogger("bench.wire")
+
+MB = 1e6
+
+
+def tensor_bytes(state: dict[str, torch.Tensor]) -> int:
+    return sum(t.numel() * t.element_size() for t in state.values())
+
+
+def preset_rows(preset: str, site_files: Sequence[Path], seed: int) -> dict[str, Any]:
+    """Payload per site as the strategy selects it, vs the site's whole model and the global."""
+    settings = RunSettings(preset=preset, seed=seed)
+    global_arrays = initial_weights(settings)
+    global_state = global_arrays.to_torch_state_dict()
+    config = model_config_for(preset, None)
+    rows = []
+    for file in site_files:
+        site = load_site_config(file)
+        model = UMedPTModel(config, site.tasks, seed=seed)
+        full = model.state_dict()
+        groups = (contract.ENCODER, *(f"{contract.BLOCKS}.{b}" for b in sorted(model.blocks)))
+        # exactly GroupedStrategy._messages: global keys whose group the site uses
+        keys = [k for k in global_arrays.keys() if contract.group_of(k) in groups]
+        payload = ArrayRecord({k: global_arrays[k] for k in keys})
+        shared_here = model.shared_state_dict()
+        assert set(keys) == set(shared_here), f"{site.name}: payload keys != site's shared keys"
+        heads = {k: v for k, v in full.items() if not contract.is_shared(k)}
+        rows.append(
+            {
+                "site": site.name,
+                "tasks": ",".join(f"{t.name}:{t.type}" for t in site.tasks),
+                "blocks": ",".join(sorted(model.blocks)),
+                "payload_bytes": arrays_nbytes(payload),  # one direction, one message
+                "payload_tensor_bytes": tensor_bytes({k: global_state[k] for k in keys}),
+                "payload_arrays": len(keys),
+                "site_model_bytes": tensor_bytes(full),
+                "site_heads_bytes": tensor_bytes(heads),
+                "encoder_bytes": tensor_bytes(contract.select(full, [contract.ENCODER])),
+            }
+        )
+        del model
+    return {
+        "preset": preset,
+        "encoder": config.encoder,
+        "global_shared_bytes": tensor_bytes(global_state),
+        "global_shared_payload_bytes": arrays_nbytes(global_arrays),
+        "global_blocks_bytes": {
+            b: tensor_bytes(contract.select(global_state, [f"{contract.BLOCKS}.{b}"]))
+            for b in sorted(
+                {contract.block_of(contract.group_of(k)) for k in global_state} - {None}
+            )
+        },
+        "sites": rows,
+    }
+
+
+def confirm_with_run(site_files: Sequence[Path], work: Path, seed: int) -> dict[str, Any]:
+    """One tiny round through run_federation: what report.json says went over the wire."""
+    from client.app import app as client_app
+    from server.federation import run_federation
+    from tests.federation.fakes import ClientAppGrid
+
+    out = work / "run"
+    settings = RunSettings(
+        num_server_rounds=1,
+        local_steps=1,
+        seed=seed,
+        preset="tiny",
+        out_dir=str(out),
+        site_configs=",".join(str(f) for f in site_files),
+        state_root=str(out / "sites"),
+    )
+    nodes = {100 + i: {"partition-id": i} for i in range(len(site_files))}
+    grid = ClientAppGrid(client_app, nodes, settings.to_run_config())
+    report = run_federation(grid, settings)
+    record = report["rounds"][0]
+    return {
+        "bytes_sent": record["bytes_sent"],
+        "bytes_received": record["bytes_received"],
+        "global_shared_bytes": report["global_shared_bytes"],
+    }
+
+
+def render_markdown(result: dict[str, Any]) -> str:
+    lines = [
+        "# Bytes on the wire per site and round vs the whole model",
+        "",
+        "Four demo sites (`umedpt-fl demo-data`): clinic-a classification, clinic-b "
+        "segmentation, clinic-c detection, clinic-d classification. Payload = what the strategy "
+        "sends a site for training, and what the site sends back (same keys), as serialised "
+        "npy arrays (`strategies.grouped.arrays_nbytes`). MB = 10^6 bytes, float32.",
+        "",
+    ]
+    header = [
+        "preset",
+        "site",
+        "blocks",
+        "payload down = up (MB)",
+        "per round, train only (MB)",
+        "site's whole model (MB)",
+        "of which heads (MB)",
+        "payload / site model",
+        "global shared (MB)",
+        "payload / global",
+    ]
+    rows = []
+    for preset in result["presets"]:
+        g = preset["global_shared_bytes"]
+        for s in preset["sites"]:
+            rows.append(
+                [
+                    preset["preset"],
+                    s["site"],
+                    s["blocks"],
+                    f"{s['payload_bytes'] / MB:.2f}",
+                    f"{2 * s['payload_bytes'] / MB:.2f}",
+                    f"{s['site_model_bytes'] / MB:.2f}",
+                    f"{s['site_heads_bytes'] / MB:.4f}",
+                    f"{s['payload_bytes'] / s['site_model_bytes']:.3f}",
+                    f"{g / MB:.2f}",
+                    f"{s['payload_bytes'] / g:.3f}",
+                ]
+            )
+    lines += [md_table(header, rows), ""]
+    for preset in result["presets"]:
+        blocks = ", ".join(f"{b} {v / MB:.2f}" for b, v in preset["global_blocks_bytes"].items())
+        lines.append(
+            f"- {preset['preset']} ({preset['encoder']}): global shared "
+            f"{preset['global_shared_bytes'] / MB:.2f} MB = encoder "
+            f"{preset['sites'][0]['encoder_bytes'] / MB:.2f} MB + blocks ({blocks}) MB."
+        )
+    check = result.get("confirmed")
+    if check:
+        lines += [
+            "",
+            "Confirmation (tiny, 1 round x 1 local step, `run_federation` in-process): "
+            "`report.json` bytes_sent / bytes_received per site vs computed payload:",
+            "",
+            md_table(
+                ["site", "report bytes_sent", "report bytes_received", "computed", "match"],
+                [
+                    [
+                        site,
+                        check["bytes_sent"][site],
+                        check["bytes_received"][site],
+                        computed,
+                        "yes"
+                        if check["bytes_sent"][site] == check["bytes_received"][site] == computed
+                        else "NO",
+                    ]
+                    for site, computed in check["computed"].items()
+                ],
+            ),
+        ]
+    lines += [
+        "",
+        "Rounds that also evaluate send the payload down once more (not in `report.json`): "
+        "3x payload per site in such a round.",
+        "",
+    ]
+    if result.get("comment"):
+        lines += ["## What the numbers show", "", result["comment"], ""]
+    return "\n".join(lines)
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--presets", nargs="*", default=["tiny", "swin-t"])
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--no-run", action="store_true", help="skip the confirming tiny run")
+    parser.add_argument("--quick", action="store_true", help="tiny preset only")
+    parser.add_argument("--out", type=Path, default=REPO_ROOT / "bench" / "results")
+    parser.add_argument("--name", default="wire", help="output file stem")
+    parser.add_argument("--comment", default="", help="interpretation, stored with the results")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.presets = ["tiny"]
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    torch.set_num_threads(args.threads)
+    start = time.perf_counter()
+    work = Path(tempfile.mkdtemp(prefix="bench-wire-"))
+    try:
+        site_files = write_demo_federation(work / "demo", seed=args.seed, images_per_site=30)
+        presets = []
+        for preset in args.presets:
+            log.info("preset %s", preset)
+            presets.append(preset_rows(preset, site_files, args.seed))
+        confirmed = None
+        if not args.no_run and "tiny" in args.presets:
+            confirmed = confirm_with_run(site_files, work, args.seed)
+            tiny = next(p for p in presets if p["preset"] == "tiny")
+            confirmed["computed"] = {s["site"]: s["payload_bytes"] for s in tiny["sites"]}
+            confirmed["global_computed"] = tiny["global_shared_bytes"]
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    result: dict[str, Any] = {
+        "benchmark": "wire",
+        "machine": machine_info(),
+        "seed": args.seed,
+        "presets": presets,
+        "confirmed": confirmed,
+        "total_seconds": time.perf_counter() - start,
+        "comment": args.comment,
+    }
+    args.out.mkdir(parents=True, exist_ok=True)
+    write_json(args.out / f"{args.name}.json", result)
+    (args.out / f"{args.name}.md").write_text(render_markdown(result))
+    log.info("wrote %s", args.out / f"{args.name}.json")
+    return result
+
+
+if __name__ == "__main__":
+    main()
