@@ -7,8 +7,6 @@ come from torchvision.ops; mAP from torchmetrics.
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -162,5 +160,3 @@ class Detection(TaskType):
 
 
 TASK_TYPES.register(Detection.name, Detection())
-
-__all__: list[Any] = ["Detection", "DetectionMetrics"]
