@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 
-from bench.common import REPO_ROOT, machine_info, md_table, write_json
+from bench.common import REPO_ROOT, machine_info, md_table, write_results
 from umedpt.config import load_site_config
 from umedpt.model import UMedPTModel, count_parameters
 from umedpt.models.presets import PRESETS, ModelConfig
@@ -228,10 +228,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "total_seconds": time.perf_counter() - start,
         "comment": args.comment,
     }
-    args.out.mkdir(parents=True, exist_ok=True)
-    write_json(args.out / f"{args.name}.json", result)
-    (args.out / f"{args.name}.md").write_text(render_markdown(result))
-    log.info("wrote %s", args.out / f"{args.name}.json")
+    log.info("wrote %s", write_results(args.out, args.name, result, render_markdown))
     return result
 
 

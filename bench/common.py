@@ -11,7 +11,7 @@ import os
 import platform
 import statistics
 import subprocess
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +54,16 @@ def median(values: Sequence[float]) -> float:
 def write_json(path: Path, payload: dict[str, Any]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(payload, indent=2, sort_keys=False) + "\n")
+
+
+def write_results(
+    out: Path, name: str, result: dict[str, Any], render: Callable[[dict[str, Any]], str]
+) -> Path:
+    """Write ``<out>/<name>.json`` (every raw number) and ``<out>/<name>.md`` (the table)."""
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(out / f"{name}.json", result)
+    (out / f"{name}.md").write_text(render(result))
+    return out / f"{name}.json"
 
 
 def md_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:

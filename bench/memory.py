@@ -35,7 +35,7 @@ from typing import Any
 
 import torch
 
-from bench.common import REPO_ROOT, machine_info, md_table, median, write_json
+from bench.common import REPO_ROOT, machine_info, md_table, median, write_results
 from bench.synthetic import ReplayStream, make_run, precollate
 from umedpt.model import UMedPTModel
 from umedpt.models.presets import PRESETS
@@ -403,8 +403,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any] | None:
         "summary": summary,
         "comment": args.comment,
     }
-    write_json(args.out / "memory.json", result)
-    (args.out / "memory.md").write_text(render_markdown(result))
+    write_results(args.out, "memory", result, render_markdown)
     return result
 
 

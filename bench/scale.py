@@ -27,7 +27,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from bench.common import REPO_ROOT, machine_info, md_table, median, write_json
+from bench.common import REPO_ROOT, machine_info, md_table, median, write_results
 from bench.simtools import demo_sites, round_rows, simulate_in_subprocess
 
 log = logging.getLogger("bench.scale")
@@ -205,10 +205,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "total_seconds": time.perf_counter() - start,
         "comment": args.comment,
     }
-    args.out.mkdir(parents=True, exist_ok=True)
-    write_json(args.out / f"{args.name}.json", result)
-    (args.out / f"{args.name}.md").write_text(render_markdown(result))
-    log.info("wrote %s", args.out / f"{args.name}.json")
+    log.info("wrote %s", write_results(args.out, args.name, result, render_markdown))
     return result
 
 

@@ -26,7 +26,7 @@ from typing import Any
 
 import torch
 
-from bench.common import REPO_ROOT, machine_info, md_table, median, write_json
+from bench.common import REPO_ROOT, machine_info, md_table, median, write_results
 from bench.synthetic import ReplayStream, make_run, precollate
 from umedpt.model import UMedPTModel
 from umedpt.models.presets import PRESETS, ModelConfig
@@ -243,8 +243,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "scenarios": scenarios,
         "comment": args.comment,
     }
-    write_json(args.out / "throughput.json", result)
-    (args.out / "throughput.md").write_text(render_markdown(result))
+    write_results(args.out, "throughput", result, render_markdown)
     return result
 
 
