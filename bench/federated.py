@@ -6,7 +6,7 @@ reach alone. Three arms, tiny preset, the SAME number of local steps per task (`
 
 - federated: ``R`` rounds x ``L`` local steps, FedAvg over the encoder and the shared blocks
   (heads stay at the sites). Driven in-process with the real ClientApp and the real
-  ``server.federation.run_federation`` through ``server.inprocess.ClientAppGrid`` (no Ray:
+  ``server.federation.run_federation`` through ``umedpt_fl.inprocess.ClientAppGrid`` (no Ray:
   deterministic, and no simulation overhead in the wall time). Metrics are those of the global
   weights with each site's own head, evaluated by the sites (what ``report.json`` records);
 - centralized: ``umedpt.pretrain.pretrain`` on all four sites' tasks in one model, ``R * L``
@@ -40,7 +40,7 @@ from bench.common import REPO_ROOT, machine_info, md_table, write_json
 from umedpt.config import SiteConfig, load_site_config
 from umedpt.models.presets import PRESETS
 from umedpt.pretrain import PretrainConfig, load_runs, pretrain
-from umedpt.run_config import RunSettings
+from umedpt_fl.settings import RunSettings
 
 log = logging.getLogger("bench.federated")
 
@@ -74,7 +74,7 @@ def run_federated(
     """R rounds x L local steps through run_federation and the real ClientApp, no Ray."""
     from client.app import app as client_app
     from server.federation import run_federation
-    from server.inprocess import ClientAppGrid
+    from umedpt_fl.inprocess import ClientAppGrid
 
     out = work / "federated"
     settings = RunSettings(

@@ -4,7 +4,7 @@ Why: a federated round should cost little more than its sites' local training. F
 after the first (round 1 includes Ray and actor start-up and data loading), this divides the
 round's wall time (``RoundRecord.seconds``: send, train, aggregate, and evaluation when due) by
 the SUM of the sites' own ``train-seconds`` (``MultiTaskTrainer.train_steps`` only). Target:
-<= 1.15x. Variants (each ``server.simulate.simulate`` in a fresh process, run one after the
+<= 1.15x. Variants (each ``umedpt_fl.simulation.simulate`` in a fresh process, run one after the
 other, never concurrently), on the four demo sites:
 
 - ``parallel``: ``cpus_per_site=1``: on 2 cores Ray runs 2 sites at a time, so the ratio can
@@ -108,7 +108,7 @@ def site_breakdown(site_files: Sequence[Path], args: argparse.Namespace, work: P
     """
     from client.site import SiteRunner
     from umedpt.config import load_site_config
-    from umedpt.run_config import RunSettings
+    from umedpt_fl.settings import RunSettings
 
     torch.set_num_threads(args.breakdown_threads)
     rows = []

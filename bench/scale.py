@@ -5,7 +5,7 @@ Why: a coordinator should know what adding sites costs. Sites are demo sites wit
 classification, one segmentation, one detection site; 8 and 16 sites repeat that mix with
 other data). Tiny preset, fixed local steps, ``eval_every`` large, ``cpus_per_site=1`` on
 the machine's 2 cores (Ray runs 2 sites at a time), each federation a fresh
-``server.simulate.simulate`` process, run one after the other.
+``umedpt_fl.simulation.simulate`` process, run one after the other.
 
 Seconds per round = median over rounds 2 .. R-1: round 1 carries Ray/actor start-up and data
 loading, and round R the final evaluation that the strategy always runs. Then a least-squares

@@ -3,7 +3,7 @@
 - ``demo_sites``: N synthetic demo sites with unique names (several demo federations written
   with different seeds; each site file is copied next to its original under a unique name, so
   its relative data paths stay valid).
-- ``simulate_in_subprocess``: one ``server.simulate.simulate`` run in a fresh Python process
+- ``simulate_in_subprocess``: one ``umedpt_fl.simulation.simulate`` run in a fresh Python process
   (Ray is started and shut down inside it, and one variant's actors, caches or memory cannot
   leak into the next variant's timings); returns the run's ``report.json`` plus the process'
   own wall times.
@@ -116,8 +116,8 @@ def _worker(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--result", type=Path, required=True)
     args = parser.parse_args(argv)
 
-    from server.simulate import simulate
-    from umedpt.run_config import RunSettings
+    from umedpt_fl.settings import RunSettings
+    from umedpt_fl.simulation import simulate
 
     settings = RunSettings(**json.loads(args.settings))
     start = time.perf_counter()

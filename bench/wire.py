@@ -42,8 +42,8 @@ from umedpt import contract
 from umedpt.config import load_site_config
 from umedpt.data.demo import write_demo_federation
 from umedpt.model import UMedPTModel
-from umedpt.pretrain import model_config_for
-from umedpt.run_config import RunSettings
+from umedpt.models.presets import model_config
+from umedpt_fl.settings import RunSettings
 
 log = logging.getLogger("bench.wire")
 
@@ -59,7 +59,7 @@ def preset_rows(preset: str, site_files: Sequence[Path], seed: int) -> dict[str,
     settings = RunSettings(preset=preset, seed=seed)
     global_arrays = initial_weights(settings)
     global_state = global_arrays.to_torch_state_dict()
-    config = model_config_for(preset, None)
+    config = model_config(preset, None)
     rows = []
     for file in site_files:
         site = load_site_config(file)
@@ -105,7 +105,7 @@ def confirm_with_run(site_files: Sequence[Path], work: Path, seed: int) -> dict[
     """One tiny round through run_federation: what report.json says went over the wire."""
     from client.app import app as client_app
     from server.federation import run_federation
-    from tests.federation.fakes import ClientAppGrid
+    from umedpt_fl.inprocess import ClientAppGrid
 
     out = work / "run"
     settings = RunSettings(

@@ -15,85 +15,87 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from client.site import SiteError, SiteRunner
-from umedpt import contract
-from umedpt.config import load_site_config
-from umedpt.run_config import THREADS_ENV, settings_for_app
+from client.site import SiteError, SiteRunner, describe_site
+from umedpt.config import SiteConfig, load_site_config
+from umedpt_fl import wire
+from umedpt_fl.settings import THREADS_ENV, RunSettings, settings_for_app
 
 SITE_CONFIG_NODE_KEY = "site-config"
 
 app = ClientApp()
 
 
-def site_runner(context: Context, message: Message | None = None) -> SiteRunner:
+def run_settings(context: Context, message: Message | None = None) -> RunSettings:
+    """The run's settings, with the run key the server chose for this run."""
     settings = settings_for_app(context.run_config)
-    if message is not None and contract.CONFIG_KEY in message.content:
-        run_key = message.content[contract.CONFIG_KEY].get("run-key")
+    if message is not None and wire.CONFIG in message.content:
+        run_key = message.content[wire.CONFIG].get(wire.RUN_KEY)
         if run_key:  # chosen by the server; names this run's local state folder
             settings = dataclasses.replace(settings, run_key=str(run_key))
+    return settings
+
+
+def site_config(context: Context) -> SiteConfig:
+    """Which site this node is: its SuperNode's node config, or its simulated partition."""
     node_config: Mapping[str, Any] = context.node_config
     if SITE_CONFIG_NODE_KEY in node_config:
-        path = str(node_config[SITE_CONFIG_NODE_KEY])
-    elif "partition-id" in node_config and settings.site_config_list():
-        sites = settings.site_config_list()
+        return load_site_config(str(node_config[SITE_CONFIG_NODE_KEY]))
+    sites = settings_for_app(context.run_config).site_config_list()
+    if "partition-id" in node_config and sites:
         index = int(node_config["partition-id"])
         if index >= len(sites):
             raise SiteError(
                 f"simulated node {index} has no site: only {len(sites)} site configs given"
             )
-        path = sites[index]
-    else:
-        raise SiteError(
-            "this SuperNode does not know its site: start it with "
-            f"--node-config \"{SITE_CONFIG_NODE_KEY}='/path/to/site.toml'\""
-        )
+        return load_site_config(sites[index])
+    raise SiteError(
+        "this SuperNode does not know its site: start it with "
+        f"--node-config \"{SITE_CONFIG_NODE_KEY}='/path/to/site.toml'\""
+    )
+
+
+def site_runner(context: Context, message: Message) -> SiteRunner:
     torch.set_num_threads(max(1, int(os.environ.get(THREADS_ENV, torch.get_num_threads()))))
-    return SiteRunner(load_site_config(path), settings)
+    return SiteRunner(site_config(context), run_settings(context, message))
 
 
 def shared_from(message: Message) -> dict[str, torch.Tensor]:
-    return message.content[contract.SHARED_ARRAYS_KEY].to_torch_state_dict()
+    return message.content[wire.SHARED_ARRAYS].to_torch_state_dict()
 
 
 def metric_reply(
     message: Message, metrics: dict[str, float], num_examples: int, arrays=None
 ) -> Message:
-    content = RecordDict(
-        {contract.METRICS_KEY: MetricRecord({**metrics, contract.NUM_EXAMPLES_KEY: num_examples})}
-    )
+    content = RecordDict({wire.METRICS: MetricRecord({**metrics, wire.NUM_EXAMPLES: num_examples})})
     if arrays is not None:
-        content[contract.SHARED_ARRAYS_KEY] = arrays
+        content[wire.SHARED_ARRAYS] = arrays
     return Message(content, reply_to=message)
 
 
 @app.query()
 def describe(message: Message, context: Context) -> Message:
     """Tell the server the site's name and which shared blocks it trains."""
-    info = ConfigRecord(site_runner(context).describe())
-    return Message(RecordDict({contract.SITE_INFO_KEY: info}), reply_to=message)
+    info = ConfigRecord(describe_site(site_config(context)))
+    return Message(RecordDict({wire.SITE_INFO: info}), reply_to=message)
 
 
 @app.train()
 def train(message: Message, context: Context) -> Message:
-    config = message.content[contract.CONFIG_KEY]
+    config = message.content[wire.CONFIG]
     runner = site_runner(context, message)
     outcome = runner.train_round(
         shared_from(message),
-        int(config[contract.SERVER_ROUND_KEY]),
-        proximal_mu=float(config.get("proximal-mu", 0.0)),
+        int(config[wire.SERVER_ROUND]),
+        proximal_mu=float(config.get(wire.PROXIMAL_MU, 0.0)),
     )
     # Exactly the keys received, in the same order: heads never leave the site.
-    arrays = ArrayRecord(
-        {k: outcome.shared[k] for k in message.content[contract.SHARED_ARRAYS_KEY].keys()}
-    )
+    arrays = ArrayRecord({k: outcome.shared[k] for k in message.content[wire.SHARED_ARRAYS].keys()})
     return metric_reply(message, outcome.metrics, outcome.num_examples, arrays)
 
 
 @app.evaluate()
 def evaluate(message: Message, context: Context) -> Message:
-    config = message.content[contract.CONFIG_KEY]
+    config = message.content[wire.CONFIG]
     runner = site_runner(context, message)
-    metrics, count = runner.evaluate_round(
-        shared_from(message), int(config[contract.SERVER_ROUND_KEY])
-    )
+    metrics, count = runner.evaluate_round(shared_from(message), int(config[wire.SERVER_ROUND]))
     return metric_reply(message, metrics, count)

@@ -7,11 +7,9 @@ from typing import Annotated
 
 import typer
 
-from umedpt.cli import app, console, fail, setup_logging
-from umedpt.errors import UmedptError
+from umedpt.cli import BAD_INPUT_ERRORS, ExitCode, console, fail, setup_logging
 
 
-@app.command("client")
 def client_command(
     site: Annotated[Path, typer.Option("--site", help="This site's TOML file.")],
     server: Annotated[str, typer.Option(help="The coordinator's SuperLink, HOST:PORT.")],
@@ -42,9 +40,11 @@ def client_command(
             server=server, site_config=config.file, insecure=insecure,
             root_certificates=root_certificates, port=port,
         )  # fmt: skip
-    except (UmedptError, OSError, ValueError) as exc:
+    except BAD_INPUT_ERRORS as exc:
         raise fail(str(exc)) from exc
     console.print(f"site {config.name} joining {server}; local state in {config.state_dir}")
     code = run_supernode(options)
-    if code not in (0, 130):
-        raise fail(f"the SuperNode exited with code {code}", code=code)
+    if code == ExitCode.INTERRUPTED:
+        raise typer.Exit(int(ExitCode.INTERRUPTED))
+    if code != 0:
+        raise fail(f"the SuperNode exited with code {code}", ExitCode.RUN_FAILED)

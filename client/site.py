@@ -20,17 +20,16 @@ from pathlib import Path
 import torch
 
 from umedpt import contract
+from umedpt.checkpoint import load_trainer_state, load_weights, save_checkpoint
 from umedpt.config import SiteConfig, load_site_config
+from umedpt.device import resolve_device
 from umedpt.model import UMedPTModel
-from umedpt.pretrain import load_runs, model_config_for
-from umedpt.run_config import RunSettings
-from umedpt.training.checkpoint import (
-    load_trainer_state,
-    load_weights,
-    save_checkpoint,
-    save_state_groups,
-)
+from umedpt.models.presets import model_config
+from umedpt.pretrain import load_runs
+from umedpt.tasks import get_task_type
 from umedpt.training.trainer import MultiTaskTrainer, TaskRun, TrainConfig
+from umedpt_fl import wire
+from umedpt_fl.settings import RunSettings
 
 log = logging.getLogger(__name__)
 ROUND_DIR = re.compile(r"^round-(\d+)$")
@@ -63,6 +62,22 @@ def site_state_dir(site: SiteConfig, settings: RunSettings) -> Path:
     return root / "runs" / (settings.run_key or "default")
 
 
+def describe_site(site: SiteConfig) -> dict[str, str]:
+    """What the server is told about a site: its name, shared blocks and tasks.
+
+    Read from the site file alone: answering the server's query loads no data and builds
+    no model.
+    """
+    types = {t.name: get_task_type(t.type) for t in site.tasks}
+    return {
+        wire.SITE_NAME: site.name,
+        wire.BLOCKS_USED: ",".join(sorted({t.block for t in types.values()})),
+        wire.TASKS: wire.encode_tasks(
+            wire.TaskDescriptor(name, t.name, t.primary_metric) for name, t in types.items()
+        ),
+    }
+
+
 class SiteRunner:
     """Trains and evaluates one site's tasks for a federated run."""
 
@@ -71,27 +86,17 @@ class SiteRunner:
         self.settings = settings
         self.state_dir = site_state_dir(site, settings)
         self.runs = list(_cached_runs(str(site.file), site.file.stat().st_mtime))
-        self.model_config = model_config_for(settings.preset, settings.encoder or None)
+        self.model_config = model_config(settings.preset, settings.encoder or None)
         self.model = UMedPTModel(self.model_config, site.tasks, seed=settings.seed)
         self.trainer = MultiTaskTrainer(
             self.model,
             self.runs,
-            TrainConfig(lr=settings.lr or None, seed=settings.seed, device=_device()),
+            TrainConfig(lr=settings.lr or None, seed=settings.seed, device=resolve_device()),
         )
 
     @property
     def blocks(self) -> list[str]:
         return sorted(self.model.blocks)
-
-    def describe(self) -> dict[str, str]:
-        """What the server is told about this site (no data, no weights)."""
-        return {
-            contract.SITE_NAME_KEY: self.site.name,
-            contract.BLOCKS_USED_KEY: ",".join(self.blocks),
-            "tasks": ",".join(
-                f"{r.name}:{r.task_type.name}:{r.task_type.primary_metric}" for r in self.runs
-            ),
-        }
 
     # -- state on disk ----------------------------------------------------------------
     def _round_dirs(self) -> dict[int, Path]:
@@ -126,31 +131,23 @@ class SiteRunner:
             groups=heads,
         )
         # The latest heads, where a site operator (and `simulate`) finds them.
-        latest = self.state_dir / "latest-heads"
-        if latest.exists():
-            shutil.rmtree(latest)
-        save_state_groups(contract.select(self.model.state_dict(), heads), latest)
+        save_checkpoint(
+            self.state_dir / "latest-heads",
+            self.model,
+            meta={"site": self.site.name, "round": server_round, "run_key": self.settings.run_key},
+            groups=heads,
+        )
         for old in sorted(self._round_dirs())[:-KEEP_ROUNDS]:
             shutil.rmtree(self._round_dirs()[old], ignore_errors=True)
 
     # -- shared weights ---------------------------------------------------------------
     def load_shared(self, shared: Mapping[str, torch.Tensor]) -> list[str]:
         """Load the server's weights; they must be exactly this site's shared keys."""
-        expected = self.model.shared_state_dict()
-        missing = sorted(set(expected) - set(shared))
-        unexpected = sorted(set(shared) - set(expected))
-        if missing or unexpected:
+        if problem := contract.state_mismatch(shared, self.model.shared_state_dict()):
             raise SiteError(
                 f"site '{self.site.name}': the server sent weights that do not fit this site's "
-                f"model (missing {missing[:3]}, unexpected {unexpected[:3]}); check that "
-                "server and site use the same preset and encoder"
+                f"model ({problem}); check that server and site use the same preset and encoder"
             )
-        for key, value in shared.items():
-            if value.shape != expected[key].shape:
-                raise SiteError(
-                    f"site '{self.site.name}': '{key}' has shape {tuple(value.shape)} from the "
-                    f"server, {tuple(expected[key].shape)} here (different preset or encoder?)"
-                )
         self.model.load_state_dict(dict(shared), strict=False)
         return list(shared)
 
@@ -174,12 +171,12 @@ class SiteRunner:
         self._save(server_round)
         state = self.model.state_dict()
         metrics: dict[str, float] = {
-            "train-seconds": seconds,
-            "restored-round": float(restored),
-            contract.UNIT_WEIGHT_KEY: 1.0,
+            wire.TRAIN_SECONDS: seconds,
+            wire.RESTORED_ROUND: float(restored),
+            wire.UNIT_WEIGHT: 1.0,
         }
         for task, loss in report.losses.items():
-            metrics[f"{task}/train-loss"] = loss
+            metrics[wire.task_metric(task, wire.TRAIN_LOSS)] = loss
         return RoundOutcome(
             {k: state[k].detach().cpu() for k in keys}, metrics, report.total_examples
         )
@@ -191,13 +188,9 @@ class SiteRunner:
         self.restore(server_round + 1)
         self.load_shared(shared)
         results = self.trainer.evaluate("val")
-        metrics: dict[str, float] = {contract.UNIT_WEIGHT_KEY: 1.0}
+        metrics: dict[str, float] = {wire.UNIT_WEIGHT: 1.0}
         for task, values in results.items():
             for name, value in values.items():
-                metrics[f"{task}/{name}"] = float(value)
+                metrics[wire.task_metric(task, name)] = float(value)
         count = sum(len(r.data.splits.get("val", [])) for r in self.runs)
         return metrics, max(count, 1)
-
-
-def _device() -> str:
-    return "cuda" if torch.cuda.is_available() else "cpu"

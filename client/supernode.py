@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 from client.app import SITE_CONFIG_NODE_KEY
-from server.processes import exit_on_sigterm, start, stop
+from umedpt_fl.flower_env import flower_env
+from umedpt_fl.processes import exit_on_sigterm, start, stop
 
 
 @dataclass(frozen=True)
@@ -48,7 +48,7 @@ def supernode_command(options: SuperNodeOptions) -> list[str]:
 
 def run_supernode(options: SuperNodeOptions, *, log_file: Path | None = None) -> int:
     """Run until the SuperNode exits or the user interrupts; returns its exit code."""
-    env = {**os.environ, "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1"}
+    env = flower_env()
     with exit_on_sigterm():
         process = start(supernode_command(options), env=env, log_file=log_file)
         try:

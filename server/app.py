@@ -6,7 +6,7 @@ from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
 from server.federation import run_federation
-from umedpt.run_config import settings_for_app
+from umedpt_fl.settings import settings_for_app
 
 app = ServerApp()
 

@@ -18,8 +18,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from server.flower_app import write_app_dir
-from server.processes import FlowerProcessError, exit_on_sigterm, start, stop, wait_healthy
-from umedpt.run_config import RunSettings
+from umedpt_fl.flower_env import flower_env
+from umedpt_fl.processes import FlowerProcessError, exit_on_sigterm, start, stop, wait_healthy
+from umedpt_fl.settings import RunSettings
 
 CONNECTION = "umedpt"
 
@@ -104,11 +105,7 @@ def coordinate(settings: RunSettings, options: SuperLinkOptions) -> str:
     settings = dataclasses.replace(settings, out_dir=str(out))
     with tempfile.TemporaryDirectory(prefix="umedpt-fl-") as tmp, exit_on_sigterm():
         work = Path(tmp)
-        env = {
-            **os.environ,
-            "FLWR_HOME": str(work / "flwr-home"),
-            "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
-        }
+        env = flower_env({**os.environ, "FLWR_HOME": str(work / "flwr-home")})
         write_connection(work / "flwr-home", options)
         app_dir = write_app_dir(work / "app", settings)
         return _run_on_superlink(options, env, app_dir, out / "superlink.log")

@@ -18,11 +18,12 @@ from server.report import primary_metrics, write_plot, write_report
 from server.state import ServerProgress, load_server_state, save_server_state
 from strategies import GroupedStrategy, build_strategy
 from strategies.grouped import RoundFailedError, RoundRecord
+from umedpt.checkpoint import save_weights
 from umedpt.model import UMedPTModel
-from umedpt.pretrain import model_config_for
-from umedpt.run_config import RunSettings
-from umedpt.tasks.base import TASK_TYPES, get_task_type
-from umedpt.training.checkpoint import save_state_groups
+from umedpt.models.presets import model_config
+from umedpt.tasks import TASK_TYPES
+from umedpt_fl import wire
+from umedpt_fl.settings import RunSettings
 
 SERVER_STATE = "server-state"
 GLOBAL_CHECKPOINT = "global"
@@ -34,11 +35,11 @@ class RunExistsError(RuntimeError):
 
 def initial_weights(settings: RunSettings) -> ArrayRecord:
     """The shared weights every site starts from: encoder plus every task type's block."""
-    get_task_type("classification")  # registers the built-in task types
+    blocks = sorted({TASK_TYPES.get(name).block for name in TASK_TYPES.names()})
     model = UMedPTModel(
-        model_config_for(settings.preset, settings.encoder or None),
+        model_config(settings.preset, settings.encoder or None),
         [],
-        extra_blocks=TASK_TYPES.names(),
+        extra_blocks=blocks,
         seed=settings.seed,
     )
     return ArrayRecord(model.shared_state_dict())
@@ -54,14 +55,7 @@ def run_federation(grid: Grid, settings: RunSettings) -> dict[str, Any]:
     state_dir = out / SERVER_STATE
     started = time.time()
     strategy: GroupedStrategy = build_strategy(
-        settings.strategy,
-        min_sites=settings.min_sites,
-        weighting=settings.weighting,
-        proximal_mu=settings.proximal_mu,
-        server_lr=settings.server_lr,
-        node_wait_timeout=settings.node_wait_timeout,
-        query_timeout=min(settings.round_timeout, 300.0),
-        eval_every=settings.eval_every,
+        settings, query_timeout=min(settings.round_timeout, 300.0)
     )
     history: list[dict[str, Any]] = []
     if settings.resume and (state_dir / "progress.json").is_file():
@@ -82,6 +76,7 @@ def run_federation(grid: Grid, settings: RunSettings) -> dict[str, Any]:
         start_round = 1
     settings = dataclasses.replace(settings, run_key=run_key)
     out.mkdir(parents=True, exist_ok=True)
+    architecture = model_config(settings.preset, settings.encoder or None)
     model_bytes = sum(a.numpy().nbytes for a in arrays.values())
 
     def report(status: str) -> dict[str, Any]:
@@ -104,6 +99,7 @@ def run_federation(grid: Grid, settings: RunSettings) -> dict[str, Any]:
         save_server_state(
             state_dir,
             new_arrays.to_torch_state_dict(),
+            architecture,
             strategy.state_arrays(),
             ServerProgress(
                 server_round, run_key, settings.to_run_config(), history, current["sites"]
@@ -123,13 +119,23 @@ def run_federation(grid: Grid, settings: RunSettings) -> dict[str, Any]:
                 arrays,
                 num_rounds=settings.num_server_rounds,
                 timeout=settings.round_timeout,
-                train_config=ConfigRecord({"run-key": run_key}),
-                evaluate_config=ConfigRecord({"run-key": run_key}),
+                train_config=ConfigRecord({wire.RUN_KEY: run_key}),
+                evaluate_config=ConfigRecord({wire.RUN_KEY: run_key}),
                 start_round=start_round,
                 on_round_end=on_round_end,
             )
             result_arrays = result.arrays
-        save_state_groups(result_arrays.to_torch_state_dict(), out / GLOBAL_CHECKPOINT)
+        save_weights(
+            out / GLOBAL_CHECKPOINT,
+            result_arrays.to_torch_state_dict(),
+            architecture,
+            meta={
+                "kind": "federated",
+                "run_key": run_key,
+                "rounds": settings.num_server_rounds,
+                "settings": settings.to_run_config(),
+            },
+        )
         status = "completed"
     except RoundFailedError as exc:
         log(WARNING, "federation failed: %s", exc)

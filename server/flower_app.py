@@ -10,43 +10,36 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import tomli_w
+
 from umedpt import __version__
-from umedpt.run_config import RunSettings
+from umedpt_fl.settings import RunSettings
 
 
-def _toml_value(value: object) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int | float):
-        return repr(value)
-    escaped = str(value).replace("\\", "\\\\").replace('"', '\\"')
-    return f'"{escaped}"'
+def app_pyproject(settings: RunSettings) -> dict:
+    """The pyproject.toml of a run, as a mapping."""
+    return {
+        "build-system": {"requires": ["setuptools>=68"], "build-backend": "setuptools.build_meta"},
+        "project": {
+            "name": "umedpt-fl-run",
+            "version": __version__,
+            "description": "umedpt-fl federated pretraining (code installed on every machine)",
+            "license": "Apache-2.0",
+            "dependencies": [],
+        },
+        "tool": {
+            "flwr": {
+                "app": {
+                    "publisher": "umedpt-fl",
+                    "components": {"serverapp": "server.app:app", "clientapp": "client.app:app"},
+                    "config": settings.to_run_config(),
+                }
+            }
+        },
+    }
 
 
 def write_app_dir(folder: Path, settings: RunSettings) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
-    config = "\n".join(f"{k} = {_toml_value(v)}" for k, v in settings.to_run_config().items())
-    (folder / "pyproject.toml").write_text(
-        f"""[build-system]
-requires = ["setuptools>=68"]
-build-backend = "setuptools.build_meta"
-
-[project]
-name = "umedpt-fl-run"
-version = "{__version__}"
-description = "umedpt-fl federated pretraining (code installed on every machine)"
-license = "Apache-2.0"
-dependencies = []
-
-[tool.flwr.app]
-publisher = "umedpt-fl"
-
-[tool.flwr.app.components]
-serverapp = "server.app:app"
-clientapp = "client.app:app"
-
-[tool.flwr.app.config]
-{config}
-"""
-    )
+    (folder / "pyproject.toml").write_bytes(tomli_w.dumps(app_pyproject(settings)).encode())
     return folder

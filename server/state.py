@@ -1,7 +1,9 @@
 """The server's checkpoint after every round: shared weights, strategy state, history.
 
-Written atomically (temporary folder, then rename), so a run killed at any moment can
-``--resume`` from its last completed round.
+One folder in the project's checkpoint format (:mod:`umedpt.checkpoint`: the weights with
+their model config), plus the strategy's optimizer state and the run's progress, written
+atomically together, so a run killed at any moment can ``--resume`` from its last
+completed round.
 """
 
 from __future__ import annotations
@@ -14,12 +16,11 @@ from typing import Any
 import numpy as np
 import torch
 from safetensors.numpy import load_file as load_numpy
-from safetensors.numpy import save_file as save_numpy
-from safetensors.torch import load_file, save_file
+from safetensors.numpy import save as numpy_bytes
 
-from umedpt.training.checkpoint import replace_folder
+from umedpt.checkpoint import load_state, read_header, save_weights
+from umedpt.models.presets import ModelConfig
 
-WEIGHTS = "shared.safetensors"
 STRATEGY = "strategy.safetensors"
 PROGRESS = "progress.json"
 
@@ -38,15 +39,25 @@ class ServerProgress:
 def save_server_state(
     folder: Path,
     weights: dict[str, torch.Tensor],
+    config: ModelConfig,
     strategy_state: dict[str, np.ndarray],
     progress: ServerProgress,
 ) -> None:
-    tmp = folder.with_name(folder.name + ".tmp")
-    tmp.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.contiguous() for k, v in weights.items()}, str(tmp / WEIGHTS))
-    save_numpy({k: np.ascontiguousarray(v) for k, v in strategy_state.items()}, str(tmp / STRATEGY))
-    (tmp / PROGRESS).write_text(json.dumps(asdict(progress), indent=1, default=str))
-    replace_folder(tmp, folder)
+    strategy = {k: np.ascontiguousarray(v) for k, v in strategy_state.items()}
+    save_weights(
+        folder,
+        weights,
+        config,
+        meta={
+            "kind": "server-state",
+            "round": progress.completed_round,
+            "run_key": progress.run_key,
+        },
+        extra_files={
+            STRATEGY: numpy_bytes(strategy),
+            PROGRESS: json.dumps(asdict(progress), indent=1, default=str).encode(),
+        },
+    )
 
 
 def load_server_state(
@@ -54,7 +65,8 @@ def load_server_state(
 ) -> tuple[dict[str, torch.Tensor], dict[str, np.ndarray], ServerProgress]:
     if not (folder / PROGRESS).is_file():
         raise FileNotFoundError(f"{folder}: no server checkpoint to resume from")
+    read_header(folder)  # a clear error for a folder of another format or version
     progress = ServerProgress(**json.loads((folder / PROGRESS).read_text()))
     strategy_file = folder / STRATEGY
     strategy_state = load_numpy(str(strategy_file)) if strategy_file.is_file() else {}
-    return load_file(str(folder / WEIGHTS)), strategy_state, progress
+    return load_state(folder), strategy_state, progress

@@ -7,5 +7,8 @@ from pathlib import Path
 
 import torch
 
+from umedpt_fl.flower_env import disable_flower_telemetry
+
 torch.set_num_threads(2)
+disable_flower_telemetry()  # the tests import Flower directly, too
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))

@@ -1,12 +1,14 @@
-"""Command-line commands of the ML core: demo-data, pretrain, check-site.
+"""The ML core's commands (demo-data, pretrain, check-site) and what every command shares.
 
-The federation commands (simulate, server, client) are added by ``umedpt_fl.cli``.
+Commands are plain functions; ``umedpt_fl.cli`` registers them, and the federation's
+commands, in one place. Exit codes are the same across commands (:class:`ExitCode`).
 """
 
 from __future__ import annotations
 
 import logging
 import sys
+from enum import IntEnum, StrEnum
 from pathlib import Path
 from typing import Annotated
 
@@ -15,21 +17,32 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from umedpt.device import Device
 from umedpt.errors import UmedptError
+from umedpt.models.presets import PRESETS
 
 console = Console()
-app = typer.Typer(
-    name="umedpt-fl",
-    help="Federated multi-site pretraining of a UMedPT medical-imaging encoder.",
-    no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_enable=False,
-)
+
+# The user's input (a file, a flag, data) is at fault: fix it and run again.
+BAD_INPUT_ERRORS: tuple[type[BaseException], ...] = (UmedptError, OSError, ValueError)
 
 
-def fail(message: str, code: int = 2) -> typer.Exit:
+class ExitCode(IntEnum):
+    """One exit code per kind of outcome, for every command."""
+
+    OK = 0
+    RUN_FAILED = 1  # the input was fine but the run did not complete
+    BAD_INPUT = 2  # a bad flag, site file, data or checkpoint (also typer's usage errors)
+    INTERRUPTED = 130  # Ctrl-C
+
+
+def fail(message: str, code: ExitCode = ExitCode.BAD_INPUT) -> typer.Exit:
+    """Print ``message`` as an error; raise the result to exit with ``code``."""
     console.print(f"[bold red]error:[/] {message}", highlight=False)
-    return typer.Exit(code)
+    return typer.Exit(int(code))
+
+
+PresetName = StrEnum("PresetName", {name: name for name in PRESETS.names()})
 
 
 def setup_logging(verbose: bool) -> None:
@@ -56,8 +69,7 @@ def metrics_table(title: str, metrics: dict[str, dict[str, float]]) -> Table:
     return table
 
 
-@app.command("demo-data")
-def demo_data(
+def demo_data_command(
     out_dir: Annotated[Path, typer.Argument(help="Folder to write the demo sites into.")],
     seed: Annotated[int, typer.Option(help="Seed; the same seed writes the same files.")] = 0,
 ) -> None:
@@ -66,13 +78,12 @@ def demo_data(
 
     try:
         configs = write_demo_federation(out_dir, seed=seed)
-    except (UmedptError, OSError) as exc:
+    except BAD_INPUT_ERRORS as exc:
         raise fail(str(exc)) from exc
     for path in configs:
         console.print(f"wrote site config {path}")
 
 
-@app.command("pretrain")
 def pretrain_command(
     site: Annotated[list[Path], typer.Option("--site", help="Site TOML file (repeatable).")],
     out: Annotated[Path, typer.Option(help="Output folder for checkpoints and metrics.")],
@@ -80,11 +91,11 @@ def pretrain_command(
         int | None, typer.Option(help="Total multi-task steps (overrides --epochs).")
     ] = None,
     epochs: Annotated[int, typer.Option(help="Epochs (the longest task seen once each).")] = 3,
-    preset: Annotated[str, typer.Option(help="Model preset: tiny, swin-t, resnet18.")] = "tiny",
+    preset: Annotated[PresetName, typer.Option(help="Model preset.")] = "tiny",  # type: ignore[assignment]
     encoder: Annotated[
         str | None, typer.Option(help="Any timm encoder name (overrides the preset's).")
     ] = None,
-    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
+    device: Annotated[Device, typer.Option(help="Where to train.")] = Device.AUTO,
     seed: Annotated[int, typer.Option(help="Seed for weights and data order.")] = 0,
     lr: Annotated[float | None, typer.Option(help="Learning rate (default: the preset's).")] = None,
     eval_every: Annotated[
@@ -100,13 +111,13 @@ def pretrain_command(
     try:
         sites = [load_site_config(p) for p in site]
         config = PretrainConfig(
-            preset=preset,
+            preset=str(preset),
             encoder=encoder,
             epochs=epochs,
             steps=steps,
             eval_every=eval_every,
             seed=seed,
-            device=device,
+            device=str(device),
             lr=lr,
         )
         with Progress(
@@ -133,15 +144,14 @@ def pretrain_command(
                 )
 
             result = pretrain(sites, config, out, on_progress=on_progress, on_eval=on_eval)
-    except (UmedptError, OSError, ValueError) as exc:
+    except BAD_INPUT_ERRORS as exc:
         raise fail(str(exc)) from exc
     console.print(
         f"done: {result.steps} steps in {result.seconds:.1f} s; checkpoint in {out / 'checkpoint'}"
     )
 
 
-@app.command("check-site")
-def check_site(
+def check_site_command(
     site: Annotated[Path, typer.Argument(help="Site TOML file.")],
     preview: Annotated[
         Path | None, typer.Option(help="Preview PNG path (default: next to the config).")
@@ -171,6 +181,6 @@ def check_site(
                 target = target.with_name(f"{target.stem}-{task.name}{target.suffix}")
             write_preview(task, data, target)
             console.print(f"preview written to {target}")
-    except (UmedptError, OSError) as exc:
+    except BAD_INPUT_ERRORS as exc:
         raise fail(str(exc)) from exc
     console.print("\n[green]site OK[/]")

@@ -1,4 +1,4 @@
-"""The parameter-group contract and the wire-format keys, defined once.
+"""The parameter-group contract, defined once, and the one check of weights against it.
 
 Every parameter of a site's model lives under exactly one of three prefixes:
 
@@ -7,29 +7,19 @@ Every parameter of a site's model lives under exactly one of three prefixes:
                           aggregated only over the sites that use that block;
 - ``heads.<task>.``       a task's own head, which never leaves its site.
 
-The federated client, the server and the strategies import these names from here so
-that the keys on the wire cannot drift apart.
+Checkpoints, the federated client, the server and the strategies import these names
+from here. The federation's own wire keys (record names, metric keys) are not the ML
+core's business: they live in ``umedpt_fl.wire``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from typing import TypeVar
+from typing import Any, TypeVar
 
 ENCODER = "encoder"
 BLOCKS = "blocks"
 HEADS = "heads"
-
-# Wire-format keys shared by client, server and strategies.
-NUM_EXAMPLES_KEY = "num-examples"  # Flower's FedAvg weights replies by this MetricRecord key
-SHARED_ARRAYS_KEY = "arrays"  # ArrayRecord name of the shared weights in a message
-METRICS_KEY = "metrics"  # MetricRecord name of the scalar metrics in a reply
-CONFIG_KEY = "config"  # ConfigRecord name of the round's settings
-SITE_NAME_KEY = "site-name"  # ConfigRecord/metric key naming the reporting site
-BLOCKS_USED_KEY = "blocks-used"  # ConfigRecord key: the shared blocks a site trains
-UNIT_WEIGHT_KEY = "unit-weight"  # MetricRecord key worth 1 per site, for equal weighting
-SITE_INFO_KEY = "site-info"  # ConfigRecord name of a site's answer to the server's query
-SERVER_ROUND_KEY = "server-round"  # set by Flower's strategies in every round's config
 
 T = TypeVar("T")
 
@@ -71,3 +61,39 @@ def select(state: Mapping[str, T], groups: Iterable[str]) -> dict[str, T]:
 def shared_only(state: Mapping[str, T]) -> dict[str, T]:
     """Keep only the shared entries (encoder and blocks) of a state dict."""
     return {k: v for k, v in state.items() if is_shared(k)}
+
+
+def dtype_name(value: Any) -> str:
+    """``float32`` for a torch tensor, a numpy array or a Flower Array alike."""
+    dtype = value.dtype
+    return str(dtype).removeprefix("torch.")
+
+
+def state_mismatch(
+    received: Mapping[str, Any],
+    expected: Mapping[str, Any],
+    *,
+    ordered: bool = False,
+    check_dtype: bool = True,
+) -> str | None:
+    """Why ``received`` does not fit ``expected`` (same keys, shapes, dtypes), or None.
+
+    Works on anything with ``shape`` and ``dtype`` (torch tensors, numpy arrays, Flower
+    Arrays), so a reply on the server, the weights a site is sent and a checkpoint on
+    disk are checked by the same rule. With ``ordered``, the keys must also come in the
+    same order (Flower pairs arrays by position in some places).
+    """
+    keys, wanted = list(received), list(expected)
+    if set(keys) != set(wanted):
+        unexpected = sorted(set(keys) - set(wanted))
+        missing = sorted(set(wanted) - set(keys))
+        return f"keys differ: unexpected {unexpected[:5]}, missing {missing[:5]}"
+    if ordered and keys != wanted:
+        return "keys differ in order"
+    for key in wanted:
+        got, want = received[key], expected[key]
+        if tuple(got.shape) != tuple(want.shape):
+            return f"'{key}' has shape {tuple(got.shape)}, expected {tuple(want.shape)}"
+        if check_dtype and dtype_name(got) != dtype_name(want):
+            return f"'{key}' has dtype {dtype_name(got)}, expected {dtype_name(want)}"
+    return None

@@ -18,7 +18,7 @@ from umedpt import contract
 from umedpt.config import TaskConfig
 from umedpt.models.encoder import Encoder
 from umedpt.models.presets import ModelConfig
-from umedpt.tasks import get_task_type
+from umedpt.tasks import TASK_TYPES, TaskType, get_task_type
 
 
 class UMedPTModel(nn.Module):
@@ -40,13 +40,14 @@ class UMedPTModel(nn.Module):
     ) -> None:
         super().__init__()
         self.config = config
+        self.tasks = tuple(tasks)  # what checkpoints record to rebuild the heads
         with _seeded(seed, contract.ENCODER):
             self.encoder = Encoder(config)
         block_names = sorted({get_task_type(t.type).block for t in tasks} | set(extra_blocks))
         blocks = {}
         for name in block_names:
             with _seeded(seed, f"{contract.BLOCKS}.{name}"):
-                blocks[name] = get_task_type(name).build_block(self.encoder.out_channels, config)
+                blocks[name] = _block_owner(name).build_block(self.encoder.out_channels, config)
         self.blocks = nn.ModuleDict(blocks)
         heads = {}
         for task in tasks:
@@ -70,6 +71,14 @@ class UMedPTModel(nn.Module):
 
     def shared_groups(self) -> list[str]:
         return [contract.ENCODER] + [f"{contract.BLOCKS}.{b}" for b in self.blocks]
+
+
+def _block_owner(block: str) -> TaskType:
+    """The task type that builds shared block ``block`` (several types may share one)."""
+    for name in TASK_TYPES.names():
+        if (task_type := TASK_TYPES.get(name)).block == block:
+            return task_type
+    raise ValueError(f"no task type builds a shared block named '{block}'")
 
 
 def count_parameters(module: nn.Module) -> int:

@@ -10,14 +10,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
-
+from umedpt.checkpoint import save_checkpoint
 from umedpt.config import SiteConfig, TaskConfig
 from umedpt.data.loading import load_task_data
+from umedpt.device import resolve_device
 from umedpt.errors import ConfigError
 from umedpt.model import UMedPTModel, count_parameters
-from umedpt.models.presets import PRESETS, ModelConfig
-from umedpt.training.checkpoint import save_checkpoint
+from umedpt.models.presets import model_config
 from umedpt.training.seeding import seed_everything
 from umedpt.training.trainer import MultiTaskTrainer, TaskRun, TrainConfig
 
@@ -37,19 +36,6 @@ class PretrainConfig:
     device: str = "auto"
     lr: float | None = None
     schedule: str = "constant"
-
-
-def resolve_device(device: str) -> str:
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"--device {device}: CUDA is not available on this machine")
-    return device
-
-
-def model_config_for(preset: str, encoder: str | None) -> ModelConfig:
-    config = PRESETS.get(preset)
-    return config.with_encoder(encoder) if encoder else config
 
 
 def collect_tasks(sites: Sequence[SiteConfig]) -> list[TaskConfig]:
@@ -125,12 +111,12 @@ def pretrain(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     device = resolve_device(config.device)
-    model_config = model_config_for(config.preset, config.encoder)
+    architecture = model_config(config.preset, config.encoder)
     tasks = collect_tasks(sites)
     runs = load_runs(tasks)
     seed_everything(config.seed)
-    model = UMedPTModel(model_config, tasks, seed=config.seed)
-    log.info("model: %s, %.2fM parameters", model_config.encoder, count_parameters(model) / 1e6)
+    model = UMedPTModel(architecture, tasks, seed=config.seed)
+    log.info("model: %s, %.2fM parameters", architecture.encoder, count_parameters(model) / 1e6)
 
     epoch_steps = steps_per_epoch(runs)
     total = config.steps if config.steps is not None else config.epochs * epoch_steps
@@ -148,11 +134,7 @@ def pretrain(
     )
     meta = {
         "kind": "centralized",
-        "model": model_config.to_dict(),
-        "tasks": {
-            t.name: {"type": t.type, "classes": list(t.classes), "site_file": str(t.source)}
-            for t in tasks
-        },
+        "site_files": {t.name: str(t.source) for t in tasks},
         "config": asdict(config),
     }
     result = PretrainResult(out, total)

@@ -2,6 +2,8 @@
 
 Server and sites read the same run config, so both sides agree on the model preset,
 seed and learning rate. This module only parses plain values: it does not import Flower.
+Which aggregation rules exist is the strategy registry's business
+(:mod:`strategies.registry`); ``strategy`` is checked against it when the server builds it.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import json
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
+from enum import StrEnum
 from typing import Any
 
 from umedpt.errors import ConfigError
@@ -23,6 +26,13 @@ RUN_CONFIG_ENV = "UMEDPT_FL_RUN_CONFIG"
 THREADS_ENV = "UMEDPT_FL_THREADS"  # torch threads per simulated site (its CPU share)
 
 
+class Weighting(StrEnum):
+    """How replies are weighted when the server averages them."""
+
+    EXAMPLES = "examples"  # by the examples each site trained on
+    EQUAL = "equal"  # every site counts the same
+
+
 @dataclass(frozen=True)
 class RunSettings:
     """One federated run. Field ``foo_bar`` is run-config key ``foo-bar``."""
@@ -30,10 +40,11 @@ class RunSettings:
     num_server_rounds: int = 5
     local_steps: int = 10
     eval_every: int = 1  # evaluate on the sites every N rounds (and after the last)
-    strategy: str = "fedavg"  # fedavg | fedprox | fedadam
-    weighting: str = "examples"  # examples | equal
+    strategy: str = "fedavg"  # a name in strategies.registry (fedavg, fedprox, fedadam, ...)
+    weighting: str = Weighting.EXAMPLES.value
     proximal_mu: float = 0.01  # FedProx only
     server_lr: float = 0.01  # FedAdam only (eta)
+    trim_beta: float = 0.2  # trimmed mean only: fraction cut at each end per coordinate
     min_sites: int = 1  # fewest usable replies for a round to count
     round_timeout: float = 600.0  # seconds a round waits for replies
     node_wait_timeout: float = 300.0  # seconds to wait for min-sites to connect
@@ -55,14 +66,15 @@ class RunSettings:
         for name in ("round_timeout", "node_wait_timeout"):
             if getattr(self, name) <= 0:
                 raise ConfigError(SOURCE, _key(name), "must be positive")
-        if self.strategy not in ("fedavg", "fedprox", "fedadam"):
+        if not self.strategy:
+            raise ConfigError(SOURCE, "strategy", "must name an aggregation rule")
+        if self.weighting not in {w.value for w in Weighting}:
+            valid = ", ".join(w.value for w in Weighting)
             raise ConfigError(
-                SOURCE, "strategy", f"must be fedavg, fedprox or fedadam, got {self.strategy!r}"
+                SOURCE, "weighting", f"must be one of {valid}, got {self.weighting!r}"
             )
-        if self.weighting not in ("examples", "equal"):
-            raise ConfigError(
-                SOURCE, "weighting", f"must be examples or equal, got {self.weighting!r}"
-            )
+        if not 0 <= self.trim_beta < 0.5:
+            raise ConfigError(SOURCE, "trim-beta", f"must be in [0, 0.5), got {self.trim_beta}")
         if self.proximal_mu < 0 or self.server_lr <= 0 or self.lr < 0:
             raise ConfigError(
                 SOURCE, "proximal-mu/server-lr/lr", "must be non-negative (server-lr positive)"

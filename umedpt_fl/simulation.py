@@ -15,7 +15,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from umedpt.run_config import RUN_CONFIG_ENV, THREADS_ENV, RunSettings
+from umedpt_fl.settings import RUN_CONFIG_ENV, THREADS_ENV, RunSettings
 
 
 class _DropDeprecationBanner(logging.Filter):
@@ -31,6 +31,10 @@ class SimulationFailedError(RuntimeError):
     """The simulated federation did not complete; the message says why."""
 
 
+class SimulationUnavailableError(RuntimeError):
+    """Flower's simulation engine (Ray) is not installed: it is an optional extra."""
+
+
 def simulate(
     site_files: list[Path],
     settings: RunSettings,
@@ -40,8 +44,14 @@ def simulate(
     verbose: bool = False,
 ) -> dict[str, Any]:
     """Run the federation of ``site_files``; returns the report (raises on failure)."""
-    import ray
-    from flwr.simulation import run_simulation
+    try:
+        import ray
+        from flwr.simulation import run_simulation
+    except ImportError as exc:
+        raise SimulationUnavailableError(
+            f"simulate needs Flower's simulation engine ({exc}); install it with "
+            "pip install 'umedpt-fl[simulation]' (or pip install -e \".[simulation]\")"
+        ) from exc
 
     from client.app import app as client_app
     from server.app import app as server_app

@@ -9,7 +9,7 @@ import pytest
 
 from server.flower_app import write_app_dir
 from umedpt.errors import ConfigError
-from umedpt.run_config import RunSettings
+from umedpt_fl.settings import RunSettings
 
 ROOT = Path(__file__).resolve().parents[2]
 

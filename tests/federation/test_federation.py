@@ -19,8 +19,9 @@ from umedpt.config import load_site_config
 from umedpt.model import UMedPTModel
 from umedpt.models.presets import PRESETS
 from umedpt.pretrain import load_runs
-from umedpt.run_config import RunSettings
 from umedpt.training.trainer import MultiTaskTrainer, TrainConfig
+from umedpt_fl import wire
+from umedpt_fl.settings import RunSettings
 
 
 def settings_for(sites: list[Path], out: Path, **overrides) -> RunSettings:
@@ -61,9 +62,9 @@ def test_only_shared_weights_and_scalars_reach_the_server(three_sites) -> None:
     assert report["status"] == "completed"
     sent_keys = {}
     for message in grid.sent:
-        if contract.SHARED_ARRAYS_KEY in message.content:
+        if wire.SHARED_ARRAYS in message.content:
             sent_keys[message.metadata.dst_node_id] = list(
-                message.content[contract.SHARED_ARRAYS_KEY].keys()
+                message.content[wire.SHARED_ARRAYS].keys()
             )
     assert grid.received
     for reply in grid.received:
@@ -78,8 +79,8 @@ def test_only_shared_weights_and_scalars_reach_the_server(three_sites) -> None:
         for record in content.metric_records.values():
             assert all(isinstance(v, int | float) for v in record.values())
         for name, record in content.config_records.items():
-            assert name == contract.SITE_INFO_KEY
-            assert set(record.keys()) == {contract.SITE_NAME_KEY, contract.BLOCKS_USED_KEY, "tasks"}
+            assert name == wire.SITE_INFO
+            assert set(record.keys()) == {wire.SITE_NAME, wire.BLOCKS_USED, "tasks"}
     # and the blocks went only to the sites that use them
     detection_nodes = {
         n for n, keys in sent_keys.items() if any(k.startswith("blocks.detection.") for k in keys)

@@ -7,7 +7,8 @@ no timestamps; the npz archive is written with a fixed zip date).
 
 Sites:
 
-- ``clinic-a``: classification, ``class-folders`` of grey PNGs: disc / square / cross.
+- ``clinic-a``: classification, ``class-folders`` of grey PNGs: a lesion whose texture
+  (homogeneous, speckled, striped) is the class.
 - ``clinic-b``: segmentation, ``mask-folder``: grey ellipses with filled 0/1 masks.
 - ``clinic-c``: detection, Pascal ``voc``: bright squares and discs (some images empty).
 - ``clinic-d``: classification, MedMNIST-style ``npz``: horizontal vs vertical stripes.
@@ -18,13 +19,14 @@ from __future__ import annotations
 import io
 import zipfile
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+import tomli_w
 from PIL import Image
 
-SHAPES = ("disc", "square", "cross")  # spot shapes of the detection site
 TEXTURES = ("homogeneous", "speckled", "striped")  # lesion echotexture classes of clinic-a
-SPOTS = ("square-spot", "round-spot")
+SPOTS = ("square-spot", "round-spot")  # object classes of the detection site
 STRIPES = ("horizontal", "vertical")
 _ZIP_DATE = (1980, 1, 1, 0, 0, 0)
 
@@ -85,24 +87,13 @@ def _save_png(path: Path, arr: np.ndarray) -> None:
     Image.fromarray(arr).save(path, format="PNG")
 
 
-def _write_toml(out_dir: Path, site: str, task_lines: list[str]) -> Path:
-    lines = [
-        "# Synthetic demo site written by umedpt.data.demo (deterministic by seed).",
-        f'name = "{site}"',
-        f'state_dir = "state/{site}"',
-        "",
-        "[[tasks]]",
-        *task_lines,
-        "batch_size = 16",
-        "",
-    ]
+def _write_toml(out_dir: Path, site: str, task: dict[str, Any]) -> Path:
+    """Write a site file with one task (the site file format of ``umedpt.config``)."""
+    document = {"name": site, "state_dir": f"state/{site}", "tasks": [{**task, "batch_size": 16}]}
     path = out_dir / f"{site}.toml"
-    path.write_text("\n".join(lines), encoding="utf-8")
+    header = "# Synthetic demo site written by umedpt.data.demo (deterministic by seed).\n"
+    path.write_text(header + tomli_w.dumps(document), encoding="utf-8")
     return path
-
-
-def _toml_list(names: tuple[str, ...]) -> str:
-    return "[" + ", ".join(f'"{n}"' for n in names) + "]"
 
 
 # --- sites -----------------------------------------------------------------------------
@@ -140,14 +131,14 @@ def _clinic_a(out_dir: Path, rng: np.random.Generator, n: int, size: int) -> Pat
     return _write_toml(
         out_dir,
         "clinic-a",
-        [
-            'name = "lesions"',
-            'type = "classification"',
-            'format = "class-folders"',
-            'path = "clinic-a/lesions"',
-            f"classes = {_toml_list(TEXTURES)}",
-            f"image_size = {size}",
-        ],
+        {
+            "name": "lesions",
+            "type": "classification",
+            "format": "class-folders",
+            "path": "clinic-a/lesions",
+            "classes": list(TEXTURES),
+            "image_size": size,
+        },
     )
 
 
@@ -168,14 +159,14 @@ def _clinic_b(out_dir: Path, rng: np.random.Generator, n: int, size: int) -> Pat
     return _write_toml(
         out_dir,
         "clinic-b",
-        [
-            'name = "blobs"',
-            'type = "segmentation"',
-            'format = "mask-folder"',
-            'path = "clinic-b/ultrasound"',
-            'classes = ["blob"]',
-            f"image_size = {size}",
-        ],
+        {
+            "name": "blobs",
+            "type": "segmentation",
+            "format": "mask-folder",
+            "path": "clinic-b/ultrasound",
+            "classes": ["blob"],
+            "image_size": size,
+        },
     )
 
 
@@ -217,14 +208,14 @@ def _clinic_c(out_dir: Path, rng: np.random.Generator, n: int, size: int) -> Pat
     return _write_toml(
         out_dir,
         "clinic-c",
-        [
-            'name = "spots"',
-            'type = "detection"',
-            'format = "voc"',
-            'path = "clinic-c/VOC"',
-            f"classes = {_toml_list(SPOTS)}",
-            f"image_size = {size}",
-        ],
+        {
+            "name": "spots",
+            "type": "detection",
+            "format": "voc",
+            "path": "clinic-c/VOC",
+            "classes": list(SPOTS),
+            "image_size": size,
+        },
     )
 
 
@@ -275,14 +266,14 @@ def _clinic_d(out_dir: Path, rng: np.random.Generator, n: int, size: int) -> Pat
     return _write_toml(
         out_dir,
         "clinic-d",
-        [
-            'name = "stripes"',
-            'type = "classification"',
-            'format = "npz"',
-            'path = "clinic-d/stripes.npz"',
-            f"classes = {_toml_list(STRIPES)}",
-            f"image_size = {size}",
-        ],
+        {
+            "name": "stripes",
+            "type": "classification",
+            "format": "npz",
+            "path": "clinic-d/stripes.npz",
+            "classes": list(STRIPES),
+            "image_size": size,
+        },
     )
 
 

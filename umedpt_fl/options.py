@@ -1,0 +1,51 @@
+"""Command-line options shared by the federation's commands (`simulate`, `server`).
+
+Choices are Enums built from the registries that own them (aggregation rules, model
+presets, weightings), so ``--help`` lists exactly what a run accepts.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from strategies import strategy_names
+from umedpt.cli import PresetName
+from umedpt_fl.settings import RunSettings, Weighting
+
+StrategyName = StrEnum("StrategyName", {name: name for name in strategy_names()})
+
+Rounds = Annotated[int, typer.Option("--rounds", help="Federated rounds.")]
+LocalSteps = Annotated[int, typer.Option(help="Multi-task steps each site trains per round.")]
+EvalEvery = Annotated[
+    int, typer.Option(help="Evaluate on the sites every N rounds (and the last).")
+]
+Strategy = Annotated[StrategyName, typer.Option(help="Aggregation rule of the server.")]
+WeightingOption = Annotated[Weighting, typer.Option(help="How site replies are weighted.")]
+ProximalMu = Annotated[float, typer.Option(help="FedProx proximal weight mu.")]
+ServerLr = Annotated[float, typer.Option(help="FedAdam server learning rate (eta).")]
+TrimBeta = Annotated[
+    float, typer.Option(help="Trimmed mean: fraction cut at each end, per coordinate.")
+]
+RoundTimeout = Annotated[float, typer.Option(help="Seconds a round waits for sites.")]
+Preset = Annotated[PresetName, typer.Option(help="Model preset.")]
+Encoder = Annotated[str | None, typer.Option(help="Any timm encoder (overrides the preset's).")]
+Seed = Annotated[int, typer.Option(help="Seed for initial weights and data order.")]
+Lr = Annotated[float | None, typer.Option(help="Sites' learning rate (default: preset's).")]
+Resume = Annotated[bool, typer.Option("--resume", help="Continue the run in --out.")]
+Verbose = Annotated[bool, typer.Option("--verbose", "-v")]
+SiteFiles = Annotated[
+    list[Path] | None,
+    typer.Option("--site", help="Site TOML (repeatable); default: demo sites."),
+]
+
+
+def settings_from(**values: Any) -> RunSettings:
+    """RunSettings from the CLI flags (names as in RunSettings; Enums become their values)."""
+    plain = {k: v.value if isinstance(v, StrEnum) else v for k, v in values.items()}
+    plain["encoder"] = plain.get("encoder") or ""
+    plain["lr"] = plain.get("lr") or 0.0
+    return RunSettings(**plain)

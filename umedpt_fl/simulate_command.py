@@ -1,0 +1,124 @@
+"""`umedpt-fl simulate`: a whole federation on this machine, with Flower's simulation engine.
+
+Every site file and its data are read before the simulation starts, so a wrong path is
+named at once; and by default every listed site must answer every round, so a run that
+lost a site fails instead of quietly training the others.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from umedpt.cli import BAD_INPUT_ERRORS, ExitCode, console, fail, setup_logging
+from umedpt.config import SiteConfig, load_site_config
+from umedpt.errors import ConfigError
+from umedpt_fl.options import (
+    Encoder,
+    EvalEvery,
+    LocalSteps,
+    Lr,
+    Preset,
+    ProximalMu,
+    Resume,
+    Rounds,
+    RoundTimeout,
+    Seed,
+    ServerLr,
+    SiteFiles,
+    Strategy,
+    TrimBeta,
+    Verbose,
+    WeightingOption,
+    settings_from,
+)
+
+
+def check_sites(files: list[Path]) -> list[SiteConfig]:
+    """Read every site file and all its data; raise naming the first file that is wrong."""
+    from umedpt.data.loading import load_task_data
+
+    sites: list[SiteConfig] = []
+    for file in files:
+        site = load_site_config(file)
+        if clash := next((s for s in sites if s.name == site.name), None):
+            raise ConfigError(
+                site.file, "name", f"site name '{site.name}' is also used by {clash.file}"
+            )
+        for task in site.tasks:
+            data = load_task_data(task)
+            if not data.splits.get("train"):
+                raise ConfigError(site.file, f"{task.field_prefix}.path", "no training samples")
+        console.print(f"site {site.name}: {', '.join(t.name for t in site.tasks)} ({site.file})")
+        sites.append(site)
+    return sites
+
+
+def simulate_command(
+    site: SiteFiles = None,
+    out: Annotated[Path, typer.Option(help="Output folder.")] = Path("runs/simulation"),
+    rounds: Rounds = 6,
+    local_steps: LocalSteps = 15,
+    eval_every: EvalEvery = 1,
+    strategy: Strategy = "fedavg",  # type: ignore[assignment]
+    weighting: WeightingOption = "examples",  # type: ignore[assignment]
+    proximal_mu: ProximalMu = 0.01,
+    server_lr: ServerLr = 0.01,
+    trim_beta: TrimBeta = 0.2,
+    min_sites: Annotated[
+        int | None,
+        typer.Option(help="Fewest usable site replies for a round to count (default: all)."),
+    ] = None,
+    round_timeout: RoundTimeout = 600.0,
+    preset: Preset = "tiny",  # type: ignore[assignment]
+    encoder: Encoder = None,
+    seed: Seed = 0,
+    lr: Lr = None,
+    resume: Resume = False,
+    cpus_per_site: Annotated[
+        float, typer.Option(help="CPU cores reserved per simulated site.")
+    ] = 1.0,
+    gpus_per_site: Annotated[float, typer.Option(help="GPU share per simulated site.")] = 0.0,
+    verbose: Verbose = False,
+) -> None:
+    """Federate sites on this machine with Flower's simulation engine and report per site."""
+    from server.cli import print_summary
+    from umedpt.data.demo import write_demo_federation
+    from umedpt_fl.simulation import SimulationFailedError, SimulationUnavailableError, simulate
+
+    setup_logging(verbose)
+    try:
+        if not site:
+            site = write_demo_federation(out / "demo-data", seed=seed)
+            console.print(f"using the demo sites in {out / 'demo-data'}")
+        sites = check_sites(list(site))
+        if min_sites is not None and not 1 <= min_sites <= len(sites):
+            raise ConfigError("--min-sites", "min-sites", f"must be 1..{len(sites)}")
+        settings = settings_from(
+            num_server_rounds=rounds, local_steps=local_steps, eval_every=eval_every,
+            strategy=strategy, weighting=weighting, proximal_mu=proximal_mu, server_lr=server_lr,
+            trim_beta=trim_beta, min_sites=min_sites or len(sites), round_timeout=round_timeout,
+            preset=preset, encoder=encoder, seed=seed, lr=lr, out_dir=str(out.resolve()),
+            resume=resume, state_root=str((out / "sites").resolve()),
+        )  # fmt: skip
+    except BAD_INPUT_ERRORS as exc:
+        raise fail(str(exc)) from exc
+    try:
+        report = simulate(
+            [s.file for s in sites],
+            settings,
+            cpus_per_site=cpus_per_site,
+            gpus_per_site=gpus_per_site,
+            verbose=verbose,
+        )
+    except SimulationUnavailableError as exc:
+        raise fail(str(exc)) from exc
+    except SimulationFailedError as exc:
+        raise fail(str(exc), ExitCode.RUN_FAILED) from exc
+    print_summary(report)
+    console.print(
+        f"report: {out / 'report.json'}, plot: {out / 'metrics.png'}, global weights: "
+        f"{out / 'global'}, site heads: {out / 'sites'}/<site>/runs/*/latest-heads"
+    )
