@@ -17,6 +17,8 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+import tomli_w
+
 from server.flower_app import write_app_dir
 from umedpt_fl.flower_env import flower_env
 from umedpt_fl.processes import FlowerProcessError, exit_on_sigterm, start, stop, wait_healthy
@@ -71,15 +73,16 @@ def superlink_command(options: SuperLinkOptions, log_file: Path) -> list[str]:
 
 
 def write_connection(flwr_home: Path, options: SuperLinkOptions) -> None:
+    """Flower's CLI configuration: one connection, to the SuperLink we started."""
     host = "127.0.0.1" if options.host in ("0.0.0.0", "::") else options.host
-    lines = ["[superlink]", f'default = "{CONNECTION}"', "", f"[superlink.{CONNECTION}]"]
-    lines.append(f'address = "{host}:{options.port}"')
+    connection: dict[str, object] = {"address": f"{host}:{options.port}"}
     if options.insecure:
-        lines.append("insecure = true")
+        connection["insecure"] = True
     else:
-        lines.append(f'root-certificates = "{Path(options.ca_certfile).resolve()}"')
+        connection["root-certificates"] = str(Path(options.ca_certfile).resolve())
+    config = {"superlink": {"default": CONNECTION, CONNECTION: connection}}
     flwr_home.mkdir(parents=True, exist_ok=True)
-    (flwr_home / "config.toml").write_text("\n".join(lines) + "\n")
+    (flwr_home / "config.toml").write_bytes(tomli_w.dumps(config).encode())
 
 
 def run_status(env: dict[str, str], run_id: str, cwd: Path) -> tuple[str, str]:

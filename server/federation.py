@@ -152,11 +152,8 @@ def progress_line(server_round: int, total: int, record: RoundRecord, sites: dic
     primaries = primary_metrics(sites)
     parts = []
     for site, metrics in sorted(record.eval_metrics.items()):
-        shown = [
-            f"{task}/{metric}={metrics[f'{task}/{metric}']:.3f}"
-            for task, metric in primaries.get(site, [])
-            if f"{task}/{metric}" in metrics
-        ]
+        keys = [wire.task_metric(task, metric) for task, metric in primaries.get(site, [])]
+        shown = [f"{key}={metrics[key]:.3f}" for key in keys if key in metrics]
         parts.append(f"{site} " + " ".join(shown))
     rejected = f"; rejected {len(record.rejected)}" if record.rejected else ""
     return f"round {server_round}/{total} ({record.seconds:.1f} s): " + " | ".join(parts) + rejected

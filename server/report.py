@@ -6,20 +6,15 @@ import json
 from pathlib import Path
 from typing import Any
 
-LOSS_SUFFIX = "/loss"
+from umedpt_fl import wire
 
 
 def primary_metrics(sites: dict[str, Any]) -> dict[str, list[tuple[str, str]]]:
     """{site: [(task, primary metric), ...]} from the sites' self-descriptions."""
-    result: dict[str, list[tuple[str, str]]] = {}
-    for site, info in sites.items():
-        pairs = []
-        for entry in str(info.get("tasks", "")).split(","):
-            if entry.count(":") == 2:
-                task, _, metric = entry.split(":")
-                pairs.append((task, metric))
-        result[site] = pairs
-    return result
+    return {
+        site: [(t.name, t.metric) for t in wire.decode_tasks(info.get(wire.TASKS, ""))]
+        for site, info in sites.items()
+    }
 
 
 def metric_series(report: dict[str, Any], site: str, key: str) -> list[tuple[int, float]]:
@@ -51,7 +46,7 @@ def write_plot(out_dir: Path, report: dict[str, Any]) -> Path | None:
     for i, (site, pairs) in enumerate(sorted(primaries.items()), start=1):
         axes = figure.add_subplot(1, len(primaries), i)
         for task, metric in pairs:
-            series = metric_series(report, site, f"{task}/{metric}")
+            series = metric_series(report, site, wire.task_metric(task, metric))
             if series:
                 axes.plot(*zip(*series), marker="o", label=f"{task} ({metric})")
         axes.set_title(site)
@@ -72,7 +67,7 @@ def site_summary(report: dict[str, Any]) -> dict[str, dict[str, tuple[float | No
     for site, pairs in primary_metrics(report.get("sites", {})).items():
         rows = {}
         for task, metric in pairs:
-            for key in (f"{task}/{metric}", f"{task}{LOSS_SUFFIX}"):
+            for key in (wire.task_metric(task, metric), wire.task_metric(task, wire.LOSS)):
                 series = metric_series(report, site, key)
                 rows[key] = (series[0][1], series[-1][1]) if series else (None, None)
         summary[site] = rows

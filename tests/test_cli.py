@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from umedpt import __version__
 from umedpt_fl.cli import app
 
 runner = CliRunner()
@@ -82,3 +83,39 @@ def test_client_refuses_plaintext_unless_asked(demo) -> None:
     )
     assert result.exit_code == 2
     assert "TLS is not configured" in result.output
+
+
+def test_help_lists_every_registered_command_and_version_prints() -> None:
+    from umedpt_fl.cli import COMMANDS
+
+    result = runner.invoke(app, ["--help"])
+    assert result.exit_code == 0
+    for name, _ in COMMANDS:
+        assert name in result.output
+    assert {name for name, _ in COMMANDS} == {
+        "simulate", "server", "client", "check-site", "pretrain", "demo-data",
+    }  # fmt: skip
+    version = runner.invoke(app, ["--version"])
+    assert version.exit_code == 0 and version.output.strip() == f"umedpt-fl {__version__}"
+
+
+def test_choices_are_listed_by_help_and_checked(demo) -> None:
+    from strategies import strategy_names
+
+    result = runner.invoke(app, ["simulate", "--help"], terminal_width=200)
+    assert all(name in result.output for name in strategy_names())
+    assert "swin-t" in result.output and "equal" in result.output
+    bad = runner.invoke(app, ["simulate", "--strategy", "fedsgd", "--out", "x"])
+    assert bad.exit_code == 2 and "fedsgd" in bad.output
+    bad = runner.invoke(
+        app, ["pretrain", "--site", str(demo / "clinic-a.toml"), "--out", "x", "--device", "tpu"]
+    )
+    assert bad.exit_code == 2
+
+
+def test_simulate_names_a_bad_site_file_before_starting_anything(demo, tmp_path) -> None:
+    sites = ["--site", str(demo / "clinic-a.toml"), "--site", str(tmp_path / "no.toml")]
+    result = runner.invoke(app, ["simulate", *sites, "--out", str(tmp_path / "run")])
+    assert result.exit_code == 2
+    assert "no.toml" in result.output and "not found" in result.output
+    assert not (tmp_path / "run").exists()

@@ -1,3 +1,4 @@
+import numpy as np
 import pytest
 import torch
 
@@ -77,3 +78,25 @@ def test_seeded_parts_do_not_depend_on_the_other_parts() -> None:
         other_seed.state_dict()["blocks.segmentation.to_pixels.0.weight"],
         server.state_dict()["blocks.segmentation.to_pixels.0.weight"],
     )
+
+
+def test_state_mismatch_is_one_rule_for_tensors_and_arrays() -> None:
+    expected = {"encoder.a": torch.zeros(2, 3), "blocks.b.w": torch.zeros(4)}
+    same = {"encoder.a": np.zeros((2, 3), np.float32), "blocks.b.w": np.ones(4, np.float32)}
+    assert contract.state_mismatch(same, expected) is None
+    reordered = dict(reversed(list(same.items())))
+    assert contract.state_mismatch(reordered, expected) is None
+    assert contract.state_mismatch(reordered, expected, ordered=True) == "keys differ in order"
+    extra = {**same, "heads.t.w": np.zeros(1, np.float32)}
+    assert "unexpected ['heads.t.w']" in contract.state_mismatch(extra, expected)
+    missing = {"encoder.a": same["encoder.a"]}
+    assert "missing ['blocks.b.w']" in contract.state_mismatch(missing, expected)
+    wrong_shape = {**same, "blocks.b.w": np.zeros(5, np.float32)}
+    assert contract.state_mismatch(wrong_shape, expected) == (
+        "'blocks.b.w' has shape (5,), expected (4,)"
+    )
+    wrong_dtype = {**same, "blocks.b.w": np.zeros(4, np.float64)}
+    assert contract.state_mismatch(wrong_dtype, expected) == (
+        "'blocks.b.w' has dtype float64, expected float32"
+    )
+    assert contract.state_mismatch(wrong_dtype, expected, check_dtype=False) is None

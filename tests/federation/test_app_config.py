@@ -35,7 +35,8 @@ def test_generated_app_dir_round_trips_the_settings(tmp_path) -> None:
     ("values", "field"),
     [
         ({"num-server-rounds": 0}, "num-server-rounds"),
-        ({"strategy": "fedsgd"}, "strategy"),
+        ({"weighting": "by-size"}, "weighting"),
+        ({"trim-beta": 0.5}, "trim-beta"),
         ({"local-steps": "many"}, "local-steps"),
         ({"resume": "maybe"}, "resume"),
     ],

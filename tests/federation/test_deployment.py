@@ -8,10 +8,11 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
+
+from tests.processes import tagged_env, tagged_processes_after
 
 pytestmark = pytest.mark.slow
 
@@ -22,12 +23,13 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def cli(*args: str, log: Path) -> subprocess.Popen:
+def cli(*args: str, log: Path, env: dict[str, str]) -> subprocess.Popen:
     return subprocess.Popen(
         [sys.executable, "-m", "umedpt_fl.cli", *args],
         stdout=log.open("wb"),
         stderr=subprocess.STDOUT,
         start_new_session=True,
+        env=env,
     )
 
 
@@ -43,11 +45,12 @@ def stop(process: subprocess.Popen) -> None:
 
 def test_server_and_two_sites_complete_a_round_over_loopback(demo_sites, tmp_path) -> None:
     port = free_port()
+    env, tag = tagged_env()
     out = tmp_path / "fed"
     server = cli(
         "server", "--out", str(out), "--insecure", "--host", "127.0.0.1", "--port", str(port),
         "--min-sites", "2", "--rounds", "1", "--local-steps", "1", "--node-wait-timeout", "120",
-        log=tmp_path / "server.log",
+        log=tmp_path / "server.log", env=env,
     )  # fmt: skip
     clients = [
         cli(
@@ -61,6 +64,7 @@ def test_server_and_two_sites_complete_a_round_over_loopback(demo_sites, tmp_pat
             str(free_port()),
             "--skip-check",
             log=tmp_path / f"client-{i}.log",
+            env=env,
         )  # fmt: skip
         for i, site in enumerate([demo_sites[1], demo_sites[3]])
     ]
@@ -69,10 +73,7 @@ def test_server_and_two_sites_complete_a_round_over_loopback(demo_sites, tmp_pat
     finally:
         for process in [server, *clients]:
             stop(process)
-    time.sleep(1)
-    listing = subprocess.run(["ps", "-eo", "pid,stat,args"], capture_output=True, text=True).stdout
-    leftovers = [line for line in listing.splitlines() if str(port) in line and " Z" not in line]
-    assert not leftovers, leftovers
+    assert not tagged_processes_after(tag)
     logs = "\n".join(p.read_text(errors="replace")[-2000:] for p in sorted(tmp_path.glob("*.log")))
     assert code == 0, logs
     report = json.loads((out / "report.json").read_text())

@@ -8,13 +8,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file
 
 from client.app import app as client_app
 from server.federation import GLOBAL_CHECKPOINT, RunExistsError, run_federation
 from strategies.grouped import RoundFailedError
 from tests.federation.fakes import ClientAppGrid
 from umedpt import contract
+from umedpt.checkpoint import load_model, read_header, read_meta
 from umedpt.config import load_site_config
 from umedpt.model import UMedPTModel
 from umedpt.models.presets import PRESETS
@@ -43,10 +43,8 @@ def federate(settings: RunSettings, **grid_kwargs) -> tuple[dict, ClientAppGrid]
 
 
 def global_weights(out: Path) -> dict[str, torch.Tensor]:
-    weights = {}
-    for file in sorted((out / GLOBAL_CHECKPOINT).glob("*.safetensors")):
-        weights.update(load_file(str(file)))
-    return weights
+    """The federation's final weights, read with ``load_model`` from the folder alone."""
+    return load_model(out / GLOBAL_CHECKPOINT).state_dict()
 
 
 @pytest.fixture(scope="module")
@@ -104,8 +102,12 @@ def test_outputs_report_plot_checkpoint_and_site_heads(three_sites) -> None:
     assert any(k.startswith("encoder.") for k in weights) and not any(
         k.startswith("heads.") for k in weights
     )
+    assert read_meta(out / GLOBAL_CHECKPOINT)["kind"] == "federated"
     heads = list((out / "sites").glob("*/runs/*/latest-heads/heads.*.safetensors"))
     assert len(heads) == 3
+    latest = read_header(next((out / "sites").glob("clinic-a/runs/*/latest-heads")))
+    assert latest["groups"] == ["heads.lesions"]
+    assert latest["tasks"]["lesions"]["type"] == "classification"
 
 
 def test_one_site_one_round_equals_local_training(demo_sites, tmp_path) -> None:

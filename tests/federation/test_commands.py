@@ -1,0 +1,88 @@
+"""What the coordinator and the client tell Flower's processes, and the run's report files."""
+
+from __future__ import annotations
+
+import json
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from client.supernode import SuperNodeOptions, supernode_command
+from server.coordinator import SuperLinkOptions, superlink_command, write_connection
+from server.report import primary_metrics, site_summary, write_plot, write_report
+from umedpt_fl import wire
+
+
+def test_superlink_command_with_tls_and_persistent_state(tmp_path) -> None:
+    options = SuperLinkOptions(
+        host="0.0.0.0", port=9100, database=tmp_path / "db.sqlite",
+        certfile=Path("s.pem"), keyfile=Path("s.key"), ca_certfile=Path("ca.crt"),
+    )  # fmt: skip
+    command = superlink_command(options, tmp_path / "superlink.log")
+    assert command[0] == "flower-superlink"
+    pairs = dict(zip(command[1::2], command[2::2]))
+    assert pairs["--port"] == "9100" and pairs["--database"] == str(tmp_path / "db.sqlite")
+    assert pairs["--ssl-certfile"] == "s.pem" and pairs["--ssl-ca-certfile"] == "ca.crt"
+    assert "--disable-runtime-dependency-installation" in command
+    assert "--insecure" not in command
+
+
+def test_superlink_refuses_to_start_without_tls_unless_asked() -> None:
+    with pytest.raises(ValueError, match="TLS is not configured"):
+        SuperLinkOptions(certfile=Path("s.pem"))
+    insecure = superlink_command(SuperLinkOptions(insecure=True), Path("x.log"))
+    assert "--insecure" in insecure and "--ssl-certfile" not in insecure
+
+
+def test_connection_file_points_flwr_at_our_superlink(tmp_path) -> None:
+    options = SuperLinkOptions(
+        host="0.0.0.0", port=9200, certfile=Path("s.pem"), keyfile=Path("s.key"),
+        ca_certfile=tmp_path / "ca.crt",
+    )  # fmt: skip
+    write_connection(tmp_path / "home", options)
+    config = tomllib.loads((tmp_path / "home" / "config.toml").read_text())["superlink"]
+    connection = config[config["default"]]
+    assert connection == {
+        "address": "127.0.0.1:9200",
+        "root-certificates": str((tmp_path / "ca.crt").resolve()),
+    }
+
+
+def test_supernode_command_names_its_site_file(tmp_path) -> None:
+    site = tmp_path / "site a.toml"
+    options = SuperNodeOptions(server="10.0.0.1:9093", site_config=site, insecure=True, port=9111)
+    command = supernode_command(options)
+    assert command[:3] == ["flower-supernode", "--superlink", "10.0.0.1:9093"]
+    pairs = dict(zip(command[1::2], command[2::2]))
+    assert pairs["--port"] == "9111"
+    assert pairs["--node-config"] == f"site-config='{site.resolve()}'"
+    with pytest.raises(ValueError, match="HOST:PORT"):
+        SuperNodeOptions(server="nowhere", site_config=site, insecure=True)
+
+
+def report_with_two_rounds() -> dict:
+    tasks = wire.encode_tasks([wire.TaskDescriptor("lesions", "classification", "accuracy")])
+    rounds = [
+        {"round": r, "eval_metrics": {"a": {"lesions/accuracy": acc, "lesions/loss": loss}}}
+        for r, acc, loss in ((1, 0.4, 1.2), (2, 0.7, 0.8))
+    ]
+    return {"status": "completed", "sites": {"a": {wire.TASKS: tasks}}, "rounds": rounds}
+
+
+def test_report_json_is_replaced_whole_and_summarised_per_site(tmp_path) -> None:
+    report = report_with_two_rounds()
+    write_report(tmp_path, {"status": "running"})
+    write_report(tmp_path, report)
+    assert json.loads((tmp_path / "report.json").read_text()) == report
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["report.json"]
+    assert primary_metrics(report["sites"]) == {"a": [("lesions", "accuracy")]}
+    assert site_summary(report) == {
+        "a": {"lesions/accuracy": (0.4, 0.7), "lesions/loss": (1.2, 0.8)}
+    }
+
+
+def test_plot_has_a_panel_per_site_and_is_skipped_without_rounds(tmp_path) -> None:
+    assert write_plot(tmp_path, {**report_with_two_rounds(), "rounds": []}) is None
+    path = write_plot(tmp_path, report_with_two_rounds())
+    assert path is not None and path.stat().st_size > 5000

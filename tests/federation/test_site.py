@@ -1,0 +1,62 @@
+"""One site's part of a round, without Flower: proximal term, saved rounds, description."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import client.site as site_module
+from client.site import SiteRunner, describe_site
+from umedpt.config import load_site_config
+from umedpt_fl import wire
+from umedpt_fl.settings import RunSettings
+
+
+def runner_for(site_file, tmp_path, **settings) -> SiteRunner:
+    values = dict(local_steps=3, seed=1, state_root=str(tmp_path), run_key="run")
+    return SiteRunner(load_site_config(site_file), RunSettings(**{**values, **settings}))
+
+
+def distance(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
+    return float(sum(((a[k].float() - b[k].float()) ** 2).sum() for k in a).sqrt())
+
+
+def test_the_proximal_term_keeps_shared_weights_near_the_global_ones(demo_sites, tmp_path) -> None:
+    start = runner_for(demo_sites[3], tmp_path / "init").model.shared_state_dict()
+    plain = runner_for(demo_sites[3], tmp_path / "plain").train_round(start, 1)
+    pulled = runner_for(demo_sites[3], tmp_path / "prox").train_round(start, 1, proximal_mu=1e4)
+    assert distance(pulled.shared, start) < 0.5 * distance(plain.shared, start)
+    assert distance(plain.shared, start) > 0
+
+
+def test_only_the_last_two_rounds_of_local_state_are_kept(demo_sites, tmp_path) -> None:
+    runner = runner_for(demo_sites[3], tmp_path, local_steps=1)
+    shared = runner.model.shared_state_dict()
+    for server_round in range(1, 5):
+        outcome = runner.train_round(shared, server_round)
+        shared = outcome.shared
+        assert outcome.metrics[wire.RESTORED_ROUND] == server_round - 1
+    assert sorted(p.name for p in runner.state_dir.glob("round-*")) == [
+        "round-00003",
+        "round-00004",
+    ]
+    assert runner.restore(before_round=99) == 4
+
+
+def test_describing_a_site_reads_neither_data_nor_builds_a_model(demo_sites, monkeypatch) -> None:
+    def forbidden(*args, **kwargs):
+        raise AssertionError("describe must not load data or build a model")
+
+    monkeypatch.setattr(site_module, "UMedPTModel", forbidden)
+    monkeypatch.setattr(site_module, "_cached_runs", forbidden)
+    info = describe_site(load_site_config(demo_sites[2]))
+    assert info[wire.SITE_NAME] == "clinic-c"
+    assert info[wire.BLOCKS_USED] == "detection"
+    assert wire.decode_tasks(info[wire.TASKS]) == [
+        wire.TaskDescriptor("spots", "detection", "map_50")
+    ]
+
+
+@pytest.mark.parametrize("text", ["a:b", "a::c", ""])
+def test_malformed_task_descriptors_are_skipped(text) -> None:
+    assert wire.decode_tasks(text) == []
