@@ -16,8 +16,7 @@ from flwr.serverapp import Grid
 
 from server.report import primary_metrics, write_plot, write_report
 from server.state import ServerProgress, load_server_state, save_server_state
-from strategies import GroupedStrategy, build_strategy
-from strategies.grouped import RoundFailedError, RoundRecord
+from strategies import GroupedStrategy, RoundFailedError, RoundRecord, build_strategy
 from umedpt.checkpoint import save_weights
 from umedpt.model import UMedPTModel
 from umedpt.models.presets import model_config

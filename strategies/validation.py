@@ -8,6 +8,8 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 from flwr.app import Array, Message
 
+from umedpt import contract
+
 
 def reply_problem(
     message: Message,
@@ -20,9 +22,9 @@ def reply_problem(
     """Why a reply must be rejected, or None when it is acceptable.
 
     Rejected: error replies; anything but one MetricRecord (and, for training, one
-    ArrayRecord); a missing, non-finite or non-positive weight; keys other than exactly
-    those the site was sent (e.g. a head leaking out); wrong shapes or dtypes;
-    non-finite values.
+    ArrayRecord); a missing, non-finite or non-positive weight; arrays that differ from
+    those the site was sent in keys, order, shapes or dtypes (e.g. a head leaking out:
+    checked by ``umedpt.contract.state_mismatch``); non-finite values.
     """
     if message.has_error():
         return f"the site reported an error (code {message.error.code}): {message.error.reason}"
@@ -45,21 +47,10 @@ def reply_problem(
     if len(content.array_records) != 1:
         return f"expected 1 ArrayRecord, got {len(content.array_records)}"
     arrays = next(iter(content.array_records.values()))
-    keys = list(arrays.keys())
-    if keys != list(expected_keys):
-        unexpected = sorted(set(keys) - set(expected_keys))
-        missing = sorted(set(expected_keys) - set(keys))
-        return (
-            f"keys differ from those sent: unexpected {unexpected[:5]}, missing {missing[:5]}"
-            + (" (out of order)" if not unexpected and not missing else "")
-        )
-    for key in keys:
-        got, want = arrays[key], reference[key]
-        if tuple(got.shape) != tuple(want.shape) or got.dtype != want.dtype:
-            return (
-                f"'{key}' has shape {tuple(got.shape)} and dtype {got.dtype}, expected "
-                f"{tuple(want.shape)} and {want.dtype}"
-            )
+    expected = {k: reference[k] for k in expected_keys}
+    if problem := contract.state_mismatch(arrays, expected, ordered=True, check_dtype=True):
+        return f"arrays differ from those sent: {problem}"
+    for key, got in arrays.items():
         try:
             values = got.numpy()
         except Exception as exc:  # malformed payload: cannot even be decoded

@@ -1,6 +1,6 @@
 """Ray-free stand-ins for Flower's Grid, so federation tests run in-process and fast.
 
-``ClientAppGrid`` (from ``server.inprocess``) plays every node with the real ClientApp;
+``ClientAppGrid`` (from ``umedpt_fl.inprocess``) plays every node with the real ClientApp;
 ``ScriptedGrid`` answers with made-up replies, for testing the strategy's checks on hostile
 or broken sites.
 """
@@ -19,8 +19,8 @@ from flwr.app import (
     RecordDict,
 )
 
-from server.inprocess import ClientAppGrid
-from umedpt import contract
+from umedpt_fl import wire
+from umedpt_fl.inprocess import ClientAppGrid
 
 __all__ = ["ClientAppGrid", "ScriptedGrid"]
 
@@ -53,25 +53,19 @@ class ScriptedGrid:
             name, blocks, examples = self.sites[node]
             kind = message.metadata.message_type
             if kind == "query":
-                info = ConfigRecord(
-                    {contract.SITE_NAME_KEY: name, contract.BLOCKS_USED_KEY: ",".join(blocks)}
-                )
-                replies.append(
-                    Message(RecordDict({contract.SITE_INFO_KEY: info}), reply_to=message)
-                )
+                info = ConfigRecord({wire.SITE_NAME: name, wire.BLOCKS_USED: ",".join(blocks)})
+                replies.append(Message(RecordDict({wire.SITE_INFO: info}), reply_to=message))
                 continue
-            metrics = MetricRecord(
-                {contract.NUM_EXAMPLES_KEY: examples, contract.UNIT_WEIGHT_KEY: 1, "loss": 1.0}
-            )
-            content = RecordDict({contract.METRICS_KEY: metrics})
+            metrics = MetricRecord({wire.NUM_EXAMPLES: examples, wire.UNIT_WEIGHT: 1, "loss": 1.0})
+            content = RecordDict({wire.METRICS: metrics})
             if kind == "train":
                 arrays = {
                     k: Array(self.value(node, k, v.numpy()).astype(v.numpy().dtype))
-                    for k, v in message.content[contract.SHARED_ARRAYS_KEY].items()
+                    for k, v in message.content[wire.SHARED_ARRAYS].items()
                 }
                 if self.tamper and (tampered := self.tamper(node, arrays, metrics)) is not None:
                     content = tampered
                 else:
-                    content[contract.SHARED_ARRAYS_KEY] = ArrayRecord(arrays)
+                    content[wire.SHARED_ARRAYS] = ArrayRecord(arrays)
             replies.append(Message(content, reply_to=message))
         return replies

@@ -11,7 +11,7 @@ import torch
 
 from client.app import app as client_app
 from server.federation import GLOBAL_CHECKPOINT, RunExistsError, run_federation
-from strategies.grouped import RoundFailedError
+from strategies import RoundFailedError
 from tests.federation.fakes import ClientAppGrid
 from umedpt import contract
 from umedpt.checkpoint import load_model, read_header, read_meta

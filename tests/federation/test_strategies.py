@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 from flwr.app import Array, ArrayRecord, MetricRecord, RecordDict
 
-from strategies import build_strategy
-from strategies.grouped import RoundFailedError
+from strategies import RoundFailedError, build_strategy, merged_metrics
 from tests.federation.fakes import ScriptedGrid
-from umedpt import contract
+from umedpt_fl import wire
+from umedpt_fl.settings import RunSettings
 
 GLOBAL = {
     "encoder.w": np.zeros((2, 3), np.float32),
@@ -27,9 +27,14 @@ def initial() -> ArrayRecord:
     return ArrayRecord({k: Array(v.copy()) for k, v in GLOBAL.items()})
 
 
+def make(name: str = "fedavg", **settings):
+    """A strategy as the server builds it, from RunSettings fields."""
+    return build_strategy(RunSettings(strategy=name, **settings), query_timeout=5)
+
+
 def run(strategy_name: str = "fedavg", rounds: int = 1, min_sites: int = 1):
     grid = ScriptedGrid(SITES)
-    strategy = build_strategy(strategy_name, min_sites=min_sites)
+    strategy = make(strategy_name, min_sites=min_sites)
     result = strategy.start(grid, initial(), num_rounds=rounds, timeout=5)
     return grid, strategy, result
 
@@ -49,7 +54,7 @@ def test_encoder_over_all_sites_blocks_only_over_their_users() -> None:
 
 def test_equal_weighting_ignores_example_counts() -> None:
     grid = ScriptedGrid(SITES)
-    strategy = build_strategy("fedavg", min_sites=1, weighting="equal")
+    strategy = make("fedavg", min_sites=1, weighting="equal")
     result = strategy.start(grid, initial(), num_rounds=1, timeout=5)
     assert np.allclose(result.arrays["encoder.w"].numpy(), (0.11 + 0.22 + 0.33) / 3)
 
@@ -59,7 +64,7 @@ def test_each_site_is_sent_only_its_groups_and_never_heads() -> None:
     for message in grid.sent:
         if message.metadata.message_type not in ("train", "evaluate"):
             continue
-        keys = set(message.content[contract.SHARED_ARRAYS_KEY].keys())
+        keys = set(message.content[wire.SHARED_ARRAYS].keys())
         blocks = SITES[message.metadata.dst_node_id][1]
         assert keys == {"encoder.w", *(f"blocks.{b}.w" for b in blocks)}
     record = strategy.rounds[1]
@@ -68,7 +73,7 @@ def test_each_site_is_sent_only_its_groups_and_never_heads() -> None:
 
 def _strategy_with(tamper, min_sites=1):
     grid = ScriptedGrid(SITES, tamper=tamper)
-    strategy = build_strategy("fedavg", min_sites=min_sites)
+    strategy = make("fedavg", min_sites=min_sites)
     return grid, strategy
 
 
@@ -94,7 +99,7 @@ def test_hostile_replies_are_rejected_naming_the_site(bad: str, reason: str) -> 
         elif bad == "nan":
             arrays["encoder.w"] = Array(np.full((2, 3), np.nan, np.float32))
         elif bad == "weight":
-            metrics[contract.NUM_EXAMPLES_KEY] = -5
+            metrics[wire.NUM_EXAMPLES] = -5
         elif bad == "dtype":
             arrays["encoder.w"] = Array(np.zeros((2, 3), np.float64))
         if bad == "no-arrays":
@@ -121,17 +126,17 @@ def test_too_few_usable_replies_fail_the_round_loudly() -> None:
 
 
 def test_waiting_for_sites_has_a_deadline() -> None:
-    strategy = build_strategy("fedavg", min_sites=5, node_wait_timeout=0.5)
+    strategy = make("fedavg", min_sites=5, node_wait_timeout=0.5)
     with pytest.raises(RoundFailedError, match="only 3 of the 5 required sites connected"):
         strategy.start(ScriptedGrid(SITES), initial(), num_rounds=1, timeout=5)
 
 
 def test_fedprox_sends_mu_and_averages_like_fedavg() -> None:
     grid = ScriptedGrid(SITES)
-    strategy = build_strategy("fedprox", min_sites=1, proximal_mu=0.5)
+    strategy = make("fedprox", min_sites=1, proximal_mu=0.5)
     result = strategy.start(grid, initial(), num_rounds=1, timeout=5)
     train = [m for m in grid.sent if m.metadata.message_type == "train"]
-    assert {float(m.content[contract.CONFIG_KEY]["proximal-mu"]) for m in train} == {0.5}
+    assert {float(m.content[wire.CONFIG][wire.PROXIMAL_MU]) for m in train} == {0.5}
     assert np.allclose(
         result.arrays["encoder.w"].numpy(), (0.11 * 10 + 0.22 * 30 + 0.33 * 60) / 100
     )
@@ -140,7 +145,7 @@ def test_fedprox_sends_mu_and_averages_like_fedavg() -> None:
 def test_fedadam_keeps_float32_and_leaves_untrained_blocks_alone() -> None:
     sites = {11: ("a", ("segmentation",), 10), 22: ("b", ("segmentation",), 30)}
     grid = ScriptedGrid(sites)
-    strategy = build_strategy("fedadam", min_sites=1, server_lr=0.1)
+    strategy = make("fedadam", min_sites=1, server_lr=0.1)
     result = strategy.start(grid, initial(), num_rounds=2, timeout=5)
     for key, value in result.arrays.items():
         assert value.numpy().dtype == np.float32, key
@@ -149,14 +154,12 @@ def test_fedadam_keeps_float32_and_leaves_untrained_blocks_alone() -> None:
     state = strategy.state_arrays()
     assert "m_t/encoder.w" in state and not np.any(state["m_t/blocks.detection.w"])
 
-    restored = build_strategy("fedadam", min_sites=1, server_lr=0.1)
+    restored = make("fedadam", min_sites=1, server_lr=0.1)
     restored.load_state_arrays(state)
     assert all(np.array_equal(restored.m_t[k], strategy.m_t[k]) for k in strategy.m_t)
 
 
 def test_metrics_of_different_tasks_are_merged_per_key() -> None:
-    from strategies.grouped import merged_metrics
-
     replies = [
         RecordDict({"m": MetricRecord({"num-examples": 10, "x/acc": 0.5})}),
         RecordDict({"m": MetricRecord({"num-examples": 30, "x/acc": 1.0, "y/dice": 0.2})}),
@@ -169,10 +172,10 @@ def test_metrics_of_different_tasks_are_merged_per_key() -> None:
 
 def test_evaluation_runs_every_n_rounds_and_after_the_last() -> None:
     grid = ScriptedGrid(SITES)
-    strategy = build_strategy("fedavg", min_sites=1, eval_every=2)
+    strategy = make("fedavg", min_sites=1, eval_every=2)
     strategy.start(grid, initial(), num_rounds=3, timeout=5)
     evaluated = {
-        int(m.content[contract.CONFIG_KEY][contract.SERVER_ROUND_KEY])
+        int(m.content[wire.CONFIG][wire.SERVER_ROUND])
         for m in grid.sent
         if m.metadata.message_type == "evaluate"
     }

@@ -1,0 +1,72 @@
+"""Which replies of a round count, and the round's record of what each site did."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from logging import WARNING
+
+from flwr.app import Array, Message
+from flwr.common.logger import log
+
+from strategies.records import RoundRecord, arrays_nbytes
+from strategies.validation import reply_problem
+
+
+def accept_replies(
+    replies: Sequence[Message],
+    *,
+    record: RoundRecord,
+    site_name: Callable[[int], str],
+    sent_to: Mapping[int, Sequence[str]],
+    reference: Mapping[str, Array],
+    weight_key: str,
+    train: bool,
+) -> list[Message]:
+    """The usable replies; every rejection (and, in training, every silence) goes to ``record``.
+
+    ``sent_to`` maps each node asked to train to the keys it was sent: a training reply
+    must carry exactly those. Accepted replies' metrics (and sizes) are recorded per site.
+    """
+    phase = "training" if train else "evaluation"
+    accepted = []
+    for reply in replies:
+        node = reply.metadata.src_node_id
+        site = site_name(node)
+        problem = reply_problem(
+            reply,
+            expected_keys=sent_to.get(node, []),
+            reference=reference,
+            weight_key=weight_key,
+            needs_arrays=train,
+        )
+        if problem is None and train and node not in sent_to:
+            problem = "this site was not asked to train in this round"
+        if problem:
+            record.rejected.append((site, f"{phase}: {problem}"))
+            log(
+                WARNING,
+                "round %s: rejected %s reply of site %s: %s",
+                record.round,
+                phase,
+                site,
+                problem,
+            )
+            continue
+        accepted.append(reply)
+        metrics = {
+            k: float(v)
+            for k, v in next(iter(reply.content.metric_records.values())).items()
+            if isinstance(v, int | float)
+        }
+        if train:
+            arrays = next(iter(reply.content.array_records.values()))
+            record.bytes_received[site] = arrays_nbytes(arrays)
+            record.train_metrics[site] = metrics
+        else:
+            record.eval_metrics[site] = metrics
+    if train:
+        answered = {r.metadata.src_node_id for r in replies}
+        for node in sorted(set(sent_to) - answered):
+            record.rejected.append((site_name(node), "training: no reply before the round timeout"))
+            log(WARNING, "round %s: site %s did not answer in time", record.round, site_name(node))
+    return accepted

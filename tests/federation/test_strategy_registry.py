@@ -1,0 +1,101 @@
+"""The strategy registry: names, settings to constructor arguments, errors (no Ray)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from flwr.app import Array, ArrayRecord
+
+import strategies.registry as registry
+from strategies import (
+    GroupedFedAdam,
+    GroupedFedAvg,
+    GroupedFedMedian,
+    GroupedFedProx,
+    GroupedFedTrimmedAvg,
+    GroupedStrategy,
+    build_strategy,
+    merged_metrics,
+    register_strategy,
+    strategy_names,
+)
+from tests.federation.fakes import ScriptedGrid
+from umedpt.errors import ConfigError
+from umedpt_fl import wire
+from umedpt_fl.settings import RunSettings
+
+
+def test_names_and_classes() -> None:
+    assert strategy_names() == ("fedadam", "fedavg", "fedmedian", "fedprox", "fedtrimmedavg")
+    classes = {
+        "fedavg": GroupedFedAvg,
+        "fedprox": GroupedFedProx,
+        "fedadam": GroupedFedAdam,
+        "fedmedian": GroupedFedMedian,
+        "fedtrimmedavg": GroupedFedTrimmedAvg,
+    }
+    for name, cls in classes.items():
+        assert type(build_strategy(RunSettings(strategy=name), query_timeout=1)) is cls
+
+
+def test_unknown_name_is_a_config_error_naming_the_key_and_the_valid_names() -> None:
+    settings = RunSettings.from_run_config({"strategy": "fedsgd"})  # parsing does not check it
+    with pytest.raises(ConfigError, match="field 'strategy'") as caught:
+        build_strategy(settings, query_timeout=1)
+    assert "'fedsgd'" in str(caught.value)
+    assert all(name in str(caught.value) for name in strategy_names())
+
+
+def test_each_rule_takes_its_own_arguments_from_the_settings() -> None:
+    def built(name: str):
+        settings = RunSettings(strategy=name, proximal_mu=0.7, server_lr=0.3, trim_beta=0.1)
+        return build_strategy(settings, query_timeout=1)
+
+    assert built("fedprox").proximal_mu == 0.7
+    assert built("fedadam").eta == 0.3
+    assert built("fedtrimmedavg").beta == 0.1
+
+
+def test_common_settings_reach_every_rule() -> None:
+    for name in strategy_names():
+        settings = RunSettings(
+            strategy=name, min_sites=2, weighting="equal", node_wait_timeout=7, eval_every=3
+        )
+        strategy = build_strategy(settings, query_timeout=4)
+        assert strategy.weighted_by_key == wire.UNIT_WEIGHT
+        assert (strategy.min_replies, strategy.min_available_nodes) == (2, 2)
+        assert strategy.node_wait_timeout == 7 and strategy.query_timeout == 4
+        assert strategy.eval_every == 3
+        assert strategy.train_metrics_aggr_fn is merged_metrics
+        assert strategy.evaluate_metrics_aggr_fn is merged_metrics
+    examples = build_strategy(RunSettings(weighting="examples"), query_timeout=1)
+    assert examples.weighted_by_key == wire.NUM_EXAMPLES
+
+
+def test_a_new_rule_is_a_few_lines(monkeypatch) -> None:
+    monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))
+
+    class GroupedMax(GroupedStrategy):
+        def reduce_group(self, group, arrays, weights):
+            return {k: np.max([a[k] for a in arrays], axis=0) for k in arrays[0]}
+
+    register_strategy("max", GroupedMax)
+    assert "max" in strategy_names()
+    sites = {11: ("a", ("seg",), 10), 22: ("b", ("seg",), 30)}
+    initial = ArrayRecord(
+        {k: Array(np.zeros(2, np.float32)) for k in ("encoder.w", "blocks.seg.w")}
+    )
+    strategy = build_strategy(RunSettings(strategy="max"), query_timeout=1)
+    result = strategy.start(ScriptedGrid(sites), initial, num_rounds=1, timeout=5)
+    assert np.allclose(result.arrays["encoder.w"].numpy(), 0.22)
+
+
+def test_registration_errors(monkeypatch) -> None:
+    monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))
+    with pytest.raises(TypeError, match="not a GroupedStrategy"):
+        register_strategy("bad", int)  # type: ignore[type-var]
+    with pytest.raises(ValueError, match="already registered"):
+        register_strategy("fedavg", GroupedFedMedian)
+    register_strategy("clash", GroupedFedAvg, lambda s: {"min_train_nodes": 9})
+    with pytest.raises(ValueError, match="common arguments"):
+        build_strategy(RunSettings(strategy="clash"), query_timeout=1)
