@@ -17,6 +17,7 @@ def accept_replies(
     *,
     record: RoundRecord,
     site_name: Callable[[int], str],
+    replying_node: Callable[[Message], int],
     sent_to: Mapping[int, Sequence[str]],
     reference: Mapping[str, Array],
     weight_key: str,
@@ -26,11 +27,13 @@ def accept_replies(
 
     ``sent_to`` maps each node asked to train to the keys it was sent: a training reply
     must carry exactly those. Accepted replies' metrics (and sizes) are recorded per site.
+    ``replying_node`` tells which node a reply answers for (see
+    ``GroupedStrategy.replying_node``).
     """
     phase = "training" if train else "evaluation"
     accepted = []
     for reply in replies:
-        node = reply.metadata.src_node_id
+        node = replying_node(reply)
         site = site_name(node)
         problem = reply_problem(
             reply,
@@ -65,7 +68,7 @@ def accept_replies(
         else:
             record.eval_metrics[site] = metrics
     if train:
-        answered = {r.metadata.src_node_id for r in replies}
+        answered = {replying_node(r) for r in replies}
         for node in sorted(set(sent_to) - answered):
             record.rejected.append((site_name(node), "training: no reply before the round timeout"))
             log(WARNING, "round %s: site %s did not answer in time", record.round, site_name(node))

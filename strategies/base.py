@@ -65,6 +65,7 @@ class GroupedStrategy(FedAvg):
         self.rounds: dict[int, RoundRecord] = {}
         self._global: ArrayRecord | None = None
         self._sent_to: dict[int, list[str]] = {}
+        self._outbox: list[Message] = []  # this phase's messages, to match replies to sites
 
     # -- the extension point ------------------------------------------------------------
     def reduce_group(
@@ -83,6 +84,17 @@ class GroupedStrategy(FedAvg):
     def site_name(self, node_id: int) -> str:
         site = self.sites.get(node_id)
         return site.name if site else f"node-{node_id}"
+
+    def replying_node(self, reply: Message) -> int:
+        """The node a reply answers for: the destination of the message it replies to.
+
+        Not the reply's source: when a site is gone, the SuperLink answers in its stead
+        (an error reply whose source is the SuperLink's own node id), and the rejection
+        must still name the site that was asked.
+        """
+        asked = {m.metadata.message_id: m.metadata.dst_node_id for m in self._outbox}
+        asked.pop("", None)  # not pushed through a grid: no id to match by
+        return asked.get(reply.metadata.reply_to_message_id, reply.metadata.src_node_id)
 
     def round_record(self, server_round: int) -> RoundRecord:
         return self.rounds.setdefault(server_round, RoundRecord(server_round))
@@ -105,7 +117,7 @@ class GroupedStrategy(FedAvg):
         )
         config[wire.SERVER_ROUND] = server_round
         record = self.round_record(server_round)
-        messages = []
+        messages = self._outbox = []
         for node in nodes:
             if (site := self.sites.get(node)) is None:
                 continue
@@ -134,6 +146,7 @@ class GroupedStrategy(FedAvg):
             list(replies),
             record=self.round_record(server_round),
             site_name=self.site_name,
+            replying_node=self.replying_node,
             sent_to=self._sent_to,
             reference=self._global if self._global is not None else {},
             weight_key=self.weighted_by_key,

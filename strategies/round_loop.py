@@ -10,6 +10,9 @@ Differences, on purpose:
 - ``on_round_end(round, arrays, record)``: checkpoints and reports after every round;
 - a round whose aggregation yields nothing raises ``RoundFailedError`` (Flower keeps the
   old weights and carries on, which repeats the same weights while looking like progress);
+- ``timeout`` is one deadline per round, for training and evaluation together (Flower
+  gives each phase the full timeout); evaluation gets what training left, and is skipped,
+  with a warning, when nothing is left;
 - each round gets a fresh copy of the configs (the strategy writes into them);
 - no evaluation of the initial weights by ``evaluate_fn`` at round 0, no start banner.
 """
@@ -18,7 +21,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from logging import INFO
+from logging import INFO, WARNING
 from typing import TYPE_CHECKING
 
 from flwr.app import ArrayRecord, ConfigRecord, MetricRecord
@@ -52,6 +55,7 @@ def run_rounds(
     result = Result(arrays=initial_arrays)
     arrays = initial_arrays
     strategy.num_rounds = num_rounds
+    log(INFO, "each round has %.0f s for training and evaluation together", timeout)
     for server_round in range(start_round, num_rounds + 1):
         record = strategy.round_record(server_round)
         record.started = time.time()
@@ -60,6 +64,7 @@ def run_rounds(
         messages = strategy.configure_train(
             server_round, arrays, ConfigRecord(dict(train_config or {})), grid
         )
+        deadline = time.monotonic() + timeout
         replies = grid.send_and_receive(messages, timeout=timeout)
         aggregated, train_metrics = strategy.aggregate_train(server_round, replies)
         if aggregated is None:
@@ -70,12 +75,18 @@ def run_rounds(
         result.arrays = arrays = aggregated
         if train_metrics is not None:
             result.train_metrics_clientapp[server_round] = train_metrics
-        messages = strategy.configure_evaluate(
-            server_round, arrays, ConfigRecord(dict(evaluate_config or {})), grid
+        messages = list(
+            strategy.configure_evaluate(
+                server_round, arrays, ConfigRecord(dict(evaluate_config or {})), grid
+            )
         )
-        replies = grid.send_and_receive(messages, timeout=timeout)
-        if (evaluated := strategy.aggregate_evaluate(server_round, replies)) is not None:
-            result.evaluate_metrics_clientapp[server_round] = evaluated
+        left = deadline - time.monotonic()
+        if messages and left <= 0:
+            log(WARNING, "round %s: no time left before its deadline: not evaluated", server_round)
+        elif messages:
+            replies = grid.send_and_receive(messages, timeout=left)
+            if (evaluated := strategy.aggregate_evaluate(server_round, replies)) is not None:
+                result.evaluate_metrics_clientapp[server_round] = evaluated
         if evaluate_fn and (server_metrics := evaluate_fn(server_round, arrays)) is not None:
             result.evaluate_metrics_serverapp[server_round] = server_metrics
         record.seconds = time.perf_counter() - tic

@@ -1,12 +1,14 @@
-"""An in-process Flower Grid: every node is the real ClientApp, called in this process.
+"""In-process Flower Grids: every message is answered in this process, one after another.
 
-For deterministic experiments (bench/federated.py) and tests: the same ServerApp logic
-and ClientApp code as a real federation, without Ray or network, recording every message
+``ClientAppGrid`` delivers each message to the real ClientApp of its node, for
+deterministic experiments (bench/federated.py) and tests: the same ServerApp logic and
+ClientApp code as a real federation, without Ray or network, recording every message
 both ways. Not for production: nodes run one after another.
 """
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -18,7 +20,40 @@ from flwr.supercore.task_identity import TaskIdentity
 TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, 1, 0
 
 
-class ClientAppGrid:
+class InProcessGrid:
+    """The Grid calls the strategies make, answered by ``deliver`` in this process.
+
+    Like Flower's grids, it gives every message an id when it is sent, so replies can be
+    matched to what they answer (``reply_to_message_id``).
+    """
+
+    def __init__(self, node_ids: Iterable[int]) -> None:
+        self.node_ids = list(node_ids)
+        self.sent: list[Message] = []
+        self.received: list[Message] = []
+
+    def get_node_ids(self) -> list[int]:
+        return list(self.node_ids)
+
+    def deliver(self, message: Message) -> Message | None:
+        """The reply of the message's node, or None when it does not answer."""
+        raise NotImplementedError
+
+    def send_and_receive(
+        self, messages: Iterable[Message], *, timeout: float | None = None
+    ) -> list[Message]:
+        replies = []
+        for message in messages:
+            # Flower 1.42.0's InMemoryGrid.push_messages sets the id the same way.
+            message.metadata.__dict__["_message_id"] = uuid.uuid4().hex
+            self.sent.append(message)
+            if (reply := self.deliver(message)) is not None:
+                self.received.append(reply)
+                replies.append(reply)
+        return replies
+
+
+class ClientAppGrid(InProcessGrid):
     """Delivers each message to the real ClientApp of its node, in this process."""
 
     def __init__(
@@ -29,28 +64,16 @@ class ClientAppGrid:
         *,
         failing: Callable[[int, Message], bool] | None = None,
     ) -> None:
+        super().__init__(node_configs)
         self.client_app = client_app
         self.contexts = {
             node: Context(1, node, dict(config), RecordDict(), dict(run_config))
             for node, config in node_configs.items()
         }
         self.failing = failing
-        self.sent: list[Message] = []
-        self.received: list[Message] = []
 
-    def get_node_ids(self) -> list[int]:
-        return list(self.contexts)
-
-    def send_and_receive(
-        self, messages: Iterable[Message], *, timeout: float | None = None
-    ) -> list[Message]:
-        replies = []
-        for message in messages:
-            self.sent.append(message)
-            node = message.metadata.dst_node_id
-            if self.failing and self.failing(node, message):
-                continue  # the site vanished: no reply at all
-            reply = self.client_app(message, self.contexts[node])
-            self.received.append(reply)
-            replies.append(reply)
-        return replies
+    def deliver(self, message: Message) -> Message | None:
+        node = message.metadata.dst_node_id
+        if self.failing and self.failing(node, message):
+            return None  # the site vanished: no reply at all
+        return self.client_app(message, self.contexts[node])

@@ -7,7 +7,7 @@ or broken sites.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 
 import numpy as np
 from flwr.app import (
@@ -20,12 +20,12 @@ from flwr.app import (
 )
 
 from umedpt_fl import wire
-from umedpt_fl.inprocess import ClientAppGrid
+from umedpt_fl.inprocess import ClientAppGrid, InProcessGrid
 
 __all__ = ["ClientAppGrid", "ScriptedGrid"]
 
 
-class ScriptedGrid:
+class ScriptedGrid(InProcessGrid):
     """Nodes that describe themselves and answer with values chosen by the test."""
 
     def __init__(
@@ -35,37 +35,27 @@ class ScriptedGrid:
         value: Callable[[int, str, np.ndarray], np.ndarray] | None = None,
         tamper: Callable[[int, dict[str, Array], MetricRecord], RecordDict | None] | None = None,
     ) -> None:
+        super().__init__(sites)
         self.sites = sites
         self.value = value or (lambda node, key, current: np.full_like(current, node / 100))
         self.tamper = tamper
-        self.sent: list[Message] = []
 
-    def get_node_ids(self) -> list[int]:
-        return list(self.sites)
-
-    def send_and_receive(
-        self, messages: Iterable[Message], *, timeout: float | None = None
-    ) -> list[Message]:
-        replies = []
-        for message in messages:
-            self.sent.append(message)
-            node = message.metadata.dst_node_id
-            name, blocks, examples = self.sites[node]
-            kind = message.metadata.message_type
-            if kind == "query":
-                info = ConfigRecord({wire.SITE_NAME: name, wire.BLOCKS_USED: ",".join(blocks)})
-                replies.append(Message(RecordDict({wire.SITE_INFO: info}), reply_to=message))
-                continue
-            metrics = MetricRecord({wire.NUM_EXAMPLES: examples, wire.UNIT_WEIGHT: 1, "loss": 1.0})
-            content = RecordDict({wire.METRICS: metrics})
-            if kind == "train":
-                arrays = {
-                    k: Array(self.value(node, k, v.numpy()).astype(v.numpy().dtype))
-                    for k, v in message.content[wire.SHARED_ARRAYS].items()
-                }
-                if self.tamper and (tampered := self.tamper(node, arrays, metrics)) is not None:
-                    content = tampered
-                else:
-                    content[wire.SHARED_ARRAYS] = ArrayRecord(arrays)
-            replies.append(Message(content, reply_to=message))
-        return replies
+    def deliver(self, message: Message) -> Message:
+        node = message.metadata.dst_node_id
+        name, blocks, examples = self.sites[node]
+        kind = message.metadata.message_type
+        if kind == "query":
+            info = ConfigRecord({wire.SITE_NAME: name, wire.BLOCKS_USED: ",".join(blocks)})
+            return Message(RecordDict({wire.SITE_INFO: info}), reply_to=message)
+        metrics = MetricRecord({wire.NUM_EXAMPLES: examples, wire.UNIT_WEIGHT: 1, "loss": 1.0})
+        content = RecordDict({wire.METRICS: metrics})
+        if kind == "train":
+            arrays = {
+                k: Array(self.value(node, k, v.numpy()).astype(v.numpy().dtype))
+                for k, v in message.content[wire.SHARED_ARRAYS].items()
+            }
+            if self.tamper and (tampered := self.tamper(node, arrays, metrics)) is not None:
+                content = tampered
+            else:
+                content[wire.SHARED_ARRAYS] = ArrayRecord(arrays)
+        return Message(content, reply_to=message)
