@@ -28,6 +28,21 @@ def classification_samples(n: int, generator: torch.Generator) -> list[Sample]:
     return samples
 
 
+def multilabel_samples(n: int, generator: torch.Generator) -> list[Sample]:
+    """Two independent findings: a bright square on the left half, one on the right half."""
+    samples = []
+    for i in range(n):
+        left, right = i % 2, (i // 2) % 2  # every combination, including none and both
+        image = _noise(generator)
+        if left:
+            image[:, 20:44, 4:28] += 120
+        if right:
+            image[:, 20:44, 36:60] += 120
+        labels = torch.tensor([left, right], dtype=torch.uint8)
+        samples.append(Sample(image, f"multi-{i}", labels=labels))
+    return samples
+
+
 def segmentation_samples(n: int, generator: torch.Generator) -> list[Sample]:
     samples = []
     for i in range(n):
@@ -52,6 +67,7 @@ def detection_samples(n: int, generator: torch.Generator) -> list[Sample]:
 
 MAKERS = {
     "classification": (classification_samples, ("absent", "present")),
+    "multilabel": (multilabel_samples, ("left", "right")),
     "segmentation": (segmentation_samples, ("square",)),
     "detection": (detection_samples, ("square",)),
 }

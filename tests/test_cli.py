@@ -102,7 +102,7 @@ def test_help_lists_every_registered_command_and_version_prints() -> None:
 def test_choices_are_listed_by_help_and_checked(demo) -> None:
     from strategies import strategy_names
 
-    result = runner.invoke(app, ["simulate", "--help"], terminal_width=200)
+    result = runner.invoke(app, ["simulate", "--help"], env={"COLUMNS": "250"})
     assert all(name in result.output for name in strategy_names())
     assert "swin-t" in result.output and "equal" in result.output
     bad = runner.invoke(app, ["simulate", "--strategy", "fedsgd", "--out", "x"])

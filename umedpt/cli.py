@@ -36,7 +36,7 @@ class ExitCode(IntEnum):
     INTERRUPTED = 130  # Ctrl-C
 
 
-def fail(message: str, code: ExitCode = ExitCode.BAD_INPUT) -> typer.Exit:
+def fail(message: str, code: int = ExitCode.BAD_INPUT) -> typer.Exit:
     """Print ``message`` as an error; raise the result to exit with ``code``."""
     console.print(f"[bold red]error:[/] {message}", highlight=False)
     return typer.Exit(int(code))

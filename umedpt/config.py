@@ -10,8 +10,8 @@ Example::
 
     [[tasks]]
     name = "breast-ultrasound"     # letters, digits, '-' and '_'
-    type = "classification"        # classification | segmentation | detection
-    format = "npz"                 # see `umedpt.data.readers.FORMATS`
+    type = "classification"        # classification | multilabel | segmentation | detection
+    format = "npz"                 # see `umedpt.data.readers.formats_for(type)`
     path = "data/BreastMNIST.npz"  # relative to this file
     classes = ["malignant", "normal-or-benign"]
     image_size = 64                # square side the images are resized to
@@ -40,7 +40,6 @@ from typing import Any
 
 from umedpt.errors import ConfigError
 
-TASK_TYPES = ("classification", "segmentation", "detection")
 SPLITS = ("train", "val", "test")
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
 
@@ -90,12 +89,6 @@ class SiteConfig:
     file: Path
     state_dir: Path
     tasks: tuple[TaskConfig, ...]
-
-    def task(self, name: str) -> TaskConfig:
-        for task in self.tasks:
-            if task.name == name:
-                return task
-        raise KeyError(f"{self.file}: no task named '{name}'")
 
 
 _TASK_FIELDS = {
@@ -157,14 +150,18 @@ def _parse_task(raw: Any, file: Path, base: Path, index: int) -> TaskConfig:
             raise ConfigError(file, f"{prefix}.{required}", "is required")
     name = raw["name"]
     _check_name(name, file, f"{prefix}.name")
+    # Local imports: the task types and the readers are built on this module's dataclasses.
+    from umedpt.data.readers import formats_for
+    from umedpt.tasks import TASK_TYPES
+
     task_type = raw["type"]
     if task_type not in TASK_TYPES:
         raise ConfigError(
-            file, f"{prefix}.type", f"must be one of {', '.join(TASK_TYPES)}, got {task_type!r}"
+            file,
+            f"{prefix}.type",
+            f"must be one of {', '.join(TASK_TYPES.names())}, got {task_type!r}",
         )
     fmt = raw["format"]
-    from umedpt.data.readers import formats_for  # local import: readers import this module
-
     valid_formats = formats_for(task_type)
     if fmt not in valid_formats:
         raise ConfigError(
@@ -184,8 +181,11 @@ def _parse_task(raw: Any, file: Path, base: Path, index: int) -> TaskConfig:
         raise ConfigError(file, f"{prefix}.classes", "must be a non-empty list of class names")
     if len(set(classes)) != len(classes):
         raise ConfigError(file, f"{prefix}.classes", "class names must be unique")
-    if task_type == "classification" and len(classes) < 2:
-        raise ConfigError(file, f"{prefix}.classes", "classification needs at least 2 classes")
+    min_classes = TASK_TYPES.get(task_type).min_classes
+    if len(classes) < min_classes:
+        raise ConfigError(
+            file, f"{prefix}.classes", f"{task_type} needs at least {min_classes} classes"
+        )
     image_size = _positive_int(raw.get("image_size", 64), file, f"{prefix}.image_size")
     if image_size % 32:
         raise ConfigError(

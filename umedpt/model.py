@@ -18,7 +18,7 @@ from umedpt import contract
 from umedpt.config import TaskConfig
 from umedpt.models.encoder import Encoder
 from umedpt.models.presets import ModelConfig
-from umedpt.tasks import TASK_TYPES, TaskType, get_task_type
+from umedpt.tasks import block_builder, get_task_type
 
 
 class UMedPTModel(nn.Module):
@@ -47,7 +47,7 @@ class UMedPTModel(nn.Module):
         blocks = {}
         for name in block_names:
             with _seeded(seed, f"{contract.BLOCKS}.{name}"):
-                blocks[name] = _block_owner(name).build_block(self.encoder.out_channels, config)
+                blocks[name] = block_builder(name).build_block(self.encoder.out_channels, config)
         self.blocks = nn.ModuleDict(blocks)
         heads = {}
         for task in tasks:
@@ -71,14 +71,6 @@ class UMedPTModel(nn.Module):
 
     def shared_groups(self) -> list[str]:
         return [contract.ENCODER] + [f"{contract.BLOCKS}.{b}" for b in self.blocks]
-
-
-def _block_owner(block: str) -> TaskType:
-    """The task type that builds shared block ``block`` (several types may share one)."""
-    for name in TASK_TYPES.names():
-        if (task_type := TASK_TYPES.get(name)).block == block:
-            return task_type
-    raise ValueError(f"no task type builds a shared block named '{block}'")
 
 
 def count_parameters(module: nn.Module) -> int:

@@ -18,7 +18,7 @@ from umedpt.errors import ConfigError
 from umedpt.model import UMedPTModel, count_parameters
 from umedpt.models.presets import model_config
 from umedpt.training.seeding import seed_everything
-from umedpt.training.trainer import MultiTaskTrainer, TaskRun, TrainConfig
+from umedpt.training.trainer import MultiTaskTrainer, TaskRun, TaskStep, TrainConfig
 
 log = logging.getLogger(__name__)
 
@@ -72,12 +72,12 @@ def load_runs(tasks: Sequence[TaskConfig]) -> list[TaskRun]:
 
 def _progress_callback(
     on_progress: Callable[[int, int, dict[str, float]], None] | None, done: int, total: int
-) -> Callable[[int, dict[str, tuple[float, int]]], None] | None:
+) -> Callable[[int, dict[str, TaskStep]], None] | None:
     if on_progress is None:
         return None
 
-    def on_step(i: int, results: dict[str, tuple[float, int]]) -> None:
-        on_progress(done + i + 1, total, {k: v[0] for k, v in results.items()})
+    def on_step(i: int, results: dict[str, TaskStep]) -> None:
+        on_progress(done + i + 1, total, {k: v.loss for k, v in results.items()})
 
     return on_step
 

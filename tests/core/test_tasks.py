@@ -3,13 +3,27 @@
 import pytest
 import torch
 
-from tests.helpers import make_run
+from tests.helpers import MAKERS, make_run
 from umedpt.model import UMedPTModel
+from umedpt.models.heads import FCOSOutputs
 from umedpt.models.presets import PRESETS
-from umedpt.tasks import Batch, get_task_type
+from umedpt.tasks import TASK_TYPES, Batch, get_task_type, total_loss
+from umedpt.tasks.detection import Detection
+
+COMPONENTS = {
+    "classification": {"cross_entropy"},
+    "multilabel": {"bce"},
+    "segmentation": {"dice", "focal"},
+    "detection": {"classification", "bbox_regression", "centerness"},
+}
 
 
-@pytest.mark.parametrize("kind", ["classification", "segmentation", "detection"])
+def test_every_registered_type_has_test_data() -> None:
+    """The registry is filled on import, and every built-in type is covered below."""
+    assert set(TASK_TYPES.names()) == set(MAKERS) == set(COMPONENTS)
+
+
+@pytest.mark.parametrize("kind", sorted(COMPONENTS))
 def test_untrained_loss_is_about_one(kind: str) -> None:
     run = make_run("t", kind, n_train=8)
     torch.manual_seed(0)
@@ -17,8 +31,17 @@ def test_untrained_loss_is_about_one(kind: str) -> None:
     task_type = get_task_type(kind)
     batch = task_type.collate(run.data["train"])
     with torch.no_grad():
-        loss = float(task_type.loss(model(batch.images, "t"), batch, run.config))
+        components = task_type.loss(model(batch.images, "t"), batch, run.config)
+    assert set(components) == COMPONENTS[kind]
+    assert all(c.ndim == 0 for c in components.values())
+    loss = float(total_loss(components))
+    assert loss == pytest.approx(sum(float(c) for c in components.values()), rel=1e-6)
     assert 0.3 < loss < 3.0, loss
+
+
+def test_total_loss_needs_a_component() -> None:
+    with pytest.raises(ValueError, match="at least one component"):
+        total_loss({})
 
 
 def test_classification_metrics_on_perfect_and_wrong_predictions() -> None:
@@ -56,10 +79,53 @@ def test_detection_predictions_are_clipped_and_limited() -> None:
     batch = task_type.collate(run.data["train"])
     with torch.no_grad():
         outputs = model(batch.images, "t")
+    assert isinstance(outputs, FCOSOutputs) and len(outputs.cls_logits) == 5
     # force confident predictions everywhere
-    outputs = ([c + 20 for c in outputs[0]], outputs[1], [c + 20 for c in outputs[2]])
+    outputs = outputs._replace(
+        cls_logits=[c + 20 for c in outputs.cls_logits],
+        centerness=[c + 20 for c in outputs.centerness],
+    )
     predictions = task_type.predict(outputs, batch, run.config)
     assert len(predictions) == 2
     for p in predictions:
         assert 0 < len(p["boxes"]) <= task_type.max_detections
         assert (p["boxes"] >= 0).all() and (p["boxes"] <= 64).all()
+    fewer = Detection(max_detections=3, score_threshold=0.5).predict(outputs, batch, run.config)
+    assert [len(p["boxes"]) for p in fewer] == [3, 3]
+    assert all((p["scores"] > 0.5).all() for p in fewer)
+    none = Detection(score_threshold=1.0).predict(outputs, batch, run.config)
+    assert [len(p["boxes"]) for p in none] == [0, 0]
+
+
+def _detection_outputs(run, seed: int = 0) -> tuple[FCOSOutputs, Batch]:
+    torch.manual_seed(seed)
+    model = UMedPTModel(PRESETS.get("tiny"), [run.config]).eval()
+    batch = get_task_type("detection").collate(run.data["train"])
+    with torch.no_grad():
+        return model(batch.images, "t"), batch
+
+
+def test_detection_loss_weights_are_arguments() -> None:
+    run = make_run("t", "detection", n_train=2)
+    outputs, batch = _detection_outputs(run)
+    default = Detection().loss(outputs, batch, run.config)
+    heavier = Detection(centerness_weight=1.0).loss(outputs, batch, run.config)
+    assert float(heavier["centerness"]) == pytest.approx(5 * float(default["centerness"]))
+    assert float(heavier["bbox_regression"]) == pytest.approx(float(default["bbox_regression"]))
+    # gamma 0 and alpha -1 (no weighting) turn the focal loss into plain BCE, which is larger
+    # on an untrained model whose background points are already confidently negative
+    plain = Detection(focal_gamma=0.0, focal_alpha=-1).loss(outputs, batch, run.config)
+    assert float(plain["classification"]) > float(default["classification"])
+
+
+def test_detection_loss_without_boxes_has_only_the_classification_term() -> None:
+    run = make_run("t", "detection", n_train=2)
+    outputs, batch = _detection_outputs(run)
+    empty = Batch(
+        batch.images,
+        {"boxes": [torch.zeros((0, 4))] * 2, "labels": [torch.zeros((0,), dtype=torch.long)] * 2},
+    )
+    components = get_task_type("detection").loss(outputs, empty, run.config)
+    assert set(components) == COMPONENTS["detection"]
+    assert float(components["bbox_regression"]) == 0 and float(components["centerness"]) == 0
+    assert float(components["classification"]) > 0

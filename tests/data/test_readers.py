@@ -17,6 +17,7 @@ from umedpt.data.readers import formats_for, get_reader, read_records
 from umedpt.data.samples import ImageRef
 from umedpt.data.splits import assign_splits
 from umedpt.errors import ConfigError, DataError, RegistryError
+from umedpt.tasks import TASK_TYPES
 
 
 def _all(data):
@@ -28,13 +29,33 @@ def _all(data):
 
 def test_formats_per_task_type():
     assert set(formats_for("classification")) == {"npz", "csv", "class-folders"}
+    assert set(formats_for("multilabel")) == {"npz", "csv"}
     assert formats_for("segmentation") == ("mask-folder",)
     assert set(formats_for("detection")) == {"voc", "coco"}
 
 
+def test_every_task_type_has_a_format():
+    assert all(formats_for(name) for name in TASK_TYPES.names())
+
+
+def test_one_format_name_has_a_reader_per_task_type():
+    single, multi = get_reader("csv", "classification"), get_reader("csv", "multilabel")
+    assert (single.task_type, multi.task_type) == ("classification", "multilabel")
+    assert single.read_fn is not multi.read_fn
+
+
 def test_unknown_format_lists_valid_names():
     with pytest.raises(RegistryError, match="valid names: .*class-folders.*voc"):
-        get_reader("dicom")
+        get_reader("dicom", "classification")
+    with pytest.raises(RegistryError, match="data format for segmentation 'csv'.*mask-folder"):
+        get_reader("csv", "segmentation")
+
+
+def test_a_format_of_another_task_type_is_a_config_error(tmp_path, make_task):
+    task = make_task(type="segmentation", format="csv", path=tmp_path / "x.csv", classes=("a",))
+    with pytest.raises(ConfigError, match="holds classification or multilabel data") as info:
+        read_records(task)
+    assert info.value.field == "tasks[0].format" and "mask-folder" in info.value.problem
 
 
 def test_unknown_option_names_the_field(tmp_path, make_task):

@@ -2,29 +2,30 @@
 
 A site operator cannot share the data, so these are how they check, locally, that the
 reader found what they expected (class balance, mask coverage, boxes on the right spots).
-Drawing uses matplotlib's Agg canvas directly: no display, no global backend switch.
+Drawing uses matplotlib's Agg canvas directly: no display, no global backend switch. What is
+specific to a task type (its numbers, its overlays) comes from the type's ``summarize`` and
+``draw``.
 """
 
 from __future__ import annotations
 
 import math
-from collections import Counter
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
-from matplotlib.patches import Rectangle
 
 from umedpt.config import TaskConfig
 from umedpt.data.samples import Sample, TaskData
+from umedpt.data.stats import describe
+from umedpt.tasks import get_task_type
 
 
 def summarize(task: TaskConfig, data: TaskData) -> dict[str, Any]:
-    """Plain numbers about a loaded task (JSON-serialisable)."""
+    """Plain numbers about a loaded task (JSON-serialisable); the task type adds its own."""
     all_samples = [s for samples in data.splits.values() for s in samples]
-    summary: dict[str, Any] = {
+    return {
         "task": task.name,
         "type": task.type,
         "classes": list(task.classes),
@@ -32,48 +33,17 @@ def summarize(task: TaskConfig, data: TaskData) -> dict[str, Any]:
         "image_size": task.image_size,
         "original_size": _size_stats(all_samples),
         "skipped": len(data.skipped),
-    }
-    if task.type == "classification":
-        summary["class_counts"] = {
-            split: _class_counts([s.label for s in samples if s.label is not None], task)
-            for split, samples in data.splits.items()
-        }
-    elif task.type == "segmentation":
-        summary["mask_foreground_fraction"] = _stats(
-            [float((s.mask > 0).float().mean()) for s in all_samples if s.mask is not None]
-        )
-    elif task.type == "detection":
-        counts = [0 if s.boxes is None else len(s.boxes) for s in all_samples]
-        summary["boxes_per_image"] = {**_stats(counts), "images_without_boxes": counts.count(0)}
-        labels = [int(v) for s in all_samples if s.box_labels is not None for v in s.box_labels]
-        summary["box_counts"] = _class_counts(labels, task)
-    return summary
-
-
-def _class_counts(labels: list[int], task: TaskConfig) -> dict[str, int]:
-    counts = Counter(labels)
-    return {name: counts.get(i, 0) for i, name in enumerate(task.classes)}
-
-
-def _stats(values: list[float] | list[int]) -> dict[str, float]:
-    if not values:
-        return {"min": 0.0, "mean": 0.0, "median": 0.0, "max": 0.0}
-    arr = np.asarray(values, dtype=np.float64)
-    return {
-        "min": float(arr.min()),
-        "mean": round(float(arr.mean()), 4),
-        "median": float(np.median(arr)),
-        "max": float(arr.max()),
+        **get_task_type(task.type).summarize(task, data),
     }
 
 
 def _size_stats(samples: list[Sample]) -> dict[str, Any]:
     sizes = [s.original_size for s in samples]
     if not sizes:
-        return {"height": _stats([]), "width": _stats([]), "distinct": 0}
+        return {"height": describe([]), "width": describe([]), "distinct": 0}
     return {
-        "height": _stats([h for h, _ in sizes]),
-        "width": _stats([w for _, w in sizes]),
+        "height": describe([h for h, _ in sizes]),
+        "width": describe([w for _, w in sizes]),
         "distinct": len(set(sizes)),
     }
 
@@ -105,18 +75,5 @@ def write_preview(task: TaskConfig, data: TaskData, out_png: Path, n: int = 16) 
 
 def _draw_sample(ax: Any, sample: Sample, task: TaskConfig) -> None:
     ax.imshow(sample.image.permute(1, 2, 0).numpy(), interpolation="nearest")
-    title = Path(sample.source.split("[")[0]).name
-    if sample.label is not None:
-        title = task.classes[sample.label]
-    if sample.mask is not None:
-        mask = sample.mask.numpy().astype(np.float32)
-        overlay = np.ma.masked_where(mask == 0, mask)
-        ax.imshow(overlay, cmap="autumn", alpha=0.45, vmin=0, vmax=max(1, len(task.classes)))
-    if sample.boxes is not None and sample.box_labels is not None:
-        for box, label in zip(sample.boxes.tolist(), sample.box_labels.tolist(), strict=True):
-            x0, y0, x1, y1 = box
-            color = f"C{label % 10}"
-            ax.add_patch(Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, color=color, lw=1))
-            ax.text(x0, y0, task.classes[label], color=color, fontsize=6, va="bottom")
-        title = f"{len(sample.boxes)} boxes"
-    ax.set_title(title, fontsize=8)
+    ax.set_title(Path(sample.source.split("[")[0]).name, fontsize=8)
+    get_task_type(task.type).draw(ax, sample, task)  # targets, and a title that names them

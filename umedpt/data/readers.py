@@ -1,18 +1,23 @@
 """Readers: turn a task's files, in the format the site already has, into Records.
 
 A reader only lists examples and their labels; it does not decode pixels (see
-``umedpt.data.images``). Formats live in a plain registry, ``FORMATS``; add one with
-``register_reader``. Each reader has a frozen Options dataclass filled from the task's
-``[tasks.options]`` table, so a misspelled option is an error, not a silent default.
+``umedpt.data.images``). Formats live in a plain registry, ``FORMATS``, per task type: one
+format name (``csv``) may hold several task types, each with its own reader. Add one with
+``register_reader``; ``formats_for(type)`` is what the config validator accepts. Each reader
+has a frozen Options dataclass filled from the task's ``[tasks.options]`` table, so a
+misspelled option is an error, not a silent default.
 
 Formats and their options (all paths relative to the site file's folder, like ``path``):
 
-- ``npz`` (classification): ``path`` is a MedMNIST-style archive with
+- ``npz`` (classification, multilabel): ``path`` is a MedMNIST-style archive with
   ``{train,val,test}_images`` and ``{train,val,test}_labels`` (or unsplit ``images``/``labels``).
-  Options: ``key_prefix`` ("").
+  Labels are (N,) or (N, 1) class indices; for multilabel, (N, C) 0/1 with one column per
+  class (ChestMNIST's layout). Options: ``key_prefix`` ("").
 - ``csv`` (classification): ``path`` is a CSV file. Options: ``path_column`` ("path"),
   ``label_column`` ("label", a class name or a class index), ``split_column`` ("split",
   optional column), ``images_root`` ("" = the CSV file's folder).
+- ``csv`` (multilabel): as above, but ``labels_column`` ("labels") holds the positive classes
+  separated by ``separator`` ("|"), e.g. ``Effusion|Mass``; an empty cell means none.
 - ``class-folders`` (classification): ``path`` holds one folder per class name. No options.
 - ``mask-folder`` (segmentation): ``path`` holds ``images/`` and ``masks/``; a mask is found by
   the image's stem plus ``mask_suffix``. Options: ``images`` ("images"), ``masks`` ("masks"),
@@ -71,7 +76,7 @@ ReadFn = Callable[[TaskConfig, Problems], list[Record]]
 
 @dataclass(frozen=True)
 class ReaderSpec:
-    """A registered format: the task type it serves, its reader and its Options class."""
+    """A registered format for one task type: its reader and its Options class."""
 
     name: str
     task_type: str
@@ -83,36 +88,49 @@ class ReaderSpec:
         return self.read_fn(task, problems if problems is not None else Problems(task))
 
 
-FORMATS: dict[str, ReaderSpec] = {}
+FORMATS: dict[str, dict[str, ReaderSpec]] = {}  # format name -> task type -> reader
 
 
 def register_reader(name: str, task_type: str, read_fn: ReadFn, options: type) -> None:
-    """Add a data format. ``options`` is a frozen dataclass whose fields all have defaults."""
-    if name in FORMATS:
-        raise ValueError(f"data format '{name}' is already registered")
-    FORMATS[name] = ReaderSpec(name=name, task_type=task_type, read_fn=read_fn, options=options)
+    """Add a data format for one task type.
+
+    ``options`` is a frozen dataclass whose fields all have defaults. A format name may be
+    registered once per task type (``csv`` reads classification and multilabel tables).
+    """
+    readers = FORMATS.setdefault(name, {})
+    if task_type in readers:
+        raise ValueError(f"data format '{name}' is already registered for {task_type}")
+    readers[task_type] = ReaderSpec(name, task_type, read_fn, options)
 
 
-def get_reader(name: str) -> ReaderSpec:
+def get_reader(name: str, task_type: str) -> ReaderSpec:
+    """The reader of format ``name`` for ``task_type``; RegistryError lists the valid names."""
+    if name not in FORMATS:
+        raise RegistryError("data format", name, list(FORMATS))
     try:
-        return FORMATS[name]
+        return FORMATS[name][task_type]
     except KeyError:
-        raise RegistryError("data format", name, list(FORMATS)) from None
+        valid = list(formats_for(task_type))
+        raise RegistryError(f"data format for {task_type}", name, valid) from None
 
 
 def formats_for(task_type: str) -> tuple[str, ...]:
     """The formats that can hold data of ``task_type`` (used by the config validator)."""
-    return tuple(name for name, spec in FORMATS.items() if spec.task_type == task_type)
+    return tuple(name for name, readers in FORMATS.items() if task_type in readers)
 
 
 def read_records(task: TaskConfig, problems: Problems | None = None) -> list[Record]:
     """Read a task's records with its format's reader and attach groups from ``group_pattern``."""
-    spec = get_reader(task.format)
-    if spec.task_type != task.type:
+    readers = FORMATS.get(task.format)
+    if readers is None:
+        raise RegistryError("data format", task.format, list(FORMATS))
+    if task.type not in readers:
         raise task.error(
-            "format", f"format '{task.format}' holds {spec.task_type} data, not {task.type}"
+            "format",
+            f"format '{task.format}' holds {' or '.join(readers)} data, not {task.type} "
+            f"({task.type} data can be read from {', '.join(formats_for(task.type)) or 'none'})",
         )
-    records = spec.read(task, problems)
+    records = readers[task.type].read(task, problems)
     if task.split.group_pattern:
         records = assign_groups(records, task.split.group_pattern)
     return records
@@ -207,8 +225,21 @@ class NpzOptions:
     key_prefix: str = ""  # arrays are named f"{key_prefix}{split}_images" / "_labels"
 
 
+# A label array -> the label fields of one Record per row, or a DataError for the archive.
+NpzLabels = Callable[[np.ndarray, str, TaskConfig], list[dict[str, Any]]]
+
+
 def read_npz(task: TaskConfig, problems: Problems) -> list[Record]:
     """MedMNIST-style archive: images (N,H,W[,C]), labels (N,) or (N,1), per split."""
+    return _read_npz(task, _single_labels)
+
+
+def read_npz_multilabel(task: TaskConfig, problems: Problems) -> list[Record]:
+    """MedMNIST-style archive with (N, C) 0/1 labels, one column per class (ChestMNIST)."""
+    return _read_npz(task, _multi_labels)
+
+
+def _read_npz(task: TaskConfig, to_fields: NpzLabels) -> list[Record]:
     opts = parse_options(task, NpzOptions)
     _require_file(task, task.path, "path")
     try:
@@ -224,7 +255,7 @@ def read_npz(task: TaskConfig, problems: Problems) -> list[Record]:
                     missing = img_key if img_key not in names else lab_key
                     raise DataError(str(task.path), f"has no array '{missing}'", task=task.name)
                 n_images = len(npz[img_key])
-                labels = _npz_labels(npz[lab_key], f"{task.path}[{lab_key}]", task)
+                labels = to_fields(npz[lab_key], f"{task.path}[{lab_key}]", task)
                 if len(labels) != n_images:
                     raise DataError(
                         str(task.path),
@@ -232,8 +263,8 @@ def read_npz(task: TaskConfig, problems: Problems) -> list[Record]:
                         task=task.name,
                     )
                 records += [
-                    Record(image=ImageRef(task.path, img_key, i), split=split, label=int(lab))
-                    for i, lab in enumerate(labels)
+                    Record(image=ImageRef(task.path, img_key, i), split=split, **fields)
+                    for i, fields in enumerate(labels)
                 ]
             if not records:
                 raise DataError(
@@ -251,18 +282,39 @@ def read_npz(task: TaskConfig, problems: Problems) -> list[Record]:
     return records
 
 
-def _npz_labels(labels: np.ndarray, source: str, task: TaskConfig) -> np.ndarray:
+def _single_labels(labels: np.ndarray, source: str, task: TaskConfig) -> list[dict[str, Any]]:
     if labels.ndim == 2 and labels.shape[1] == 1:
         labels = labels.reshape(-1)
     if labels.ndim != 1:
         raise DataError(
             source,
-            f"labels must be (N,) or (N, 1), got {labels.shape} (multi-label?)",
+            f"labels must be (N,) or (N, 1), got {labels.shape} "
+            '(one column per class? use type = "multilabel")',
             task=task.name,
         )
-    if not np.issubdtype(labels.dtype, np.integer):
-        if not (np.issubdtype(labels.dtype, np.floating) and np.all(labels == np.round(labels))):
-            raise DataError(source, f"labels must be integers, got {labels.dtype}", task=task.name)
+    return [{"label": int(v)} for v in _integers(labels, source, task)]
+
+
+def _multi_labels(labels: np.ndarray, source: str, task: TaskConfig) -> list[dict[str, Any]]:
+    n_classes = len(task.classes)
+    if labels.ndim != 2 or labels.shape[1] != n_classes:
+        raise DataError(
+            source,
+            f"multi-label labels must be (N, {n_classes}), one 0/1 column per class, "
+            f"got {labels.shape}",
+            task=task.name,
+        )
+    labels = _integers(labels, source, task)
+    if labels.size and not np.isin(labels, (0, 1)).all():
+        raise DataError(source, "multi-label labels must be 0 or 1", task=task.name)
+    return [{"labels": tuple(int(i) for i in np.flatnonzero(row))} for row in labels]
+
+
+def _integers(labels: np.ndarray, source: str, task: TaskConfig) -> np.ndarray:
+    if not np.issubdtype(labels.dtype, np.integer) and not (
+        np.issubdtype(labels.dtype, np.floating) and np.all(labels == np.round(labels))
+    ):
+        raise DataError(source, f"labels must be integers, got {labels.dtype}", task=task.name)
     return labels.astype(np.int64)
 
 
@@ -277,6 +329,15 @@ class CsvOptions:
     images_root: str = ""  # empty: the CSV file's folder
 
 
+@dataclass(frozen=True)
+class MultiLabelCsvOptions:
+    path_column: str = "path"
+    labels_column: str = "labels"  # class names (or indices) joined by `separator`; may be empty
+    separator: str = "|"
+    split_column: str = "split"  # optional column: train / val (validation, valid) / test
+    images_root: str = ""  # empty: the CSV file's folder
+
+
 _SPLIT_NAMES = {
     "train": "train",
     "training": "train",
@@ -287,14 +348,53 @@ _SPLIT_NAMES = {
     "testing": "test",
 }
 
+# A label cell -> the label fields of its Record, or the problem as a string.
+CellLabels = Callable[[str], dict[str, Any] | str]
+
 
 def read_csv(task: TaskConfig, problems: Problems) -> list[Record]:
     """A CSV listing image paths and labels. Row numbers count the header as row 1."""
     opts = parse_options(task, CsvOptions)
+    class_index = {name: i for i, name in enumerate(task.classes)}
+
+    def parse(cell: str) -> dict[str, Any] | str:
+        label = _csv_label(cell, class_index)
+        return label if isinstance(label, str) else {"label": label}
+
+    return _read_csv(task, problems, opts, (opts.label_column, "label_column"), parse)
+
+
+def read_csv_multilabel(task: TaskConfig, problems: Problems) -> list[Record]:
+    """A CSV listing image paths and their positive classes, e.g. ``Effusion|Mass``."""
+    opts = parse_options(task, MultiLabelCsvOptions)
+    if not opts.separator:
+        raise task.error("options.separator", "must not be empty")
+    class_index = {name: i for i, name in enumerate(task.classes)}
+
+    def parse(cell: str) -> dict[str, Any] | str:
+        positives = set()
+        for part in cell.split(opts.separator):
+            if not part.strip():
+                continue  # an empty cell (or a stray separator) adds no class
+            label = _csv_label(part.strip(), class_index)
+            if isinstance(label, str):
+                return label
+            positives.add(label)
+        return {"labels": tuple(sorted(positives))}
+
+    return _read_csv(task, problems, opts, (opts.labels_column, "labels_column"), parse)
+
+
+def _read_csv(
+    task: TaskConfig,
+    problems: Problems,
+    opts: CsvOptions | MultiLabelCsvOptions,
+    label: tuple[str, str],  # (column, the option that names it)
+    parse_label: CellLabels,
+) -> list[Record]:
     _require_file(task, task.path, "path")
     root = _resolve(task, opts.images_root, task.path.parent)
     _require_dir(task, root, "options.images_root")
-    class_index = {name: i for i, name in enumerate(task.classes)}
     try:
         with task.path.open(newline="", encoding="utf-8-sig") as handle:
             reader = csv.DictReader(handle)
@@ -302,7 +402,8 @@ def read_csv(task: TaskConfig, problems: Problems) -> list[Record]:
             header = list(reader.fieldnames or [])
     except (OSError, UnicodeDecodeError, csv.Error) as exc:
         raise DataError(str(task.path), f"cannot read CSV: {exc}", task=task.name) from exc
-    for column, option in ((opts.path_column, "path_column"), (opts.label_column, "label_column")):
+    label_column = label[0]
+    for column, option in ((opts.path_column, "path_column"), label):
         if column not in header:
             raise task.error(
                 f"options.{option}",
@@ -318,9 +419,9 @@ def read_csv(task: TaskConfig, problems: Problems) -> list[Record]:
         if not rel:
             problems.report(where, f"empty '{opts.path_column}'")
             continue
-        label = _csv_label((row.get(opts.label_column) or "").strip(), class_index)
-        if isinstance(label, str):
-            problems.report(where, label)
+        fields = parse_label((row.get(label_column) or "").strip())
+        if isinstance(fields, str):
+            problems.report(where, fields)
             continue
         split = None
         if has_split:
@@ -331,7 +432,7 @@ def read_csv(task: TaskConfig, problems: Problems) -> list[Record]:
                     where, f"split '{raw_split}' is not one of train, val (validation), test"
                 )
                 continue
-        records.append(Record(image=ImageRef(root / rel), split=split, label=label))
+        records.append(Record(image=ImageRef(root / rel), split=split, **fields))
     if not records and not problems.skipped:
         raise DataError(str(task.path), "the CSV lists no images", task=task.name)
     return records
@@ -606,7 +707,9 @@ def _coco_box(
 
 
 register_reader("npz", "classification", read_npz, NpzOptions)
+register_reader("npz", "multilabel", read_npz_multilabel, NpzOptions)
 register_reader("csv", "classification", read_csv, CsvOptions)
+register_reader("csv", "multilabel", read_csv_multilabel, MultiLabelCsvOptions)
 register_reader("class-folders", "classification", read_class_folders, ClassFoldersOptions)
 register_reader("mask-folder", "segmentation", read_mask_folder, MaskFolderOptions)
 register_reader("voc", "detection", read_voc, VocOptions)

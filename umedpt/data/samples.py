@@ -26,14 +26,16 @@ class ImageRef:
 class Record:
     """One labelled example as found on disk, before it is read.
 
-    Labels use class indices into the task's ``classes``. Segmentation masks hold
-    0 for background and ``1..len(classes)`` for the foreground classes. Boxes are
-    ``(x_min, y_min, x_max, y_max)`` in pixels of the original image.
+    Labels use class indices into the task's ``classes``. ``labels`` lists the positive
+    classes of a multi-label example (``()``: none is positive; ``None``: not annotated).
+    Segmentation masks hold 0 for background and ``1..len(classes)`` for the foreground
+    classes. Boxes are ``(x_min, y_min, x_max, y_max)`` in pixels of the original image.
     """
 
     image: ImageRef
     split: str | None = None  # "train" | "val" | "test"; None when the data has no split
     label: int | None = None
+    labels: tuple[int, ...] | None = None
     mask: ImageRef | None = None
     boxes: tuple[tuple[float, float, float, float], ...] = ()
     box_labels: tuple[int, ...] = ()
@@ -42,11 +44,15 @@ class Record:
 
 @dataclass
 class Sample:
-    """One preprocessed example, resized to the task's square image size."""
+    """One preprocessed example, resized to the task's square image size.
+
+    Which target fields are set is up to the task type (its ``load_targets``).
+    """
 
     image: torch.Tensor  # uint8 (3, S, S)
     source: str  # the file it came from, for errors and previews
-    label: int | None = None  # classification
+    label: int | None = None  # single-label classification
+    labels: torch.Tensor | None = None  # multi-label: uint8 (C,) multi-hot
     mask: torch.Tensor | None = None  # uint8 (S, S), 0 = background
     boxes: torch.Tensor | None = None  # float32 (N, 4) xyxy in resized pixels
     box_labels: torch.Tensor | None = None  # int64 (N,)

@@ -28,7 +28,7 @@ def conv_norm_act(in_channels: int, out_channels: int) -> nn.Sequential:
 
 
 class ImageBlock(nn.Module):
-    """The "squeezer": pools the deepest map into one image vector for classification."""
+    """The "squeezer": pools the deepest map into one image vector (single- and multi-label)."""
 
     def __init__(self, in_channels: list[int], dim: int) -> None:
         super().__init__()

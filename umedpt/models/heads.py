@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import torch
 from torch import nn
@@ -35,6 +36,14 @@ class SegmentationHead(nn.Module):
         return self.conv(pixels)  # (B, C+1, H, W)
 
 
+class FCOSOutputs(NamedTuple):
+    """What the detection head predicts, one map per pyramid level (P3..P7)."""
+
+    cls_logits: list[torch.Tensor]  # (B, C, H, W) per level
+    bbox_regression: list[torch.Tensor]  # (B, 4, H, W) per level: raw ltrb, decoded by the task
+    centerness: list[torch.Tensor]  # (B, 1, H, W) per level: logits
+
+
 class DetectionHead(nn.Module):
     """FCOS outputs per pyramid level: class logits, ltrb distances and centerness logits."""
 
@@ -51,12 +60,10 @@ class DetectionHead(nn.Module):
             self.cls_logits.bias, -math.log((1 - prior_probability) / prior_probability)
         )
 
-    def forward(
-        self, levels: list[tuple[torch.Tensor, torch.Tensor]]
-    ) -> tuple[list[torch.Tensor], list[torch.Tensor], list[torch.Tensor]]:
+    def forward(self, levels: list[tuple[torch.Tensor, torch.Tensor]]) -> FCOSOutputs:
         cls_out, box_out, ctr_out = [], [], []
         for cls_feature, reg_feature in levels:
             cls_out.append(self.cls_logits(cls_feature))  # (B, C, H, W)
             box_out.append(self.bbox(reg_feature))  # (B, 4, H, W), raw; decoded by the task
             ctr_out.append(self.centerness(reg_feature))  # (B, 1, H, W)
-        return cls_out, box_out, ctr_out
+        return FCOSOutputs(cls_out, box_out, ctr_out)

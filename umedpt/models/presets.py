@@ -62,6 +62,7 @@ def model_config(preset: str, encoder: str | None = None) -> ModelConfig:
     config = PRESETS.get(preset)
     return config.with_encoder(encoder) if encoder else config
 
+
 # Swin with embed dim 48 and depths 2-2-2-2 at 64 px: ~5M parameters, for tests and CPU benchmarks.
 PRESETS.register(
     "tiny",

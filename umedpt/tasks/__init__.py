@@ -1,5 +1,33 @@
-"""Task types: each owns its head, its loss, its metrics and how its batches are built."""
+"""Task types: each owns its targets, head, loss, metrics, summary and preview drawing.
 
-from umedpt.tasks.base import TASK_TYPES, Batch, TaskMetrics, TaskType, get_task_type
+Importing this package registers every built-in type (the modules below register
+themselves); ``get_task_type(name)`` then finds them.
+"""
 
-__all__ = ["TASK_TYPES", "Batch", "TaskMetrics", "TaskType", "get_task_type"]
+# Importing a built-in type's module registers it.
+from umedpt.tasks import classification, detection, multilabel, segmentation  # noqa: F401
+from umedpt.tasks.base import (
+    TASK_TYPES,
+    Batch,
+    LossComponents,
+    TaskMetrics,
+    TaskType,
+    block_builder,
+    get_task_type,
+    register_task_type,
+    shared_blocks,
+    total_loss,
+)
+
+__all__ = [
+    "TASK_TYPES",
+    "Batch",
+    "LossComponents",
+    "TaskMetrics",
+    "TaskType",
+    "block_builder",
+    "get_task_type",
+    "register_task_type",
+    "shared_blocks",
+    "total_loss",
+]

@@ -1,9 +1,17 @@
-"""The task-type interface and its registry."""
+"""The task-type interface and its registry.
+
+A task type is one module that owns everything specific to one kind of target: how a
+Record's annotations become a Sample's targets, how samples are batched, its head, its
+named loss components, its metrics, and how its data is summarised and drawn. Nothing
+else in the package branches on a type's name; adding a type is one module that calls
+:func:`register_task_type`, imported by ``umedpt/tasks/__init__.py``.
+"""
 
 from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -12,7 +20,8 @@ from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from torch import nn
 
 from umedpt.config import TaskConfig
-from umedpt.data.samples import Sample
+from umedpt.data.samples import Record, Sample, TaskData
+from umedpt.data.targets import LoadContext
 from umedpt.models.presets import ModelConfig
 from umedpt.registry import Registry
 
@@ -23,6 +32,11 @@ _STD = torch.tensor(IMAGENET_DEFAULT_STD).view(1, 3, 1, 1)
 def normalize_images(images: torch.Tensor) -> torch.Tensor:
     """uint8 (B, 3, H, W) -> float, normalised as timm's ImageNet models expect."""
     return (images.float() / 255.0 - _MEAN) / _STD
+
+
+def stack_images(samples: list[Sample]) -> torch.Tensor:
+    """The normalised image batch (B, 3, S, S) of ``samples``."""
+    return normalize_images(torch.stack([s.image for s in samples]))
 
 
 @dataclass
@@ -57,21 +71,54 @@ class TaskMetrics(ABC):
     def compute(self) -> dict[str, float]: ...
 
 
-class TaskType(ABC):
-    """One kind of task (classification, segmentation, detection).
+LossComponents = dict[str, torch.Tensor]
 
-    The multi-task loop only calls these methods and sums the named losses: it knows
-    nothing about what a task type predicts.
+
+def total_loss(components: Mapping[str, torch.Tensor]) -> torch.Tensor:
+    """The loss to backpropagate: the sum of a task's named loss components."""
+    values = list(components.values())
+    if not values:
+        raise ValueError("a task's loss needs at least one component")
+    return torch.stack([v.float() for v in values]).sum()
+
+
+class TaskType(ABC):
+    """One kind of task (classification, segmentation, detection, multi-label).
+
+    The multi-task loop only calls these methods and sums the named loss components: it
+    knows nothing about what a task type predicts.
     """
 
     name: ClassVar[str]
     primary_metric: ClassVar[str]  # the metric reports and benchmarks lead with
+    min_classes: ClassVar[int] = 1  # the config validator rejects tasks with fewer classes
 
     @property
     def block(self) -> str:
         """The shared block this task type trains (``blocks.<block>.*``)."""
         return self.name
 
+    # -- data -------------------------------------------------------------------------
+    @abstractmethod
+    def load_targets(self, record: Record, sample: Sample, context: LoadContext) -> None:
+        """Validate ``record``'s annotations and set ``sample``'s target fields.
+
+        ``sample`` holds the resized image and its ``original_size``; raise DataError
+        (naming the file) for a bad annotation.
+        """
+
+    @abstractmethod
+    def collate(self, samples: list[Sample]) -> Batch: ...
+
+    @abstractmethod
+    def summarize(self, task: TaskConfig, data: TaskData) -> dict[str, Any]:
+        """Plain, JSON-serialisable numbers about this type's targets (e.g. class counts)."""
+
+    @abstractmethod
+    def draw(self, ax: Any, sample: Sample, task: TaskConfig) -> None:
+        """Draw ``sample``'s targets over its image on matplotlib ``ax`` and title it."""
+
+    # -- model ------------------------------------------------------------------------
     @abstractmethod
     def build_block(self, in_channels: list[int], config: ModelConfig) -> nn.Module: ...
 
@@ -79,11 +126,8 @@ class TaskType(ABC):
     def build_head(self, task: TaskConfig, config: ModelConfig) -> nn.Module: ...
 
     @abstractmethod
-    def collate(self, samples: list[Sample]) -> Batch: ...
-
-    @abstractmethod
-    def loss(self, outputs: Any, batch: Batch, task: TaskConfig) -> torch.Tensor:
-        """The task's loss, normalised so that an untrained model scores about 1."""
+    def loss(self, outputs: Any, batch: Batch, task: TaskConfig) -> LossComponents:
+        """Named loss components; their sum is normalised so an untrained model scores ~1."""
 
     @abstractmethod
     def metrics(self, task: TaskConfig) -> TaskMetrics: ...
@@ -101,8 +145,26 @@ def log_num_classes(num_classes: int) -> float:
 TASK_TYPES: Registry[TaskType] = Registry("task type")
 
 
-def get_task_type(name: str) -> TaskType:
-    # Importing the implementations registers them; done lazily to avoid import cycles.
-    from umedpt.tasks import classification, detection, segmentation  # noqa: F401
+def register_task_type(task_type: TaskType) -> TaskType:
+    """Add a task type under its ``name``; the config then accepts ``type = "<name>"``."""
+    return TASK_TYPES.register(task_type.name, task_type)
 
+
+def get_task_type(name: str) -> TaskType:
+    """The registered task type ``name``; RegistryError lists the valid names."""
     return TASK_TYPES.get(name)
+
+
+def shared_blocks() -> tuple[str, ...]:
+    """Every shared block some registered task type trains, sorted."""
+    return tuple(sorted({TASK_TYPES.get(name).block for name in TASK_TYPES.names()}))
+
+
+def block_builder(block: str) -> TaskType:
+    """The first registered task type that trains ``block`` (types sharing one build it alike)."""
+    for name in TASK_TYPES.names():
+        if (task_type := TASK_TYPES.get(name)).block == block:
+            return task_type
+    raise ValueError(
+        f"no task type trains a shared block named '{block}' (blocks: {', '.join(shared_blocks())})"
+    )

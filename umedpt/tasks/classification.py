@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -9,17 +11,20 @@ from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassAUROC, MulticlassF1Score
 
 from umedpt.config import TaskConfig
-from umedpt.data.samples import Sample
+from umedpt.data.samples import Record, Sample, TaskData
+from umedpt.data.stats import class_counts
+from umedpt.data.targets import LoadContext, check_label
 from umedpt.models.blocks import ImageBlock
 from umedpt.models.heads import ClassificationHead
 from umedpt.models.presets import ModelConfig
 from umedpt.tasks.base import (
-    TASK_TYPES,
     Batch,
+    LossComponents,
     TaskMetrics,
     TaskType,
     log_num_classes,
-    normalize_images,
+    register_task_type,
+    stack_images,
 )
 
 
@@ -44,8 +49,30 @@ class ClassificationMetrics(TaskMetrics):
 
 
 class Classification(TaskType):
+    """One class per image. Sample target: ``label`` (int); loss component ``cross_entropy``."""
+
     name = "classification"
     primary_metric = "accuracy"
+    min_classes = 2
+
+    def load_targets(self, record: Record, sample: Sample, context: LoadContext) -> None:
+        sample.label = check_label(record.label, len(context.task.classes), sample.source)
+
+    def collate(self, samples: list[Sample]) -> Batch:
+        labels = torch.tensor([s.label for s in samples], dtype=torch.long)
+        return Batch(stack_images(samples), {"labels": labels})
+
+    def summarize(self, task: TaskConfig, data: TaskData) -> dict[str, Any]:
+        return {
+            "class_counts": {
+                split: class_counts([s.label for s in samples if s.label is not None], task.classes)
+                for split, samples in data.splits.items()
+            }
+        }
+
+    def draw(self, ax: Any, sample: Sample, task: TaskConfig) -> None:
+        if sample.label is not None:
+            ax.set_title(task.classes[sample.label], fontsize=8)
 
     def build_block(self, in_channels: list[int], config: ModelConfig) -> nn.Module:
         return ImageBlock(in_channels, config.image_dim)
@@ -53,17 +80,12 @@ class Classification(TaskType):
     def build_head(self, task: TaskConfig, config: ModelConfig) -> nn.Module:
         return ClassificationHead(config.image_dim, len(task.classes))
 
-    def collate(self, samples: list[Sample]) -> Batch:
-        images = normalize_images(torch.stack([s.image for s in samples]))
-        labels = torch.tensor([s.label for s in samples], dtype=torch.long)
-        return Batch(images, {"labels": labels})
-
-    def loss(self, outputs: torch.Tensor, batch: Batch, task: TaskConfig) -> torch.Tensor:
+    def loss(self, outputs: torch.Tensor, batch: Batch, task: TaskConfig) -> LossComponents:
         ce = F.cross_entropy(outputs.float(), batch.targets["labels"])
-        return ce / log_num_classes(len(task.classes))
+        return {"cross_entropy": ce / log_num_classes(len(task.classes))}
 
     def metrics(self, task: TaskConfig) -> TaskMetrics:
         return ClassificationMetrics(len(task.classes))
 
 
-TASK_TYPES.register(Classification.name, Classification())
+register_task_type(Classification())

@@ -1,12 +1,17 @@
 """FCOS object detection on the shared FPN and towers.
 
-Loss (notes): sigmoid focal (gamma 2, alpha 0.25) / ln C + GIoU + 0.2 * centerness BCE,
-each averaged over the positive points. Box operations, focal and GIoU losses and NMS
-come from torchvision.ops; mAP from torchmetrics.
+Loss: sigmoid focal (``focal_gamma`` 2, ``focal_alpha`` 0.25) / ln C, GIoU, and
+``centerness_weight`` (0.2) x centerness BCE, each averaged over the positive points and
+returned as named components (``classification``, ``bbox_regression``, ``centerness``),
+as torchvision's ``FCOSHead.compute_loss`` names them. Box operations, focal and GIoU
+losses and NMS come from torchvision.ops; mAP from torchmetrics.
 """
 
 from __future__ import annotations
 
+from typing import Any
+
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -19,17 +24,20 @@ from torchvision.ops import (
 )
 
 from umedpt.config import TaskConfig
-from umedpt.data.samples import Sample
+from umedpt.data.samples import Record, Sample, TaskData
+from umedpt.data.stats import class_counts, describe
+from umedpt.data.targets import LoadContext, check_boxes
 from umedpt.models.blocks import DetectionNeck
-from umedpt.models.heads import DetectionHead
+from umedpt.models.heads import DetectionHead, FCOSOutputs
 from umedpt.models.presets import ModelConfig
 from umedpt.tasks.base import (
-    TASK_TYPES,
     Batch,
+    LossComponents,
     TaskMetrics,
     TaskType,
     log_num_classes,
-    normalize_images,
+    register_task_type,
+    stack_images,
 )
 from umedpt.tasks.fcos import (
     BACKGROUND,
@@ -39,8 +47,6 @@ from umedpt.tasks.fcos import (
     encode_ltrb,
     make_points,
 )
-
-HeadOutputs = tuple[list[torch.Tensor], list[torch.Tensor], list[torch.Tensor]]
 
 
 def flatten_levels(maps: list[torch.Tensor]) -> torch.Tensor:
@@ -53,7 +59,7 @@ class DetectionMetrics(TaskMetrics):
         self.task, self.detection = task, detection
         self.map = MeanAveragePrecision(box_format="xyxy", iou_type="bbox")
 
-    def update(self, outputs: HeadOutputs, batch: Batch) -> None:
+    def update(self, outputs: FCOSOutputs, batch: Batch) -> None:
         predictions = self.detection.predict(outputs, batch, self.task)
         targets = [
             {"boxes": b.cpu(), "labels": lab.cpu()}
@@ -67,12 +73,73 @@ class DetectionMetrics(TaskMetrics):
 
 
 class Detection(TaskType):
+    """Boxes per image. Sample targets: ``boxes`` and ``box_labels``; three loss components.
+
+    The loss weights and the post-processing limits are keyword arguments with FCOS's
+    defaults; the registered instance uses the defaults.
+    """
+
     name = "detection"
     primary_metric = "map_50"
     strides = DetectionNeck.strides
-    score_threshold = 0.05
-    nms_threshold = 0.6
-    max_detections = 100
+
+    def __init__(
+        self,
+        *,
+        focal_alpha: float = 0.25,
+        focal_gamma: float = 2.0,
+        centerness_weight: float = 0.2,
+        score_threshold: float = 0.05,
+        nms_threshold: float = 0.6,
+        max_detections: int = 100,
+        pre_nms_topk: int = 1000,
+    ) -> None:
+        self.focal_alpha = focal_alpha
+        self.focal_gamma = focal_gamma
+        self.centerness_weight = centerness_weight
+        self.score_threshold = score_threshold  # points scoring below are never boxes
+        self.nms_threshold = nms_threshold  # IoU above which NMS keeps only the best box
+        self.max_detections = max_detections  # boxes kept per image after NMS
+        self.pre_nms_topk = pre_nms_topk  # best-scoring (point, class) pairs NMS looks at
+
+    def load_targets(self, record: Record, sample: Sample, context: LoadContext) -> None:
+        height, width = sample.original_size
+        boxes, labels = check_boxes(
+            record, (height, width), len(context.task.classes), context.dropped
+        )
+        size = context.task.image_size
+        scale = np.array([size / width, size / height, size / width, size / height], np.float32)
+        sample.boxes = torch.from_numpy(boxes * scale)
+        sample.box_labels = torch.from_numpy(labels)
+
+    def collate(self, samples: list[Sample]) -> Batch:
+        boxes = [s.boxes if s.boxes is not None else torch.zeros((0, 4)) for s in samples]
+        labels = [
+            s.box_labels if s.box_labels is not None else torch.zeros((0,), dtype=torch.long)
+            for s in samples
+        ]
+        return Batch(stack_images(samples), {"boxes": boxes, "labels": labels})
+
+    def summarize(self, task: TaskConfig, data: TaskData) -> dict[str, Any]:
+        all_samples = [s for samples in data.splits.values() for s in samples]
+        counts = [0 if s.boxes is None else len(s.boxes) for s in all_samples]
+        labels = [int(v) for s in all_samples if s.box_labels is not None for v in s.box_labels]
+        return {
+            "boxes_per_image": {**describe(counts), "images_without_boxes": counts.count(0)},
+            "box_counts": class_counts(labels, task.classes),
+        }
+
+    def draw(self, ax: Any, sample: Sample, task: TaskConfig) -> None:
+        from matplotlib.patches import Rectangle  # only previews need matplotlib
+
+        if sample.boxes is None or sample.box_labels is None:
+            return
+        for box, label in zip(sample.boxes.tolist(), sample.box_labels.tolist(), strict=True):
+            x0, y0, x1, y1 = box
+            color = f"C{label % 10}"
+            ax.add_patch(Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, color=color, lw=1))
+            ax.text(x0, y0, task.classes[label], color=color, fontsize=6, va="bottom")
+        ax.set_title(f"{len(sample.boxes)} boxes", fontsize=8)
 
     def build_block(self, in_channels: list[int], config: ModelConfig) -> nn.Module:
         return DetectionNeck(in_channels, config.fpn_channels, config.tower_depth)
@@ -80,25 +147,16 @@ class Detection(TaskType):
     def build_head(self, task: TaskConfig, config: ModelConfig) -> nn.Module:
         return DetectionHead(config.fpn_channels, len(task.classes))
 
-    def collate(self, samples: list[Sample]) -> Batch:
-        images = normalize_images(torch.stack([s.image for s in samples]))
-        boxes = [s.boxes if s.boxes is not None else torch.zeros((0, 4)) for s in samples]
-        labels = [
-            s.box_labels if s.box_labels is not None else torch.zeros((0,), dtype=torch.long)
-            for s in samples
-        ]
-        return Batch(images, {"boxes": boxes, "labels": labels})
-
-    def _points(self, outputs: HeadOutputs) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        sizes = [tuple(m.shape[-2:]) for m in outputs[0]]
+    def _points(self, outputs: FCOSOutputs) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        sizes = [tuple(m.shape[-2:]) for m in outputs.cls_logits]
         points, strides, levels = make_points(sizes, self.strides[: len(sizes)])
-        device = outputs[0][0].device
+        device = outputs.cls_logits[0].device
         return points.to(device), strides.to(device), levels.to(device)
 
-    def loss(self, outputs: HeadOutputs, batch: Batch, task: TaskConfig) -> torch.Tensor:
-        cls_logits = flatten_levels(outputs[0]).float()  # (B, P, C)
-        box_raw = flatten_levels(outputs[1]).float()  # (B, P, 4)
-        ctr_logits = flatten_levels(outputs[2]).float().squeeze(2)  # (B, P)
+    def loss(self, outputs: FCOSOutputs, batch: Batch, task: TaskConfig) -> LossComponents:
+        cls_logits = flatten_levels(outputs.cls_logits).float()  # (B, P, C)
+        box_raw = flatten_levels(outputs.bbox_regression).float()  # (B, P, 4)
+        ctr_logits = flatten_levels(outputs.centerness).float().squeeze(2)  # (B, P)
         points, strides, levels = self._points(outputs)
         num_classes = cls_logits.shape[2]
 
@@ -108,33 +166,40 @@ class Detection(TaskType):
         ]
         point_labels = torch.stack([a[0] for a in assigned])  # (B, P)
         matched_boxes = torch.stack([a[1] for a in assigned])  # (B, P, 4)
-        positive = point_labels != BACKGROUND
+        positive = point_labels != BACKGROUND  # (B, P)
         num_positive = max(int(positive.sum()), 1)
 
         cls_target = F.one_hot(point_labels.clamp(min=0), num_classes).to(cls_logits.dtype)
-        cls_target = cls_target * positive.unsqueeze(2)
-        focal = sigmoid_focal_loss(cls_logits, cls_target, alpha=0.25, gamma=2.0, reduction="sum")
+        cls_target = cls_target * positive.unsqueeze(2)  # (B, P, C), all 0 for background
+        focal = sigmoid_focal_loss(
+            cls_logits, cls_target, alpha=self.focal_alpha, gamma=self.focal_gamma, reduction="sum"
+        )
         focal = focal / num_positive / log_num_classes(num_classes + 1)
-        if not positive.any():
-            return focal
+        if not positive.any():  # no box in the batch: only the classification term applies
+            zero = focal.new_zeros(())
+            return {"classification": focal, "bbox_regression": zero, "centerness": zero}
 
-        pos_points = points.expand(positive.shape[0], -1, -1)[positive]
-        pos_strides = strides.expand(positive.shape[0], -1)[positive]
-        pred_ltrb = F.softplus(box_raw[positive]) * pos_strides.unsqueeze(1)
+        pos_points = points.expand(positive.shape[0], -1, -1)[positive]  # (N, 2)
+        pos_strides = strides.expand(positive.shape[0], -1)[positive]  # (N,)
+        pred_ltrb = F.softplus(box_raw[positive]) * pos_strides.unsqueeze(1)  # (N, 4)
         pred_boxes = decode_ltrb(pos_points, pred_ltrb)
         target_boxes = matched_boxes[positive]
         giou = generalized_box_iou_loss(pred_boxes, target_boxes, reduction="mean")
         ctr_target = centerness_target(encode_ltrb(pos_points, target_boxes))
         ctr = F.binary_cross_entropy_with_logits(ctr_logits[positive], ctr_target)
-        return focal + giou + 0.2 * ctr
+        return {
+            "classification": focal,
+            "bbox_regression": giou,
+            "centerness": self.centerness_weight * ctr,
+        }
 
     @torch.no_grad()
     def predict(
-        self, outputs: HeadOutputs, batch: Batch, task: TaskConfig
+        self, outputs: FCOSOutputs, batch: Batch, task: TaskConfig
     ) -> list[dict[str, torch.Tensor]]:
-        cls_logits = flatten_levels(outputs[0]).float()
-        box_raw = flatten_levels(outputs[1]).float()
-        ctr_logits = flatten_levels(outputs[2]).float()
+        cls_logits = flatten_levels(outputs.cls_logits).float()  # (B, P, C)
+        box_raw = flatten_levels(outputs.bbox_regression).float()  # (B, P, 4)
+        ctr_logits = flatten_levels(outputs.centerness).float()  # (B, P, 1)
         points, strides, _ = self._points(outputs)
         height, width = batch.images.shape[-2:]
         results = []
@@ -142,14 +207,13 @@ class Detection(TaskType):
             scores = (image_cls.sigmoid() * image_ctr.sigmoid()).sqrt()  # (P, C)
             point_idx, labels = (scores > self.score_threshold).nonzero(as_tuple=True)
             kept_scores = scores[point_idx, labels]
-            if kept_scores.numel() > 1000:
-                top = kept_scores.topk(1000).indices
+            if kept_scores.numel() > self.pre_nms_topk:
+                top = kept_scores.topk(self.pre_nms_topk).indices
                 point_idx, labels, kept_scores = point_idx[top], labels[top], kept_scores[top]
             ltrb = F.softplus(image_box[point_idx]) * strides[point_idx].unsqueeze(1)
             boxes = clip_boxes_to_image(decode_ltrb(points[point_idx], ltrb), (height, width))
-            keep = batched_nms(boxes, kept_scores, labels, self.nms_threshold)[
-                : self.max_detections
-            ]
+            keep = batched_nms(boxes, kept_scores, labels, self.nms_threshold)
+            keep = keep[: self.max_detections]
             results.append(
                 {"boxes": boxes[keep], "scores": kept_scores[keep], "labels": labels[keep]}
             )
@@ -159,4 +223,4 @@ class Detection(TaskType):
         return DetectionMetrics(task, self)
 
 
-TASK_TYPES.register(Detection.name, Detection())
+register_task_type(Detection())

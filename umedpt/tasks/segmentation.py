@@ -2,23 +2,31 @@
 
 from __future__ import annotations
 
+from typing import Any
+
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torchmetrics.segmentation import DiceScore, MeanIoU
 
 from umedpt.config import TaskConfig
-from umedpt.data.samples import Sample
+from umedpt.data.images import resize_mask
+from umedpt.data.samples import Record, Sample, TaskData
+from umedpt.data.stats import describe
+from umedpt.data.targets import LoadContext, check_mask
+from umedpt.errors import DataError
 from umedpt.models.blocks import PixelDecoder
 from umedpt.models.heads import SegmentationHead
 from umedpt.models.presets import ModelConfig
 from umedpt.tasks.base import (
-    TASK_TYPES,
     Batch,
+    LossComponents,
     TaskMetrics,
     TaskType,
     log_num_classes,
-    normalize_images,
+    register_task_type,
+    stack_images,
 )
 
 
@@ -61,8 +69,44 @@ class SegmentationMetrics(TaskMetrics):
 
 
 class Segmentation(TaskType):
+    """A class per pixel. Sample target: ``mask``; loss components ``dice`` and ``focal``."""
+
     name = "segmentation"
     primary_metric = "dice"
+
+    def __init__(self, *, focal_gamma: float = 2.0) -> None:
+        self.focal_gamma = focal_gamma
+
+    def load_targets(self, record: Record, sample: Sample, context: LoadContext) -> None:
+        if record.mask is None:
+            raise DataError(sample.source, "no mask for this image")
+        mask = check_mask(
+            context.source.read_mask(record.mask),
+            sample.original_size,
+            len(context.task.classes),
+            record,
+        )
+        sample.mask = torch.from_numpy(resize_mask(mask, context.task.image_size).copy())
+
+    def collate(self, samples: list[Sample]) -> Batch:
+        masks = torch.stack([s.mask for s in samples]).long()
+        return Batch(stack_images(samples), {"masks": masks})
+
+    def summarize(self, task: TaskConfig, data: TaskData) -> dict[str, Any]:
+        fractions = [
+            float((s.mask > 0).float().mean())
+            for samples in data.splits.values()
+            for s in samples
+            if s.mask is not None
+        ]
+        return {"mask_foreground_fraction": describe(fractions)}
+
+    def draw(self, ax: Any, sample: Sample, task: TaskConfig) -> None:
+        if sample.mask is None:
+            return
+        mask = sample.mask.numpy().astype(np.float32)
+        overlay = np.ma.masked_where(mask == 0, mask)
+        ax.imshow(overlay, cmap="autumn", alpha=0.45, vmin=0, vmax=max(1, len(task.classes)))
 
     def build_block(self, in_channels: list[int], config: ModelConfig) -> nn.Module:
         return PixelDecoder(in_channels, config.decoder_channels, config.pixel_dim)
@@ -70,18 +114,16 @@ class Segmentation(TaskType):
     def build_head(self, task: TaskConfig, config: ModelConfig) -> nn.Module:
         return SegmentationHead(config.pixel_dim, len(task.classes) + 1)
 
-    def collate(self, samples: list[Sample]) -> Batch:
-        images = normalize_images(torch.stack([s.image for s in samples]))
-        masks = torch.stack([s.mask for s in samples]).long()
-        return Batch(images, {"masks": masks})
-
-    def loss(self, outputs: torch.Tensor, batch: Batch, task: TaskConfig) -> torch.Tensor:
+    def loss(self, outputs: torch.Tensor, batch: Batch, task: TaskConfig) -> LossComponents:
         logits, masks = outputs.float(), batch.targets["masks"]
-        focal = multiclass_focal_loss(logits, masks) / log_num_classes(len(task.classes) + 1)
-        return soft_dice_loss(logits, masks) + focal
+        focal = multiclass_focal_loss(logits, masks, self.focal_gamma)
+        return {
+            "dice": soft_dice_loss(logits, masks),
+            "focal": focal / log_num_classes(len(task.classes) + 1),
+        }
 
     def metrics(self, task: TaskConfig) -> TaskMetrics:
         return SegmentationMetrics(len(task.classes) + 1)
 
 
-TASK_TYPES.register(Segmentation.name, Segmentation())
+register_task_type(Segmentation())

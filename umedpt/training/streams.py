@@ -37,12 +37,9 @@ class TaskStream:
         self.position = 0
         self.passes = 0
 
-    @property
-    def batches_per_pass(self) -> int:
-        # drop_last: every batch is full, so per-step memory and loss scale are constant.
-        return len(self.samples) // self.batch_size
-
     def next_batch(self) -> Batch:
+        # A pass ends when a full batch no longer fits (drop_last): every batch is full, so
+        # per-step memory and loss scale are constant.
         if self.position + self.batch_size > len(self.order):
             self.order = torch.randperm(len(self.samples), generator=self.generator)
             self.position = 0

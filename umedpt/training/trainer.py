@@ -1,10 +1,10 @@
 """UMedPT's constant-memory multi-task training loop.
 
-One step = one batch of every task, in a fixed round-robin order. Each task's loss is
-backpropagated right after its forward pass, so only one task's activations exist at a
-time (memory of one batch, however many tasks); shared gradients accumulate across
-tasks. Each head's optimizer steps after its own backward; the shared optimizer
-(encoder + blocks) steps once per step, after every task.
+One step = one batch of every task, in a fixed round-robin order. Each task's loss (the
+sum of its task type's named components) is backpropagated right after its forward pass,
+so only one task's activations exist at a time (memory of one batch, however many tasks);
+shared gradients accumulate across tasks. Each head's optimizer steps after its own
+backward; the shared optimizer (encoder + blocks) steps once per step, after every task.
 
 The loop knows nothing about federation: a federated client builds a trainer over its
 own tasks, loads the round's shared weights, calls ``train_steps`` and reports.
@@ -13,10 +13,12 @@ own tasks, loads the round's shared weights, calls ``train_steps`` and reports.
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import nn
@@ -24,8 +26,10 @@ from torch import nn
 from umedpt.config import TaskConfig
 from umedpt.data.samples import Sample, TaskData
 from umedpt.model import UMedPTModel
-from umedpt.tasks import TaskType, get_task_type
+from umedpt.tasks import TaskType, get_task_type, total_loss
 from umedpt.training.streams import TaskStream
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -67,15 +71,23 @@ class TaskRun:
         return self.config.name
 
 
+class TaskStep(NamedTuple):
+    """One task's part of one step: its loss, batch size and named loss components."""
+
+    loss: float  # the sum of the components
+    size: int
+    components: dict[str, float]
+
+
 @dataclass
 class StepReport:
-    """What ``train_steps`` did: mean loss and examples seen per task."""
+    """What ``train_steps`` did per task: mean loss, mean loss components, examples seen."""
 
     steps: int
-    losses: dict[str, float]
+    losses: dict[str, float]  # task -> mean total loss
     examples: dict[str, int]
     seconds: float = 0.0
-    extra: dict[str, float] = field(default_factory=dict)
+    components: dict[str, dict[str, float]] = field(default_factory=dict)  # task -> name -> mean
 
     @property
     def total_examples(self) -> int:
@@ -143,26 +155,40 @@ class MultiTaskTrainer:
     # -- training ---------------------------------------------------------------------
     def train_step(
         self, shared_regularizer: Callable[[], torch.Tensor] | None = None
-    ) -> dict[str, tuple[float, int]]:
-        """One batch of every task; returns {task: (loss, batch size)}."""
+    ) -> dict[str, TaskStep]:
+        """One batch of every task; returns each task's loss, batch size and components."""
         self.model.train()
-        results: dict[str, tuple[float, int]] = {}
+        results: dict[str, TaskStep] = {}
         for task in self.tasks:
             batch = self.streams[task.name].next_batch().to(self.device)
             with self._autocast():
                 outputs = self.model(batch.images, task.name)
-                loss = task.task_type.loss(outputs, batch, task.config)
-            value = float(loss.detach())  # one host sync per task
+                components = task.task_type.loss(outputs, batch, task.config)
+                loss = total_loss(components)
+            # One host sync per task for the total and every component.
+            values = torch.stack(
+                [loss.detach(), *(c.detach().float() for c in components.values())]
+            )
+            value, *rest = values.tolist()
+            parts = dict(zip(components, rest))
             if not math.isfinite(value):
                 raise FloatingPointError(
-                    f"task '{task.name}': loss became {value} at step {self.step_count}; "
+                    f"task '{task.name}': loss became {value} at step {self.step_count} "
+                    f"({_format(parts)}); "
                     "lower the learning rate or check the data"
                 )
             loss.backward()  # frees this task's graph before the next task's forward
             head_optimizer = self.head_optimizers[task.name]
             head_optimizer.step()
             head_optimizer.zero_grad(set_to_none=True)
-            results[task.name] = (value, batch.size)
+            results[task.name] = TaskStep(value, batch.size, parts)
+            logger.debug(
+                "step %d, task '%s': loss %.4f (%s)",
+                self.step_count,
+                task.name,
+                value,
+                _format(parts),
+            )
         if shared_regularizer is not None:
             shared_regularizer().backward()
         if self.config.grad_clip:
@@ -179,23 +205,34 @@ class MultiTaskTrainer:
         num_steps: int,
         *,
         shared_regularizer: Callable[[], torch.Tensor] | None = None,
-        on_step: Callable[[int, dict[str, tuple[float, int]]], None] | None = None,
+        on_step: Callable[[int, dict[str, TaskStep]], None] | None = None,
     ) -> StepReport:
         """Run ``num_steps`` multi-task steps; report mean losses and examples per task."""
-        import time
-
         start = time.perf_counter()
         loss_sums = {t.name: 0.0 for t in self.tasks}
+        component_sums: dict[str, dict[str, float]] = {t.name: {} for t in self.tasks}
         examples = {t.name: 0 for t in self.tasks}
         for i in range(num_steps):
             results = self.train_step(shared_regularizer)
-            for name, (loss, size) in results.items():
-                loss_sums[name] += loss
-                examples[name] += size
+            for name, step in results.items():
+                loss_sums[name] += step.loss
+                examples[name] += step.size
+                sums = component_sums[name]
+                for part, value in step.components.items():
+                    sums[part] = sums.get(part, 0.0) + value
             if on_step is not None:
                 on_step(i, results)
-        losses = {k: v / max(num_steps, 1) for k, v in loss_sums.items()}
-        return StepReport(num_steps, losses, examples, time.perf_counter() - start)
+        steps = max(num_steps, 1)
+        return StepReport(
+            num_steps,
+            losses={k: v / steps for k, v in loss_sums.items()},
+            examples=examples,
+            seconds=time.perf_counter() - start,
+            components={
+                task: {part: v / steps for part, v in sums.items()}
+                for task, sums in component_sums.items()
+            },
+        )
 
     # -- evaluation -------------------------------------------------------------------
     @torch.no_grad()
@@ -214,7 +251,7 @@ class MultiTaskTrainer:
                 batch = task.task_type.collate(samples[start : start + size]).to(self.device)
                 with self._autocast():
                     outputs = self.model(batch.images, task.name)
-                    loss = task.task_type.loss(outputs, batch, task.config)
+                    loss = total_loss(task.task_type.loss(outputs, batch, task.config))
                 loss_sum += float(loss) * batch.size
                 count += batch.size
                 metrics.update(outputs, batch)
@@ -249,3 +286,7 @@ class MultiTaskTrainer:
                 self.streams[name].load_state_dict(stream_state)
         if "torch_rng" in state:
             torch.set_rng_state(state["torch_rng"])
+
+
+def _format(components: Mapping[str, float]) -> str:
+    return ", ".join(f"{name} {value:.4f}" for name, value in components.items())
