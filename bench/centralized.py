@@ -17,12 +17,9 @@ import argparse
 import logging
 import time
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
-import torch
-
-from bench.common import REPO_ROOT, machine_info, md_table, write_results
+from bench.common import add_sites_arg, bench_parser, finish_run, md_table, site_files, start_run
 from umedpt.config import load_site_config
 from umedpt.model import UMedPTModel, count_parameters
 from umedpt.models.presets import PRESETS, ModelConfig
@@ -32,8 +29,6 @@ from umedpt.training.streams import TaskStream
 from umedpt.training.trainer import MultiTaskTrainer, TaskRun, TrainConfig
 
 log = logging.getLogger("bench.centralized")
-
-SITES_DIR = REPO_ROOT / "bench" / "sites"
 
 
 def stream_seed(seed: int, index: int) -> int:
@@ -155,32 +150,21 @@ def render_markdown(result: dict[str, Any]) -> str:
             )
         curve_rows.append(row)
     lines += [md_table(["step", *names], curve_rows), ""]
-    if result.get("comment"):
-        lines += ["## What the numbers show", "", result["comment"], ""]
     return "\n".join(lines)
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = bench_parser(__doc__, name="centralized", threads=2, preset="tiny")
     parser.add_argument("--steps", type=int, default=300, help="multi-task steps (and per task)")
     parser.add_argument("--eval-every", type=int, default=None, help="default: steps // 4")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--preset", default="tiny")
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--sites", type=Path, nargs="*", default=None, help="default: bench/sites")
-    parser.add_argument("--out", type=Path, default=REPO_ROOT / "bench" / "results")
-    parser.add_argument("--name", default="centralized", help="output file stem")
-    parser.add_argument("--comment", default="", help="interpretation, stored with the results")
+    add_sites_arg(parser)
     return parser.parse_args(argv)
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    torch.set_num_threads(args.threads)
-    start = time.perf_counter()
-    site_files = args.sites or sorted(SITES_DIR.glob("*.toml"))
-    sites = [load_site_config(f) for f in site_files]
+    start = start_run(args)
+    sites = [load_site_config(f) for f in site_files(args)]
     tasks = collect_tasks(sites)
     load_start = time.perf_counter()
     runs = load_runs(tasks)
@@ -202,9 +186,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         trainer = build_trainer(model_config, [run], [task_seed], args.seed)
         single_results[run.name] = train_with_evals(trainer, args.steps, eval_every)
 
-    result: dict[str, Any] = {
-        "benchmark": "centralized",
-        "machine": machine_info(),
+    fields: dict[str, Any] = {
         "preset": args.preset,
         "parameters_m": parameters_m,
         "seed": args.seed,
@@ -225,11 +207,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         },
         "multi_task": multi_result,
         "single_task": single_results,
-        "total_seconds": time.perf_counter() - start,
-        "comment": args.comment,
     }
-    log.info("wrote %s", write_results(args.out, args.name, result, render_markdown))
-    return result
+    return finish_run(args, "centralized", fields, render_markdown, start=start)
 
 
 if __name__ == "__main__":

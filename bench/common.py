@@ -1,17 +1,24 @@
-"""Helpers shared by the benchmarks: machine description, timing statistics, JSON output.
+"""Helpers shared by the benchmarks: command line, machine description, statistics, output.
 
-Kept tiny and dependency-free so every benchmark records the same facts about the machine
-(the 2-core box is shared and noisy, so a number without its context is meaningless).
+Kept tiny and dependency-free so every benchmark takes the same common flags and records the
+same facts about the machine (the 2-core box is shared and noisy, so a number without its
+context is meaningless).
 """
 
 from __future__ import annotations
 
+import argparse
 import json
+import logging
 import os
 import platform
+import shutil
 import statistics
 import subprocess
-from collections.abc import Callable, Sequence
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +26,76 @@ import timm
 import torch
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+RESULTS_DIR = REPO_ROOT / "bench" / "results"
+SITES_DIR = REPO_ROOT / "bench" / "sites"  # the four ../shared/data sites
+
+log = logging.getLogger("bench")
+
+
+def bench_parser(
+    doc: str | None,
+    *,
+    name: str | None = None,
+    threads: int | None = None,
+    preset: str | None = None,
+    quick: str | None = None,
+) -> argparse.ArgumentParser:
+    """A parser described by ``doc``'s first paragraph, with the flags every benchmark shares.
+
+    Always ``--seed`` (0), ``--out`` (``bench/results``) and ``--comment``; ``--name`` (the
+    output file stem), ``--threads``, ``--preset`` and ``--quick`` (a smoke run; ``quick`` is
+    its help) where the script passes their default.
+    """
+    parser = argparse.ArgumentParser(description=(doc or "").split("\n\n")[0])
+    parser.add_argument("--seed", type=int, default=0)
+    if preset is not None:
+        parser.add_argument("--preset", default=preset)
+    if threads is not None:
+        parser.add_argument("--threads", type=int, default=threads)
+    if quick is not None:
+        parser.add_argument("--quick", action="store_true", help=quick)
+    parser.add_argument("--out", type=Path, default=RESULTS_DIR)
+    if name is not None:
+        parser.add_argument("--name", default=name, help="output file stem")
+    parser.add_argument("--comment", default="", help="interpretation, stored with the results")
+    return parser
+
+
+def add_sites_arg(parser: argparse.ArgumentParser) -> None:
+    """``--sites``: site files; ``site_files`` falls back to ``bench/sites``."""
+    parser.add_argument("--sites", type=Path, nargs="*", default=None, help="default: bench/sites")
+
+
+def site_files(args: argparse.Namespace) -> list[Path]:
+    """The ``--sites`` files, else every ``bench/sites/*.toml``; absolute paths."""
+    return [f.resolve() for f in (args.sites or sorted(SITES_DIR.glob("*.toml")))]
+
+
+def start_run(args: argparse.Namespace) -> float:
+    """INFO logging, ``--threads`` torch threads where the script has that flag; the start time."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    if getattr(args, "threads", None):
+        torch.set_num_threads(args.threads)
+    return time.perf_counter()
+
+
+@contextmanager
+def scratch_dir(prefix: str, keep: Path | None = None) -> Iterator[Path]:
+    """A temporary work folder, removed afterwards; ``keep`` instead names one that stays."""
+    if keep is not None:
+        keep.mkdir(parents=True, exist_ok=True)
+        yield keep
+        return
+    work = Path(tempfile.mkdtemp(prefix=prefix))
+    try:
+        yield work
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def settings_of(args: argparse.Namespace, *keys: str) -> dict[str, Any]:
+    """The named command-line values, to store with the results."""
+    return {k: getattr(args, k) for k in keys}
 
 
 def machine_info() -> dict[str, Any]:
@@ -57,13 +134,44 @@ def write_json(path: Path, payload: dict[str, Any]) -> None:
 
 
 def write_results(
-    out: Path, name: str, result: dict[str, Any], render: Callable[[dict[str, Any]], str]
+    out: Path, name: str, result: dict[str, Any], render: Callable[[dict[str, Any]], str] | None
 ) -> Path:
-    """Write ``<out>/<name>.json`` (every raw number) and ``<out>/<name>.md`` (the table)."""
+    """Write ``<out>/<name>.json`` (every raw number) and, with ``render``, ``<out>/<name>.md``."""
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / f"{name}.json", result)
-    (out / f"{name}.md").write_text(render(result))
+    if render is not None:
+        (out / f"{name}.md").write_text(render(result))
     return out / f"{name}.json"
+
+
+def finish_run(
+    args: argparse.Namespace,
+    benchmark: str,
+    fields: dict[str, Any],
+    render: Callable[[dict[str, Any]], str] | None,
+    *,
+    start: float | None = None,
+    notes: str = "What the numbers show",
+) -> dict[str, Any]:
+    """Assemble and write a benchmark's result: its name, the machine, ``fields``, the wall
+    time since ``start`` (where given) and ``--comment``, which the markdown shows under
+    ``## <notes>``. Files are named by ``--name`` where the script has that flag, else by
+    ``benchmark``; without ``render`` only the JSON is written."""
+    result: dict[str, Any] = {"benchmark": benchmark, "machine": machine_info(), **fields}
+    if start is not None:
+        result["total_seconds"] = time.perf_counter() - start
+    result["comment"] = args.comment
+
+    def markdown(result: dict[str, Any]) -> str:
+        assert render is not None
+        text = render(result)
+        return f"{text}\n## {notes}\n\n{args.comment}\n" if args.comment else text
+
+    path = write_results(
+        args.out, getattr(args, "name", benchmark), result, markdown if render else None
+    )
+    log.info("wrote %s", path)
+    return result
 
 
 def md_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:

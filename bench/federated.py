@@ -26,25 +26,30 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import shutil
-import tempfile
 import time
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import torch
-
-from bench.common import REPO_ROOT, machine_info, md_table, write_json
+from bench.common import (
+    add_sites_arg,
+    bench_parser,
+    finish_run,
+    md_table,
+    scratch_dir,
+    site_files,
+    start_run,
+)
+from bench.simtools import federate_in_process
 from umedpt.config import SiteConfig, load_site_config
 from umedpt.models.presets import PRESETS
 from umedpt.pretrain import PretrainConfig, load_runs, pretrain
-from umedpt_fl.settings import RunSettings
+from umedpt_fl import wire
+from umedpt_fl.settings import THREADS_ENV
 
 log = logging.getLogger("bench.federated")
 
-SITES_DIR = REPO_ROOT / "bench" / "sites"
 ARMS = ("federated", "centralized", "site_alone")
 
 
@@ -72,26 +77,17 @@ def run_federated(
     site_files: Sequence[Path], args: argparse.Namespace, work: Path
 ) -> dict[str, Any]:
     """R rounds x L local steps through run_federation and the real ClientApp, no Ray."""
-    from client.app import app as client_app
-    from server.federation import run_federation
-    from umedpt_fl.inprocess import ClientAppGrid
-
-    out = work / "federated"
-    settings = RunSettings(
+    start = time.perf_counter()
+    report = federate_in_process(
+        site_files,
+        work / "federated",
         num_server_rounds=args.rounds,
         local_steps=args.local_steps,
         eval_every=args.eval_rounds,
         preset=args.preset,
         seed=args.seed,
         lr=args.lr or 0.0,
-        out_dir=str(out),
-        site_configs=",".join(str(f.resolve()) for f in site_files),
-        state_root=str(out / "sites"),
     )
-    nodes = {100 + i: {"partition-id": i} for i in range(len(site_files))}
-    grid = ClientAppGrid(client_app, nodes, settings.to_run_config())
-    start = time.perf_counter()
-    report = run_federation(grid, settings)
     seconds = time.perf_counter() - start
     history = []
     for record in report["rounds"]:
@@ -105,7 +101,9 @@ def run_federated(
                     val.setdefault(task, {})[metric] = value
         history.append({"step": record["round"] * args.local_steps, "val": val})
     train_seconds = sum(
-        m.get("train-seconds", 0.0) for r in report["rounds"] for m in r["train_metrics"].values()
+        m.get(wire.TRAIN_SECONDS, 0.0)
+        for r in report["rounds"]
+        for m in r["train_metrics"].values()
     )
     return {
         "seconds": seconds,
@@ -208,26 +206,19 @@ def render_markdown(result: dict[str, Any]) -> str:
             row.append(f"{entry['val'][name][metric]:.3f} / {cen:.3f} / {alone:.3f}")
         curve.append(row)
     lines += [md_table(["step", *tasks], curve), ""]
-    if result.get("comment"):
-        lines += ["## What the numbers show", "", result["comment"], ""]
     return "\n".join(lines)
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = bench_parser(
+        __doc__, name="federated", threads=1, preset="tiny", quick="smoke run: 2 rounds x 2 steps"
+    )
     parser.add_argument("--rounds", type=int, default=10, help="federated rounds R")
     parser.add_argument("--local-steps", type=int, default=15, help="local steps L per round")
     parser.add_argument("--eval-rounds", type=int, default=2, help="validate every N rounds")
     parser.add_argument("--lr", type=float, default=None, help="default: the preset's lr")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--preset", default="tiny")
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--sites", type=Path, nargs="*", default=None, help="default: bench/sites")
+    add_sites_arg(parser)
     parser.add_argument("--arms", nargs="*", default=list(ARMS), choices=ARMS)
-    parser.add_argument("--quick", action="store_true", help="smoke run: 2 rounds x 2 steps")
-    parser.add_argument("--out", type=Path, default=REPO_ROOT / "bench" / "results")
-    parser.add_argument("--name", default="federated", help="output file stem")
-    parser.add_argument("--comment", default="", help="interpretation, stored with the results")
     parser.add_argument("--keep", type=Path, default=None, help="keep run folders here")
     args = parser.parse_args(argv)
     if args.quick:
@@ -239,20 +230,16 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    torch.set_num_threads(args.threads)
-    os.environ["UMEDPT_FL_THREADS"] = str(args.threads)
-    start = time.perf_counter()
-    site_files = [f.resolve() for f in (args.sites or sorted(SITES_DIR.glob("*.toml")))]
-    sites = [load_site_config(f) for f in site_files]
+    start = start_run(args)
+    os.environ[THREADS_ENV] = str(args.threads)
+    files = site_files(args)
+    sites = [load_site_config(f) for f in files]
     tasks = task_table(sites)
-    work = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="bench-federated-"))
-    work.mkdir(parents=True, exist_ok=True)
     arms: dict[str, Any] = {}
-    try:
+    with scratch_dir("bench-federated-", keep=args.keep) as work:
         if "federated" in args.arms:
             log.info("federated: %d rounds x %d local steps", args.rounds, args.local_steps)
-            arms["federated"] = run_federated(site_files, args, work)
+            arms["federated"] = run_federated(files, args, work)
         if "centralized" in args.arms:
             log.info("centralized: %d steps", args.rounds * args.local_steps)
             arms["centralized"] = run_pretrain(sites, args, work / "centralized")
@@ -261,33 +248,22 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             for site in sites:
                 log.info("site alone: %s", site.name)
                 arms["site_alone"][site.name] = run_pretrain([site], args, work / site.name)
-    finally:
-        if not args.keep:
-            shutil.rmtree(work, ignore_errors=True)
-    lr_used = args.lr if args.lr else PRESETS.get(args.preset).lr
-    result: dict[str, Any] = {
-        "benchmark": "federated",
+    fields: dict[str, Any] = {
         "label": args.name,
-        "machine": machine_info(),
         "preset": args.preset,
         "seed": args.seed,
         "lr": args.lr,
-        "lr_used": lr_used,
+        "lr_used": args.lr if args.lr else PRESETS.get(args.preset).lr,
         "threads": args.threads,
         "rounds": args.rounds,
         "local_steps": args.local_steps,
         "eval_rounds": args.eval_rounds,
         "tasks": tasks,
         "arms": arms,
-        "total_seconds": time.perf_counter() - start,
-        "comment": args.comment,
     }
-    args.out.mkdir(parents=True, exist_ok=True)
-    write_json(args.out / f"{args.name}.json", result)
-    if set(ARMS) <= set(arms):
-        (args.out / f"{args.name}.md").write_text(render_markdown(result))
-    log.info("wrote %s", args.out / f"{args.name}.json")
-    return result
+    # the table compares the three arms: without all of them, only the JSON is written
+    render = render_markdown if set(ARMS) <= set(arms) else None
+    return finish_run(args, "federated", fields, render, start=start)
 
 
 if __name__ == "__main__":

@@ -35,8 +35,8 @@ from typing import Any
 
 import torch
 
-from bench.common import REPO_ROOT, machine_info, md_table, median, write_results
-from bench.synthetic import ReplayStream, make_run, precollate
+from bench import synthetic
+from bench.common import REPO_ROOT, bench_parser, finish_run, md_table, median, settings_of
 from umedpt.model import UMedPTModel
 from umedpt.models.presets import PRESETS
 from umedpt.tasks.base import Batch
@@ -131,21 +131,16 @@ def naive_runner(
     model: UMedPTModel, runs: Sequence[TaskRun], batches: list[list[Batch]], device: str
 ) -> Callable[[], None]:
     """One step = forward every task, sum the losses, ONE backward: all graphs alive at once."""
-    cfg = model.config
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    model.train()
-    position = 0
+    optimizer, steps = synthetic.hand_written_loop(model, runs, batches)
 
     def step() -> None:
-        nonlocal position
         total = torch.zeros((), device=device)
-        for task, task_batches in zip(runs, batches, strict=True):
-            batch = task_batches[position % len(task_batches)].to(device)
-            total = total + task.task_type.loss(model(batch.images, task.name), batch, task.config)
+        for task, batch in next(steps):
+            batch = batch.to(device)
+            total = total + synthetic.task_loss(model, task, batch)
         total.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        position += 1
 
     return step
 
@@ -155,9 +150,7 @@ def trainer_runner(
 ) -> Callable[[], None]:
     """UMedPT's loop (backward per task), replaying the same batches as the naive loop."""
     trainer = MultiTaskTrainer(model, runs, TrainConfig(seed=seed, device=device))
-    for task, task_batches in zip(runs, batches, strict=True):
-        trainer.streams[task.name] = ReplayStream(task_batches)  # type: ignore[assignment]
-    return lambda: trainer.train_step()
+    return synthetic.replay_into(trainer, runs, batches).train_step
 
 
 def child_main(args: argparse.Namespace) -> None:
@@ -165,18 +158,7 @@ def child_main(args: argparse.Namespace) -> None:
     torch.set_num_threads(args.threads)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     task_types = TASK_SETS[args.child_tasks]
-    runs = [
-        make_run(
-            f"{t}-{i}",
-            t,
-            n=args.batches * args.batch_size,
-            size=args.image_size,
-            batch_size=args.batch_size,
-            seed=args.seed + i,
-        )
-        for i, t in enumerate(task_types)
-    ]
-    batches = [precollate(r, args.batches) for r in runs]
+    runs, batches = synthetic.synthetic_runs(task_types, args)
     seed_everything(args.seed)
     model = UMedPTModel(PRESETS.get(args.preset), [r.config for r in runs], seed=args.seed).to(
         device
@@ -298,9 +280,9 @@ def render_markdown(result: dict[str, Any]) -> str:
     lines = [
         "# Peak memory: 4 tasks vs 1 task (constant-memory property)",
         "",
-        f"Tiny preset, {s['image_size']} px, batch {s['batch_size']} per task, {s['steps']} "
-        f"measured steps after 1 warm-up step, {s['reps']} repetitions (variants interleaved), "
-        f"each variant in a fresh process, {s['threads']} torch thread(s), device {s['device']}. "
+        f"{synthetic.describe_setup(s)}, {s['steps']} measured steps after 1 warm-up step, "
+        f"{s['reps']} repetitions (variants interleaved), each variant in a fresh process, "
+        f"{s['threads']} torch thread(s), device {s['device']}. "
         "Saved activations = peak bytes of tensors autograd holds for backward (parameters "
         "excluded). Peak = VmHWM, reset after the warm-up step; increase = peak - RSS after "
         "warm-up + malloc_trim (activations, gradients, allocator slack). Children run with a "
@@ -333,23 +315,14 @@ def render_markdown(result: dict[str, Any]) -> str:
             rows.append(row)
     header = ["loop", "comparison", "saved activations", "peak RSS", "increase over baseline"]
     lines += [md_table(header, rows), ""]
-    if result.get("comment"):
-        lines += ["## Notes", "", result["comment"], ""]
     return "\n".join(lines)
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = bench_parser(__doc__, threads=2, preset="tiny")
     parser.add_argument("--steps", type=int, default=4, help="measured steps per variant")
     parser.add_argument("--reps", type=int, default=3)
-    parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--batches", type=int, default=2, help="distinct pre-collated batches")
-    parser.add_argument("--image-size", type=int, default=64)
-    parser.add_argument("--preset", default="tiny")
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", type=Path, default=REPO_ROOT / "bench" / "results")
-    parser.add_argument("--comment", default="", help="interpretation, stored with the results")
+    synthetic.add_synthetic_args(parser, batches=2)
     parser.add_argument("--child-loop", choices=LOOPS, help=argparse.SUPPRESS)
     parser.add_argument("--child-tasks", choices=list(TASK_SETS), help=argparse.SUPPRESS)
     return parser.parse_args(argv)
@@ -382,29 +355,15 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any] | None:
                 f"peak x{entry['peak_rss_mb']['median']:.3f}, "
                 f"increase x{entry['increase_mb']['median']:.3f}"
             )
-    settings = {
-        k: getattr(args, k)
-        for k in (
-            "steps",
-            "reps",
-            "batch_size",
-            "batches",
-            "image_size",
-            "preset",
-            "threads",
-            "seed",
-        )
-    }
-    result = {
-        "benchmark": "memory",
-        "machine": machine_info(),
+    settings = settings_of(
+        args, "steps", "reps", "batch_size", "batches", "image_size", "preset", "threads", "seed"
+    )
+    fields = {
         "settings": {**settings, "device": "cuda" if torch.cuda.is_available() else "cpu"},
         "samples": samples,
         "summary": summary,
-        "comment": args.comment,
     }
-    write_results(args.out, "memory", result, render_markdown)
-    return result
+    return finish_run(args, "memory", fields, render_markdown, notes="Notes")
 
 
 if __name__ == "__main__":

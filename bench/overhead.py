@@ -33,8 +33,6 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import shutil
-import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -42,8 +40,8 @@ from typing import Any
 
 import torch
 
-from bench.common import REPO_ROOT, machine_info, md_table, median, write_results
-from bench.simtools import demo_sites, round_rows, simulate_in_subprocess
+from bench.common import bench_parser, finish_run, md_table, median, scratch_dir, start_run
+from bench.simtools import add_round_args, check_rounds, demo_sites, round_summary, simulate_rounds
 
 log = logging.getLogger("bench.overhead")
 
@@ -61,41 +59,32 @@ def run_variant(
     name: str, site_files: Sequence[Path], args: argparse.Namespace, work: Path
 ) -> dict[str, Any]:
     cpus, every_round = VARIANTS[name]
-    out = work / name
-    settings = {
-        "num_server_rounds": args.rounds,
-        "local_steps": args.local_steps,
-        "eval_every": 1 if every_round else 10_000,
-        "preset": "tiny",
-        "seed": args.seed,
-        "out_dir": str(out),
-        "state_root": str(out / "sites"),
-    }
     log.info("variant %s: cpus_per_site=%g, eval every round: %s", name, cpus, every_round)
-    payload = simulate_in_subprocess(
-        site_files, settings, cpus_per_site=cpus, result_file=work / f"{name}.json"
+    payload, rows = simulate_rounds(
+        name,
+        site_files,
+        work,
+        cpus_per_site=cpus,
+        num_server_rounds=args.rounds,
+        local_steps=args.local_steps,
+        eval_every=1 if every_round else 10_000,
+        seed=args.seed,
     )
-    rows = round_rows(payload["report"])
-    last = args.rounds if every_round else args.rounds - 1
-    measured = [r for r in rows if 2 <= r["round"] <= last]
+    summary = round_summary(rows, args.rounds if every_round else args.rounds - 1)
+    measured = [r for r in rows if r["round"] in summary["measured_rounds"]]
     slots = max(1, int((os.cpu_count() or 1) // cpus))
     return {
         "cpus_per_site": cpus,
         "torch_threads": max(1, int(cpus)),
         "eval_every_round": every_round,
         "parallel_slots": slots,
-        "rounds": rows,
-        "measured_rounds": [r["round"] for r in measured],
-        "median_ratio": median([r["ratio"] for r in measured]),
-        "median_round_seconds": median([r["seconds"] for r in measured]),
-        "median_train_seconds_sum": median([r["train_seconds_sum"] for r in measured]),
+        **summary,
         "median_overhead_seconds": median(
             [r["seconds"] - r["train_seconds_sum"] / slots for r in measured]
         ),
         "simulate_seconds": payload["simulate_seconds"],
         "ray_worker_niceness": payload["ray_worker_niceness"],
         "process_seconds": payload["seconds"],
-        "first_round_seconds": rows[0]["seconds"],
     }
 
 
@@ -138,7 +127,7 @@ def _timed_round(site, settings, shared: dict, server_round: int) -> dict[str, f
     from flwr.app import ArrayRecord
 
     from client.site import SiteRunner
-    from strategies.grouped import arrays_nbytes
+    from strategies import arrays_nbytes
 
     times: dict[str, float] = {}
     tic = time.perf_counter()
@@ -228,47 +217,31 @@ def render_markdown(result: dict[str, Any]) -> str:
             ),
             "",
         ]
-    if result.get("comment"):
-        lines += ["## What the numbers show", "", result["comment"], ""]
     return "\n".join(lines)
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--rounds", type=int, default=6)
-    parser.add_argument("--local-steps", type=int, default=20)
-    parser.add_argument("--images-per-site", type=int, default=150)
+    parser = bench_parser(__doc__, name="overhead", quick="smoke run: 3 rounds x 2 steps")
+    add_round_args(parser, rounds=6, local_steps=20, images_per_site=150)
     parser.add_argument("--variants", nargs="*", default=DEFAULT_VARIANTS, choices=list(VARIANTS))
     parser.add_argument("--breakdown-reps", type=int, default=2)
     parser.add_argument("--breakdown-threads", type=int, default=1)
     parser.add_argument("--no-breakdown", action="store_true")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--quick", action="store_true", help="smoke run: 3 rounds x 2 steps")
-    parser.add_argument("--out", type=Path, default=REPO_ROOT / "bench" / "results")
-    parser.add_argument("--name", default="overhead", help="output file stem")
-    parser.add_argument("--comment", default="", help="interpretation, stored with the results")
     args = parser.parse_args(argv)
     if args.quick:
         args.rounds, args.local_steps, args.images_per_site, args.breakdown_reps = 3, 2, 30, 1
-    if args.rounds < 3:
-        parser.error("--rounds must be >= 3 (round 1 and the final-eval round are excluded)")
+    check_rounds(parser, args)
     return args
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    start = time.perf_counter()
-    work = Path(tempfile.mkdtemp(prefix="bench-overhead-"))
-    try:
+    start = start_run(args)
+    with scratch_dir("bench-overhead-") as work:
         site_files = demo_sites(work / "data", 4, images_per_site=args.images_per_site)
         variants = {name: run_variant(name, site_files, args, work) for name in args.variants}
         breakdown = [] if args.no_breakdown else site_breakdown(site_files, args, work)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
-    result: dict[str, Any] = {
-        "benchmark": "overhead",
-        "machine": machine_info(),
+    fields = {
         "rounds": args.rounds,
         "local_steps": args.local_steps,
         "images_per_site": args.images_per_site,
@@ -278,11 +251,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "breakdown": breakdown,
         "breakdown_reps": args.breakdown_reps,
         "breakdown_threads": args.breakdown_threads,
-        "total_seconds": time.perf_counter() - start,
-        "comment": args.comment,
     }
-    log.info("wrote %s", write_results(args.out, args.name, result, render_markdown))
-    return result
+    return finish_run(args, "overhead", fields, render_markdown, start=start)
 
 
 if __name__ == "__main__":

@@ -20,15 +20,12 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import shutil
-import tempfile
-import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from bench.common import REPO_ROOT, machine_info, md_table, median, write_results
-from bench.simtools import demo_sites, round_rows, simulate_in_subprocess
+from bench.common import bench_parser, finish_run, md_table, median, scratch_dir, start_run
+from bench.simtools import add_round_args, check_rounds, demo_sites, round_summary, simulate_rounds
 
 log = logging.getLogger("bench.scale")
 
@@ -55,21 +52,17 @@ def fits(runs: Sequence[dict[str, Any]]) -> tuple[dict[str, float], dict[str, fl
 
 
 def run_sites(count: int, files: Sequence[Path], args: argparse.Namespace, work: Path) -> dict:
-    out = work / f"sites-{count}"
-    settings = {
-        "num_server_rounds": args.rounds,
-        "local_steps": args.local_steps,
-        "eval_every": 10_000,
-        "preset": "tiny",
-        "seed": args.seed,
-        "out_dir": str(out),
-        "state_root": str(out / "sites"),
-    }
     log.info("%d sites, %d rounds x %d local steps", count, args.rounds, args.local_steps)
-    payload = simulate_in_subprocess(
-        files[:count], settings, cpus_per_site=1.0, result_file=work / f"sites-{count}.json"
+    payload, rows = simulate_rounds(
+        f"sites-{count}",
+        files[:count],
+        work,
+        cpus_per_site=1.0,
+        num_server_rounds=args.rounds,
+        local_steps=args.local_steps,
+        eval_every=10_000,
+        seed=args.seed,
     )
-    rows = round_rows(payload["report"])
     return summarise(count, rows, args.rounds) | {
         "site_names": sorted(payload["report"]["sites"]),
         "simulate_seconds": payload["simulate_seconds"],
@@ -84,18 +77,14 @@ def summarise(count: int, rows: list[dict[str, Any]], rounds: int) -> dict[str, 
     the round's cost in units of one site's local training, which cancels the machine's load
     (it slows training and round alike); with 2 parallel slots its ideal is sites / 2.
     """
-    measured = [r for r in rows if 2 <= r["round"] <= rounds - 1]
     for r in rows:
         r["round_in_site_trainings"] = r["seconds"] / (r["train_seconds_sum"] / r["sites"])
+    summary = round_summary(rows, rounds - 1)
+    measured = [r for r in rows if r["round"] in summary["measured_rounds"]]
     return {
         "sites": count,
-        "rounds": rows,
-        "measured_rounds": [r["round"] for r in measured],
-        "median_round_seconds": median([r["seconds"] for r in measured]),
-        "median_train_seconds_sum": median([r["train_seconds_sum"] for r in measured]),
-        "median_ratio": median([r["ratio"] for r in measured]),
+        **summary,
         "median_round_in_site_trainings": median([r["round_in_site_trainings"] for r in measured]),
-        "first_round_seconds": rows[0]["seconds"],
         "last_round_seconds": rows[-1]["seconds"],
     }
 
@@ -154,27 +143,17 @@ def render_markdown(result: dict[str, Any]) -> str:
         f"R^2 = {units['r2']:.4f}.",
         "",
     ]
-    if result.get("comment"):
-        lines += ["## What the numbers show", "", result["comment"], ""]
     return "\n".join(lines)
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = bench_parser(__doc__, name="scale", quick="smoke run: 2 and 3 sites, 3 rounds")
     parser.add_argument("--sites", type=int, nargs="*", default=[3, 8, 16])
-    parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--local-steps", type=int, default=10)
-    parser.add_argument("--images-per-site", type=int, default=60)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--quick", action="store_true", help="smoke run: 2 and 3 sites, 3 rounds")
-    parser.add_argument("--out", type=Path, default=REPO_ROOT / "bench" / "results")
-    parser.add_argument("--name", default="scale", help="output file stem")
-    parser.add_argument("--comment", default="", help="interpretation, stored with the results")
+    add_round_args(parser, rounds=5, local_steps=10, images_per_site=60)
     args = parser.parse_args(argv)
     if args.quick:
         args.sites, args.rounds, args.local_steps, args.images_per_site = [2, 3], 3, 2, 30
-    if args.rounds < 3:
-        parser.error("--rounds must be >= 3 (round 1 and the final-eval round are excluded)")
+    check_rounds(parser, args)
     if len(args.sites) < 2:
         parser.error("give at least two site counts for the fit")
     return args
@@ -182,18 +161,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    start = time.perf_counter()
-    work = Path(tempfile.mkdtemp(prefix="bench-scale-"))
-    try:
+    start = start_run(args)
+    with scratch_dir("bench-scale-") as work:
         files = demo_sites(work / "data", max(args.sites), images_per_site=args.images_per_site)
         runs = [run_sites(n, files, args, work) for n in sorted(args.sites)]
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
     fit, fit_units = fits(runs)
-    result: dict[str, Any] = {
-        "benchmark": "scale",
-        "machine": machine_info(),
+    fields = {
         "cores": os.cpu_count(),
         "rounds": args.rounds,
         "local_steps": args.local_steps,
@@ -202,11 +175,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "runs": runs,
         "fit": fit,
         "fit_site_trainings": fit_units,
-        "total_seconds": time.perf_counter() - start,
-        "comment": args.comment,
     }
-    log.info("wrote %s", write_results(args.out, args.name, result, render_markdown))
-    return result
+    return finish_run(args, "scale", fields, render_markdown, start=start)
 
 
 if __name__ == "__main__":

@@ -1,5 +1,9 @@
-"""Helpers for the benchmarks that drive Flower's Ray simulation (``overhead.py``, ``scale.py``).
+"""Helpers for the federation benchmarks (``overhead.py``, ``scale.py``, ``wire.py``,
+``federated.py``).
 
+- ``federation_settings``: the RunSettings fields of a benchmark run writing under one folder.
+- ``federate_in_process``: one ``server.federation.run_federation`` with the real ClientApp in
+  this process (``umedpt_fl.inprocess.ClientAppGrid``, no Ray).
 - ``demo_sites``: N synthetic demo sites with unique names (several demo federations written
   with different seeds; each site file is copied next to its original under a unique name, so
   its relative data paths stay valid).
@@ -7,7 +11,10 @@
   (Ray is started and shut down inside it, and one variant's actors, caches or memory cannot
   leak into the next variant's timings); returns the run's ``report.json`` plus the process'
   own wall times.
-- ``round_rows``: per-round wall time vs the sites' own training time from a report.
+- ``simulate_rounds``: ``simulate_in_subprocess`` of the tiny preset plus its ``round_rows``.
+- ``round_rows``: per-round wall time vs the sites' own training time from a report;
+  ``round_summary``: their medians over the timed rounds.
+- ``add_round_args``: the ``--rounds``, ``--local-steps`` and ``--images-per-site`` flags.
 
     PYTHONPATH=. python3 -m bench.simtools --help   (the subprocess entry point)
 """
@@ -25,9 +32,46 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from bench.common import REPO_ROOT
+from bench.common import REPO_ROOT, median
+from umedpt_fl import wire
 
 SITE_NAME_LINE = re.compile(r'^name = "([^"]+)"$', re.MULTILINE)
+
+
+def federation_settings(out: Path, **fields: Any) -> dict[str, Any]:
+    """RunSettings ``fields`` of a run whose report is written to ``out``, sites' state below."""
+    return {**fields, "out_dir": str(out), "state_root": str(out / "sites")}
+
+
+def federate_in_process(site_files: Sequence[Path], out: Path, **fields: Any) -> dict[str, Any]:
+    """One federation (RunSettings ``fields``) through the real ClientApp, one node per site
+    file, in this process; returns its report."""
+    from client.app import app as client_app
+    from server.federation import run_federation
+    from umedpt_fl.inprocess import ClientAppGrid
+    from umedpt_fl.settings import RunSettings
+
+    settings = RunSettings(
+        site_configs=",".join(str(Path(f).resolve()) for f in site_files),
+        **federation_settings(out, **fields),
+    )
+    nodes = {100 + i: {"partition-id": i} for i in range(len(site_files))}
+    grid = ClientAppGrid(client_app, nodes, settings.to_run_config())
+    return run_federation(grid, settings)
+
+
+def add_round_args(
+    parser: argparse.ArgumentParser, *, rounds: int, local_steps: int, images_per_site: int
+) -> None:
+    parser.add_argument("--rounds", type=int, default=rounds)
+    parser.add_argument("--local-steps", type=int, default=local_steps)
+    parser.add_argument("--images-per-site", type=int, default=images_per_site)
+
+
+def check_rounds(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Rounds 2 .. R-1 are timed: round 1 (start-up) and the final-eval round are excluded."""
+    if args.rounds < 3:
+        parser.error("--rounds must be >= 3 (round 1 and the final-eval round are excluded)")
 
 
 def demo_sites(root: Path, count: int, *, images_per_site: int = 150) -> list[Path]:
@@ -89,11 +133,30 @@ def simulate_in_subprocess(
     return payload
 
 
+def simulate_rounds(
+    label: str,
+    site_files: Sequence[Path],
+    work: Path,
+    *,
+    cpus_per_site: float,
+    **fields: Any,
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """``simulate_in_subprocess`` of the tiny preset (RunSettings ``fields``) writing under
+    ``work/<label>``; returns its payload and ``round_rows``."""
+    payload = simulate_in_subprocess(
+        site_files,
+        federation_settings(work / label, preset="tiny", **fields),
+        cpus_per_site=cpus_per_site,
+        result_file=work / f"{label}.json",
+    )
+    return payload, round_rows(payload["report"])
+
+
 def round_rows(report: dict[str, Any]) -> list[dict[str, Any]]:
     """Per round: wall seconds, the sites' train-seconds (sum, max) and wall / sum."""
     rows = []
     for record in report["rounds"]:
-        train = [m["train-seconds"] for m in record["train_metrics"].values()]
+        train = [m[wire.TRAIN_SECONDS] for m in record["train_metrics"].values()]
         rows.append(
             {
                 "round": record["round"],
@@ -106,6 +169,19 @@ def round_rows(report: dict[str, Any]) -> list[dict[str, Any]]:
             }
         )
     return rows
+
+
+def round_summary(rows: list[dict[str, Any]], last: int) -> dict[str, Any]:
+    """Medians over the timed rounds 2 .. ``last`` (round 1 holds Ray and actor start-up)."""
+    measured = [r for r in rows if 2 <= r["round"] <= last]
+    return {
+        "rounds": rows,
+        "measured_rounds": [r["round"] for r in measured],
+        "median_ratio": median([r["ratio"] for r in measured]),
+        "median_round_seconds": median([r["seconds"] for r in measured]),
+        "median_train_seconds_sum": median([r["train_seconds_sum"] for r in measured]),
+        "first_round_seconds": rows[0]["seconds"],
+    }
 
 
 def _worker(argv: Sequence[str] | None = None) -> None:

@@ -1,4 +1,4 @@
-"""Synthetic in-memory tasks for the throughput and memory benchmarks.
+"""Synthetic in-memory tasks and loop pieces for the throughput and memory benchmarks.
 
 Why not ``tests/helpers.py``: the benchmarks must not depend on test code that changes under
 other engineers' feet, and they need any image size and batch size. Content is irrelevant to
@@ -8,15 +8,20 @@ loss takes its full code path.
 
 from __future__ import annotations
 
+import argparse
+import itertools
+from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from umedpt.config import TaskConfig
 from umedpt.data.samples import Sample, TaskData
-from umedpt.tasks import get_task_type
+from umedpt.model import UMedPTModel
+from umedpt.tasks import get_task_type, total_loss
 from umedpt.tasks.base import Batch
-from umedpt.training.trainer import TaskRun
+from umedpt.training.trainer import MultiTaskTrainer, TaskRun
 
 CLASSES = {
     "classification": ("absent", "present"),
@@ -77,6 +82,41 @@ def precollate(run: TaskRun, num_batches: int) -> list[Batch]:
     return [collate(samples[i * size : (i + 1) * size]) for i in range(num_batches)]
 
 
+def add_synthetic_args(parser: argparse.ArgumentParser, *, batches: int) -> None:
+    """``--batch-size``, ``--batches`` and ``--image-size``: what ``synthetic_runs`` reads."""
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument(
+        "--batches", type=int, default=batches, help="distinct pre-collated batches"
+    )
+    parser.add_argument("--image-size", type=int, default=64)
+
+
+def describe_setup(settings: dict[str, Any]) -> str:
+    """The markdown's opening words on what ``synthetic_runs`` built: preset, size, batch."""
+    return (
+        f"{settings['preset'].capitalize()} preset, {settings['image_size']} px, "
+        f"batch {settings['batch_size']} per task"
+    )
+
+
+def synthetic_runs(
+    task_types: Sequence[str], args: argparse.Namespace
+) -> tuple[list[TaskRun], list[list[Batch]]]:
+    """One run per task type (named ``<type>-<i>``, seed ``--seed + i``) and its batches."""
+    runs = [
+        make_run(
+            f"{t}-{i}",
+            t,
+            n=args.batches * args.batch_size,
+            size=args.image_size,
+            batch_size=args.batch_size,
+            seed=args.seed + i,
+        )
+        for i, t in enumerate(task_types)
+    ]
+    return runs, [precollate(r, args.batches) for r in runs]
+
+
 class ReplayStream:
     """Stands in for a trainer's ``TaskStream``: cycles through pre-collated batches.
 
@@ -92,3 +132,36 @@ class ReplayStream:
         batch = self.batches[self.position % len(self.batches)]
         self.position += 1
         return batch
+
+
+def replay_into(
+    trainer: MultiTaskTrainer, runs: Sequence[TaskRun], batches: list[list[Batch]]
+) -> MultiTaskTrainer:
+    """Make ``trainer`` consume each run's pre-collated batches instead of collating."""
+    for task, task_batches in zip(runs, batches, strict=True):
+        trainer.streams[task.name] = ReplayStream(task_batches)  # type: ignore[assignment]
+    return trainer
+
+
+def hand_written_loop(
+    model: UMedPTModel, runs: Sequence[TaskRun], batches: list[list[Batch]]
+) -> tuple[torch.optim.Optimizer, Iterator[list[tuple[TaskRun, Batch]]]]:
+    """What a hand-written multi-task loop starts from: one AdamW over all parameters (the
+    preset's lr and weight decay; the model in train mode) and, step after step, every task
+    with its next pre-collated batch, cycling like ``ReplayStream``."""
+    cfg = model.config
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    model.train()
+    steps = (
+        [
+            (task, task_batches[position % len(task_batches)])
+            for task, task_batches in zip(runs, batches, strict=True)
+        ]
+        for position in itertools.count()
+    )
+    return optimizer, steps
+
+
+def task_loss(model: UMedPTModel, task: TaskRun, batch: Batch) -> torch.Tensor:
+    """One task's forward pass and loss (the sum of its loss components, as the trainer sums)."""
+    return total_loss(task.task_type.loss(model(batch.images, task.name), batch, task.config))

@@ -21,13 +21,10 @@ import argparse
 import gc
 import time
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import Any
 
-import torch
-
-from bench.common import REPO_ROOT, machine_info, md_table, median, write_results
-from bench.synthetic import ReplayStream, make_run, precollate
+from bench import synthetic
+from bench.common import bench_parser, finish_run, md_table, median, settings_of, start_run
 from umedpt.model import UMedPTModel
 from umedpt.models.presets import PRESETS, ModelConfig
 from umedpt.tasks.base import Batch
@@ -51,22 +48,14 @@ def build_model(model_config: ModelConfig, runs: Sequence[TaskRun], seed: int) -
 
 def plain_runner(model: UMedPTModel, runs: Sequence[TaskRun], batches: list[list[Batch]]) -> Runner:
     """The reference loop: what anyone would write by hand for per-task backward."""
-    cfg = model.config
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    model.train()
-    position = 0
+    optimizer, step_batches = synthetic.hand_written_loop(model, runs, batches)
 
     def run(steps: int) -> None:
-        nonlocal position
         for _ in range(steps):
-            for task, task_batches in zip(runs, batches, strict=True):
-                batch = task_batches[position % len(task_batches)]
-                outputs = model(batch.images, task.name)
-                loss = task.task_type.loss(outputs, batch, task.config)
-                loss.backward()
+            for task, batch in next(step_batches):
+                synthetic.task_loss(model, task, batch).backward()
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
-            position += 1
 
     return run
 
@@ -80,8 +69,7 @@ def trainer_runner(
     """The trainer; with ``batches`` its streams replay them instead of collating."""
     trainer = MultiTaskTrainer(model, runs, config)
     if batches is not None:
-        for task, task_batches in zip(runs, batches, strict=True):
-            trainer.streams[task.name] = ReplayStream(task_batches)  # type: ignore[assignment]
+        synthetic.replay_into(trainer, runs, batches)
 
     def run(steps: int) -> None:
         trainer.train_steps(steps)
@@ -119,18 +107,7 @@ def bench_scenario(
     task_types: Sequence[str], args: argparse.Namespace, model_config: ModelConfig
 ) -> dict[str, Any]:
     """Interleaved repetitions of every variant; order alternates (ABCD DCBA ...)."""
-    runs = [
-        make_run(
-            f"{t}-{i}",
-            t,
-            n=args.batches * args.batch_size,
-            size=args.image_size,
-            batch_size=args.batch_size,
-            seed=args.seed + i,
-        )
-        for i, t in enumerate(task_types)
-    ]
-    batches = [precollate(r, args.batches) for r in runs]
+    runs, batches = synthetic.synthetic_runs(task_types, args)
     runners = {v: make_runner(v, model_config, runs, batches, args.seed) for v in args.variants}
     for runner in runners.values():  # warm-up: allocator, optimizer state, lazy inits
         runner(args.warmup)
@@ -170,9 +147,9 @@ def render_markdown(result: dict[str, Any]) -> str:
     lines = [
         "# Throughput: MultiTaskTrainer vs a hand-written loop",
         "",
-        f"Tiny preset, {a['image_size']} px, batch {a['batch_size']} per task, "
-        f"{a['steps']} steps per repetition, {a['reps']} interleaved repetitions "
-        f"(order alternates), {a['warmup']} warm-up steps excluded, "
+        f"{synthetic.describe_setup(a)}, {a['steps']} steps per repetition, "
+        f"{a['reps']} interleaved repetitions (order alternates), "
+        f"{a['warmup']} warm-up steps excluded, "
         f"{a['threads']} torch threads, CPU ({result['machine'].get('Model name', '?')}). "
         "Ratio = images/s of the variant / images/s of the plain loop in the same repetition.",
         "",
@@ -196,26 +173,17 @@ def render_markdown(result: dict[str, Any]) -> str:
             md_table(["variant", "median img/s", "img/s per rep", "median ratio", "ratios"], rows),
             "",
         ]
-    if result.get("comment"):
-        lines += ["## Notes", "", result["comment"], ""]
     return "\n".join(lines)
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = bench_parser(__doc__, threads=2, preset="tiny")
     parser.add_argument("--steps", type=int, default=20, help="steps per timed repetition")
     parser.add_argument("--reps", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=3)
-    parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--batches", type=int, default=8, help="distinct pre-collated batches")
-    parser.add_argument("--image-size", type=int, default=64)
-    parser.add_argument("--preset", default="tiny")
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--seed", type=int, default=0)
+    synthetic.add_synthetic_args(parser, batches=8)
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
     parser.add_argument("--scenarios", nargs="+", default=list(SCENARIOS), choices=list(SCENARIOS))
-    parser.add_argument("--out", type=Path, default=REPO_ROOT / "bench" / "results")
-    parser.add_argument("--comment", default="", help="interpretation, stored with the results")
     args = parser.parse_args(argv)
     if "plain" not in args.variants:
         parser.error("the plain variant is the reference; keep it in --variants")
@@ -224,7 +192,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
-    torch.set_num_threads(args.threads)
+    start_run(args)
     model_config = PRESETS.get(args.preset)
     scenarios = {}
     for name in args.scenarios:
@@ -232,19 +200,14 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         scenarios[name] = bench_scenario(SCENARIOS[name], args, model_config)
         for k, v in scenarios[name]["median_ratios"].items():
             print(f"  median {k}: {v:.3f}")
-    settings = {
-        k: getattr(args, k)
-        for k in ("steps", "reps", "warmup", "batch_size", "batches", "image_size", "preset")
-    }
-    result = {
-        "benchmark": "throughput",
-        "machine": machine_info(),
+    settings = settings_of(
+        args, "steps", "reps", "warmup", "batch_size", "batches", "image_size", "preset"
+    )
+    fields = {
         "settings": {**settings, "threads": args.threads, "seed": args.seed},
         "scenarios": scenarios,
-        "comment": args.comment,
     }
-    write_results(args.out, "throughput", result, render_markdown)
-    return result
+    return finish_run(args, "throughput", fields, render_markdown, notes="Notes")
 
 
 if __name__ == "__main__":

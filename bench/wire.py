@@ -2,7 +2,7 @@
 
 Why: a site only exchanges the encoder and the shared blocks its tasks use (never its heads),
 and the server holds every block. This computes, for each demo site and for the ``tiny`` and
-``swin-t`` presets, exactly what ``strategies.grouped.GroupedStrategy`` sends (the global
+``swin-t`` presets, exactly what ``strategies.GroupedStrategy`` sends (the global
 shared state's keys whose group is the encoder or one of the site's blocks, measured with the
 strategy's own ``arrays_nbytes``: serialised npy payloads as they travel) and compares it with
 
@@ -25,9 +25,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import shutil
-import tempfile
-import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -35,9 +32,10 @@ from typing import Any
 import torch
 from flwr.app import ArrayRecord
 
-from bench.common import REPO_ROOT, machine_info, md_table, write_results
+from bench.common import bench_parser, finish_run, md_table, scratch_dir, start_run
+from bench.simtools import federate_in_process
 from server.federation import initial_weights
-from strategies.grouped import arrays_nbytes
+from strategies import arrays_nbytes
 from umedpt import contract
 from umedpt.config import load_site_config
 from umedpt.data.demo import write_demo_federation
@@ -103,23 +101,9 @@ def preset_rows(preset: str, site_files: Sequence[Path], seed: int) -> dict[str,
 
 def confirm_with_run(site_files: Sequence[Path], work: Path, seed: int) -> dict[str, Any]:
     """One tiny round through run_federation: what report.json says went over the wire."""
-    from client.app import app as client_app
-    from server.federation import run_federation
-    from umedpt_fl.inprocess import ClientAppGrid
-
-    out = work / "run"
-    settings = RunSettings(
-        num_server_rounds=1,
-        local_steps=1,
-        seed=seed,
-        preset="tiny",
-        out_dir=str(out),
-        site_configs=",".join(str(f) for f in site_files),
-        state_root=str(out / "sites"),
+    report = federate_in_process(
+        site_files, work / "run", num_server_rounds=1, local_steps=1, seed=seed, preset="tiny"
     )
-    nodes = {100 + i: {"partition-id": i} for i in range(len(site_files))}
-    grid = ClientAppGrid(client_app, nodes, settings.to_run_config())
-    report = run_federation(grid, settings)
     record = report["rounds"][0]
     return {
         "bytes_sent": record["bytes_sent"],
@@ -135,7 +119,7 @@ def render_markdown(result: dict[str, Any]) -> str:
         "Four demo sites (`umedpt-fl demo-data`): clinic-a classification, clinic-b "
         "segmentation, clinic-c detection, clinic-d classification. Payload = what the strategy "
         "sends a site for training, and what the site sends back (same keys), as serialised "
-        "npy arrays (`strategies.grouped.arrays_nbytes`). MB = 10^6 bytes, float32.",
+        "npy arrays (`strategies.arrays_nbytes`). MB = 10^6 bytes, float32.",
         "",
     ]
     header = [
@@ -205,21 +189,13 @@ def render_markdown(result: dict[str, Any]) -> str:
         "3x payload per site in such a round.",
         "",
     ]
-    if result.get("comment"):
-        lines += ["## What the numbers show", "", result["comment"], ""]
     return "\n".join(lines)
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = bench_parser(__doc__, name="wire", threads=1, quick="tiny preset only")
     parser.add_argument("--presets", nargs="*", default=["tiny", "swin-t"])
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--no-run", action="store_true", help="skip the confirming tiny run")
-    parser.add_argument("--quick", action="store_true", help="tiny preset only")
-    parser.add_argument("--out", type=Path, default=REPO_ROOT / "bench" / "results")
-    parser.add_argument("--name", default="wire", help="output file stem")
-    parser.add_argument("--comment", default="", help="interpretation, stored with the results")
     args = parser.parse_args(argv)
     if args.quick:
         args.presets = ["tiny"]
@@ -228,11 +204,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    torch.set_num_threads(args.threads)
-    start = time.perf_counter()
-    work = Path(tempfile.mkdtemp(prefix="bench-wire-"))
-    try:
+    start = start_run(args)
+    with scratch_dir("bench-wire-") as work:
         site_files = write_demo_federation(work / "demo", seed=args.seed, images_per_site=30)
         presets = []
         for preset in args.presets:
@@ -244,19 +217,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             tiny = next(p for p in presets if p["preset"] == "tiny")
             confirmed["computed"] = {s["site"]: s["payload_bytes"] for s in tiny["sites"]}
             confirmed["global_computed"] = tiny["global_shared_bytes"]
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
-    result: dict[str, Any] = {
-        "benchmark": "wire",
-        "machine": machine_info(),
-        "seed": args.seed,
-        "presets": presets,
-        "confirmed": confirmed,
-        "total_seconds": time.perf_counter() - start,
-        "comment": args.comment,
-    }
-    log.info("wrote %s", write_results(args.out, args.name, result, render_markdown))
-    return result
+    fields = {"seed": args.seed, "presets": presets, "confirmed": confirmed}
+    return finish_run(args, "wire", fields, render_markdown, start=start)
 
 
 if __name__ == "__main__":
