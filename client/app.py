@@ -18,6 +18,7 @@ from flwr.clientapp import ClientApp
 from client.site import SiteError, SiteRunner, describe_site
 from umedpt.config import SiteConfig, load_site_config
 from umedpt_fl import wire
+from umedpt_fl.processes import follow_supervisor
 from umedpt_fl.settings import THREADS_ENV, RunSettings, settings_for_app
 
 SITE_CONFIG_NODE_KEY = "site-config"
@@ -55,6 +56,7 @@ def site_config(context: Context) -> SiteConfig:
 
 
 def site_runner(context: Context, message: Message) -> SiteRunner:
+    follow_supervisor()  # a killed `umedpt-fl client` must not leave this site training
     torch.set_num_threads(max(1, int(os.environ.get(THREADS_ENV, torch.get_num_threads()))))
     return SiteRunner(site_config(context), run_settings(context, message))
 
@@ -75,6 +77,7 @@ def metric_reply(
 @app.query()
 def describe(message: Message, context: Context) -> Message:
     """Tell the server the site's name and which shared blocks it trains."""
+    follow_supervisor()
     info = ConfigRecord(describe_site(site_config(context)))
     return Message(RecordDict({wire.SITE_INFO: info}), reply_to=message)
 

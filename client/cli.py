@@ -24,7 +24,7 @@ def client_command(
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
     """Join a federation as this site. Data, heads and local state never leave this machine."""
-    from client.supernode import SuperNodeOptions, run_supernode
+    from client.supernode import LOG_NAME, SuperNodeOptions, run_supernode
     from umedpt.config import load_site_config
     from umedpt.data.loading import load_task_data
 
@@ -42,9 +42,17 @@ def client_command(
         )  # fmt: skip
     except BAD_INPUT_ERRORS as exc:
         raise fail(str(exc)) from exc
+    log_file = config.state_dir / LOG_NAME
     console.print(f"site {config.name} joining {server}; local state in {config.state_dir}")
-    code = run_supernode(options)
-    if code == ExitCode.INTERRUPTED:
-        raise typer.Exit(int(ExitCode.INTERRUPTED))
-    if code != 0:
-        raise fail(f"the SuperNode exited with code {code}", ExitCode.RUN_FAILED)
+    console.print(f"the SuperNode's output goes to {log_file}")
+    try:
+        ended = run_supernode(options, log_file=log_file)
+    except BAD_INPUT_ERRORS as exc:
+        raise fail(str(exc)) from exc
+    if ended.interrupted:
+        console.print(f"site {config.name} stopped; restart the same command to rejoin")
+        raise typer.Exit(ended.code)
+    if ended.code != 0:
+        console.print(f"last lines of {log_file}:\n{ended.tail}", highlight=False, markup=False)
+        reason = ended.reason or f"the SuperNode exited with code {ended.code}"
+        raise fail(f"site {config.name}: {reason}", ExitCode.RUN_FAILED)

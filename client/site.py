@@ -9,15 +9,16 @@ that is repeated after a server restart starts from exactly the same local state
 from __future__ import annotations
 
 import functools
-import logging
 import re
 import shutil
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
+from logging import INFO
 from pathlib import Path
 
 import torch
+from flwr.common.logger import log as flower_log
 
 from umedpt import contract
 from umedpt.checkpoint import load_trainer_state, load_weights, save_checkpoint
@@ -31,7 +32,6 @@ from umedpt.training.trainer import MultiTaskTrainer, TaskRun, TrainConfig
 from umedpt_fl import wire
 from umedpt_fl.settings import RunSettings
 
-log = logging.getLogger(__name__)
 ROUND_DIR = re.compile(r"^round-(\d+)$")
 KEEP_ROUNDS = 2
 
@@ -117,8 +117,19 @@ class SiteRunner:
         folder = self._round_dirs()[latest]
         heads = [f"{contract.HEADS}.{r.name}" for r in self.runs]
         load_weights(self.model, folder, groups=heads)
+        restored = "heads"
         if (state := load_trainer_state(folder)) is not None:
             self.trainer.load_state_dict(state)
+            restored = "heads and optimizer state"
+        # Flower's logger: it prints in a ClientApp process, so the site's log shows it.
+        flower_log(
+            INFO,
+            "site %s: %s restored from round %d of run %s",
+            self.site.name,
+            restored,
+            latest,
+            self.settings.run_key or "default",
+        )
         return latest
 
     def _save(self, server_round: int) -> None:

@@ -7,7 +7,18 @@ from pathlib import Path
 
 from client.app import SITE_CONFIG_NODE_KEY
 from umedpt_fl.flower_env import flower_env
-from umedpt_fl.processes import exit_on_sigterm, start, stop
+from umedpt_fl.processes import (
+    Interrupted,
+    flower_exit_reason,
+    flower_tool,
+    interruptible,
+    log_tail,
+    start,
+    stop,
+    supervisor_env,
+)
+
+LOG_NAME = "supernode.log"  # in the site's state folder
 
 
 @dataclass(frozen=True)
@@ -31,7 +42,7 @@ class SuperNodeOptions:
 def supernode_command(options: SuperNodeOptions) -> list[str]:
     node_config = f"{SITE_CONFIG_NODE_KEY}='{options.site_config.resolve()}'"
     command = [
-        "flower-supernode",
+        flower_tool("flower-supernode"),
         "--superlink",
         options.server,
         "--port",
@@ -46,14 +57,36 @@ def supernode_command(options: SuperNodeOptions) -> list[str]:
     return command
 
 
-def run_supernode(options: SuperNodeOptions, *, log_file: Path | None = None) -> int:
-    """Run until the SuperNode exits or the user interrupts; returns its exit code."""
-    env = flower_env()
-    with exit_on_sigterm():
+@dataclass(frozen=True)
+class SuperNodeExit:
+    """How the SuperNode ended: its exit status and, on failure, why in plain words."""
+
+    code: int
+    reason: str | None = None
+    tail: str = ""
+    interrupted: bool = False
+
+
+def run_supernode(options: SuperNodeOptions, *, log_file: Path) -> SuperNodeExit:
+    """Run until the SuperNode exits or we are stopped; its output goes to ``log_file``.
+
+    The log is appended to (a restarted site keeps its history), and Flower's own exit
+    code, which it prints rather than returns, is translated for the operator.
+    """
+    log_file.parent.mkdir(parents=True, exist_ok=True)
+    start_offset = log_file.stat().st_size if log_file.exists() else 0
+    with interruptible():
+        env = {**flower_env(), **supervisor_env()}
         process = start(supernode_command(options), env=env, log_file=log_file)
         try:
-            return process.wait()
-        except KeyboardInterrupt:
-            return 130
+            code = process.wait()
+        except Interrupted as exc:
+            return SuperNodeExit(exc.exit_code, interrupted=True)
         finally:
             stop(process)
+    if code == 0:
+        return SuperNodeExit(0)
+    with log_file.open("rb") as fh:
+        fh.seek(start_offset)
+        this_run = fh.read().decode(errors="replace")
+    return SuperNodeExit(code, flower_exit_reason(this_run), log_tail(log_file))

@@ -6,6 +6,7 @@ from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
 from server.federation import run_federation
+from umedpt_fl.processes import follow_supervisor
 from umedpt_fl.settings import settings_for_app
 
 app = ServerApp()
@@ -13,4 +14,5 @@ app = ServerApp()
 
 @app.main()
 def main(grid: Grid, context: Context) -> None:
+    follow_supervisor()  # a killed coordinator must not leave this process driving sites
     run_federation(grid, settings_for_app(context.run_config))

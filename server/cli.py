@@ -92,7 +92,13 @@ def server_command(
     verbose: Verbose = False,
 ) -> None:
     """Start the coordinator (a Flower SuperLink with persistent state) and run the federation."""
-    from server.coordinator import SuperLinkOptions, coordinate
+    from server.coordinator import (
+        PortTakenError,
+        RunInterruptedError,
+        SuperLinkOptions,
+        coordinate,
+    )
+    from server.lock import FolderLockedError
     from umedpt_fl.processes import FlowerProcessError
 
     setup_logging(verbose)
@@ -112,6 +118,10 @@ def server_command(
         raise fail(str(exc)) from exc
     try:
         coordinate(settings, options)
+    except (FolderLockedError, PortTakenError) as exc:
+        raise fail(str(exc)) from exc
+    except RunInterruptedError as exc:
+        raise fail(str(exc), 128 + exc.signum) from exc
     except FlowerProcessError as exc:
         raise fail(str(exc), ExitCode.RUN_FAILED) from exc
     print_summary(json.loads((out / "report.json").read_text()))

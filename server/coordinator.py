@@ -20,8 +20,22 @@ from pathlib import Path
 import tomli_w
 
 from server.flower_app import write_app_dir
+from server.lock import COORDINATOR_LOCK, folder_lock
+from server.state import PROGRESS, SERVER_STATE
 from umedpt_fl.flower_env import flower_env
-from umedpt_fl.processes import FlowerProcessError, exit_on_sigterm, start, stop, wait_healthy
+from umedpt_fl.processes import (
+    FlowerProcessError,
+    Interrupted,
+    flower_tool,
+    interruptible,
+    listening_pids,
+    log_tail,
+    port_is_listening,
+    start,
+    stop,
+    supervisor_env,
+    wait_healthy,
+)
 from umedpt_fl.settings import RunSettings
 
 CONNECTION = "umedpt"
@@ -47,7 +61,7 @@ class SuperLinkOptions:
 
 def superlink_command(options: SuperLinkOptions, log_file: Path) -> list[str]:
     command = [
-        "flower-superlink",
+        flower_tool("flower-superlink"),
         "--host",
         options.host,
         "--port",
@@ -87,7 +101,7 @@ def write_connection(flwr_home: Path, options: SuperLinkOptions) -> None:
 
 def run_status(env: dict[str, str], run_id: str, cwd: Path) -> tuple[str, str]:
     listing = subprocess.run(
-        ["flwr", "ls", CONNECTION, "--run-id", run_id, "--format", "json"],
+        [flower_tool("flwr"), "ls", CONNECTION, "--run-id", run_id, "--format", "json"],
         env=env,
         cwd=cwd,
         capture_output=True,
@@ -101,17 +115,61 @@ def run_status(env: dict[str, str], run_id: str, cwd: Path) -> tuple[str, str]:
     return str(run.get("status", "unknown")), str(run.get("status-details", ""))
 
 
+class PortTakenError(RuntimeError):
+    """Something already listens on the coordinator's port; the message names it."""
+
+
+class RunInterruptedError(RuntimeError):
+    """The coordinator was stopped (SIGTERM, Ctrl-C) before the run finished."""
+
+    def __init__(self, out: Path, signum: int) -> None:
+        self.signum = signum
+        done = completed_round(out)
+        super().__init__(
+            f"interrupted after round {done}; restart with --resume to continue from there"
+            if done
+            else "interrupted before the first round completed; restart with --resume"
+        )
+
+
+def completed_round(out: Path) -> int:
+    """The last round whose checkpoint is in ``out`` (0 if none)."""
+    progress = out / SERVER_STATE / PROGRESS
+    try:
+        return int(json.loads(progress.read_text())["completed_round"])
+    except (OSError, ValueError, KeyError):
+        return 0
+
+
+def check_port_free(port: int) -> None:
+    if owners := listening_pids(port):
+        named = "; ".join(f"PID {pid} ({cmd[:80]})" for pid, cmd in sorted(owners.items()))
+        raise PortTakenError(f"port {port} is already in use by {named}")
+    if port_is_listening(port):
+        raise PortTakenError(f"port {port} is already in use (by a process not visible here)")
+
+
 def coordinate(settings: RunSettings, options: SuperLinkOptions) -> str:
-    """Run the federation to its end; returns Flower's final status (raises on failure)."""
+    """Run the federation to its end; returns Flower's final status.
+
+    Holds the output folder's coordinator lock for its lifetime and refuses a port that
+    is taken; raises FlowerProcessError when the run fails and RunInterruptedError when
+    stopped. Nothing it started outlives it.
+    """
     out = Path(settings.out_dir).resolve()
-    out.mkdir(parents=True, exist_ok=True)
     settings = dataclasses.replace(settings, out_dir=str(out))
-    with tempfile.TemporaryDirectory(prefix="umedpt-fl-") as tmp, exit_on_sigterm():
-        work = Path(tmp)
-        env = flower_env({**os.environ, "FLWR_HOME": str(work / "flwr-home")})
-        write_connection(work / "flwr-home", options)
-        app_dir = write_app_dir(work / "app", settings)
-        return _run_on_superlink(options, env, app_dir, out / "superlink.log")
+    with folder_lock(out, COORDINATOR_LOCK, role="umedpt-fl server"):
+        check_port_free(options.port)
+        try:
+            with tempfile.TemporaryDirectory(prefix="umedpt-fl-") as tmp, interruptible():
+                work = Path(tmp)
+                env = flower_env({**os.environ, "FLWR_HOME": str(work / "flwr-home")})
+                env.update(supervisor_env())
+                write_connection(work / "flwr-home", options)
+                app_dir = write_app_dir(work / "app", settings)
+                return _run_on_superlink(options, env, app_dir, out / "superlink.log")
+        except Interrupted as exc:
+            raise RunInterruptedError(out, exc.signum) from None
 
 
 def _run_on_superlink(
@@ -130,38 +188,45 @@ def _run_on_superlink(
             timeout=60,
             what="SuperLink",
             log_file=log_file,
+            ca_file=None if options.insecure else options.ca_certfile,
         )
+        if superlink.pid not in listening_pids(options.port):
+            raise FlowerProcessError(
+                f"something other than our SuperLink (PID {superlink.pid}) answers on port "
+                f"{options.port}; nothing was submitted. SuperLink log:\n{log_tail(log_file)}"
+            )
         print(
             f"SuperLink listening on {options.host}:{options.port}; waiting for sites", flush=True
         )
-        run = subprocess.Popen(
-            ["flwr", "run", str(app_dir), CONNECTION, "--stream"],
-            env=env,
-            cwd=app_dir,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-        run_id = None
-        assert run.stdout is not None
-        try:
-            for line in run.stdout:
-                sys.stdout.write(line)
-                match = re.search(r"run (?:ID )?(\d+)", line, re.IGNORECASE)
-                if run_id is None and match:
-                    run_id = match.group(1)
-            run.wait()
-        finally:
-            if run.poll() is None:
-                run.kill()
-                run.wait()
-        if run_id is None:
-            raise FlowerProcessError(
-                f"`flwr run` did not report a run id (exit code {run.returncode})"
-            )
-        status, details = run_status(env, run_id, app_dir)
-        if status != "finished:completed":
-            raise FlowerProcessError(f"run {run_id} ended as {status}: {details}")
-        return status
+        return _submit_run(env, app_dir)
     finally:
         stop(superlink)
+
+
+def _submit_run(env: dict[str, str], app_dir: Path) -> str:
+    """`flwr run` the app on our SuperLink, stream its log, and check how it ended."""
+    flwr = flower_tool("flwr")
+    run = start(
+        [flwr, "run", str(app_dir), CONNECTION, "--stream"],
+        env=env,
+        cwd=app_dir,
+        stdout=subprocess.PIPE,
+    )
+    run_id = None
+    assert run.stdout is not None
+    try:
+        for raw in run.stdout:
+            line = raw.decode(errors="replace")
+            sys.stdout.write(line)
+            match = re.search(r"run (?:ID )?(\d+)", line, re.IGNORECASE)
+            if run_id is None and match:
+                run_id = match.group(1)
+        run.wait()
+    finally:
+        stop(run, grace=5)
+    if run_id is None:
+        raise FlowerProcessError(f"`flwr run` did not report a run id (exit code {run.returncode})")
+    status, details = run_status(env, run_id, app_dir)
+    if status != "finished:completed":
+        raise FlowerProcessError(f"run {run_id} ended as {status}: {details}")
+    return status

@@ -14,18 +14,22 @@ from flwr.app import ArrayRecord, ConfigRecord
 from flwr.common.logger import log
 from flwr.serverapp import Grid
 
+from server.lock import SERVERAPP_LOCK, folder_lock
 from server.report import primary_metrics, write_plot, write_report
-from server.state import ServerProgress, load_server_state, save_server_state
+from server.state import (
+    GLOBAL_CHECKPOINT,
+    SERVER_STATE,
+    ServerProgress,
+    load_server_state,
+    save_server_state,
+)
 from strategies import GroupedStrategy, RoundFailedError, RoundRecord, build_strategy
 from umedpt.checkpoint import save_weights
 from umedpt.model import UMedPTModel
 from umedpt.models.presets import model_config
-from umedpt.tasks import TASK_TYPES
+from umedpt.tasks import shared_blocks
 from umedpt_fl import wire
 from umedpt_fl.settings import RunSettings
-
-SERVER_STATE = "server-state"
-GLOBAL_CHECKPOINT = "global"
 
 
 class RunExistsError(RuntimeError):
@@ -34,11 +38,10 @@ class RunExistsError(RuntimeError):
 
 def initial_weights(settings: RunSettings) -> ArrayRecord:
     """The shared weights every site starts from: encoder plus every task type's block."""
-    blocks = sorted({TASK_TYPES.get(name).block for name in TASK_TYPES.names()})
     model = UMedPTModel(
         model_config(settings.preset, settings.encoder or None),
         [],
-        extra_blocks=blocks,
+        extra_blocks=shared_blocks(),
         seed=settings.seed,
     )
     return ArrayRecord(model.shared_state_dict())
@@ -49,7 +52,17 @@ def _round_dict(record: RoundRecord) -> dict[str, Any]:
 
 
 def run_federation(grid: Grid, settings: RunSettings) -> dict[str, Any]:
-    """Run (or resume) the federation; returns the final report."""
+    """Run (or resume) the federation; returns the final report.
+
+    Exactly one ServerApp writes an output folder: it holds the folder's ServerApp lock
+    while it runs, waiting a little for one that is still on its way out (that of a
+    coordinator killed a moment ago) and refusing, with its PID, one that stays.
+    """
+    with folder_lock(Path(settings.out_dir), SERVERAPP_LOCK, role="ServerApp", wait=30.0):
+        return _run_federation(grid, settings)
+
+
+def _run_federation(grid: Grid, settings: RunSettings) -> dict[str, Any]:
     out = Path(settings.out_dir)
     state_dir = out / SERVER_STATE
     started = time.time()

@@ -21,6 +21,8 @@ from safetensors.numpy import save as numpy_bytes
 from umedpt.checkpoint import load_state, read_header, save_weights
 from umedpt.models.presets import ModelConfig
 
+SERVER_STATE = "server-state"  # <out>/server-state/: the checkpoint after every round
+GLOBAL_CHECKPOINT = "global"  # <out>/global/: the final shared weights
 STRATEGY = "strategy.safetensors"
 PROGRESS = "progress.json"
 

@@ -1,86 +1,290 @@
-"""Starting and stopping Flower's own processes (SuperLink, SuperNode, `flwr run`).
+"""Supervising Flower's own processes (SuperLink, SuperNode, `flwr run`).
 
-Every process is started in its own session so that it and everything it spawns
-(SuperExec, ServerApp/ClientApp processes) can be stopped together: nothing is left
-running after a command returns.
+Every process a command starts dies with it, however the command dies:
+
+- each child runs in a session of its own, so it and everything it spawns (SuperExec,
+  ServerApp/ClientApp processes) can be stopped together by ``stop``;
+- each child asks the kernel for SIGTERM when its parent dies (Linux's parent-death
+  signal), so a ``kill -9`` of the command does not leave it running; Flower's own
+  grandchildren follow their parent with ``--parent-pid``, which Flower passes itself;
+- SIGTERM and Ctrl-C of the command become :class:`Interrupted`, so ``finally`` blocks
+  stop the children and the command can say what was interrupted.
+
+Flower's executables are taken from beside the running interpreter (a virtualenv's
+``bin/``), so a command started by its full path, as systemd does, finds them.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
+import re
+import shutil
 import signal
+import ssl
 import subprocess
+import sys
+import threading
 import time
 import urllib.request
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
-
-@contextlib.contextmanager
-def exit_on_sigterm() -> Iterator[None]:
-    """Turn SIGTERM into SystemExit, so `finally` blocks stop the children we started.
-
-    Our children run in sessions of their own (see ``start``): a SIGTERM to our process
-    group does not reach them, so we must pass it on ourselves.
-    """
-
-    def handler(signum: int, frame: object) -> None:
-        raise SystemExit(128 + signum)
-
-    previous = signal.signal(signal.SIGTERM, handler)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
+_PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 
 class FlowerProcessError(RuntimeError):
     """A Flower process failed to start or exited early; the message says which and why."""
 
 
+class Interrupted(BaseException):
+    """The command was asked to stop (SIGTERM or Ctrl-C); ``signum`` says which."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(f"interrupted by {signal.Signals(signum).name}")
+        self.signum = signum
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + self.signum
+
+
+@contextlib.contextmanager
+def interruptible() -> Iterator[None]:
+    """Turn SIGTERM and SIGINT into :class:`Interrupted` while the block runs."""
+
+    def handler(signum: int, frame: object) -> None:
+        raise Interrupted(signum)
+
+    previous = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield
+    finally:
+        for signum, old in previous.items():
+            signal.signal(signum, old)
+
+
+def flower_tool(name: str) -> str:
+    """The path of Flower's executable ``name``: beside this interpreter, else on PATH."""
+    beside = Path(sys.executable).parent / name
+    if beside.is_file() and os.access(beside, os.X_OK):
+        return str(beside)
+    if found := shutil.which(name):
+        return found
+    raise FlowerProcessError(
+        f"'{name}' was found neither beside {sys.executable} nor on PATH: "
+        "is Flower installed in this environment?"
+    )
+
+
+def _die_with(parent: int) -> Callable[[], None]:
+    """A ``preexec_fn``: the child gets SIGTERM when ``parent`` dies (Linux only)."""
+
+    def setup() -> None:
+        if sys.platform.startswith("linux"):
+            ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+            if os.getppid() != parent:  # the parent died before the line above
+                os._exit(1)
+
+    return setup
+
+
 def start(
-    command: Sequence[str], *, env: dict[str, str], log_file: Path | None = None
+    command: Sequence[str],
+    *,
+    env: dict[str, str],
+    log_file: Path | None = None,
+    stdout: int | None = None,
+    cwd: Path | None = None,
 ) -> subprocess.Popen:
-    output = open(log_file, "ab") if log_file else subprocess.DEVNULL  # noqa: SIM115
+    """Start ``command`` in its own session, tied to our life; output to ``log_file``."""
+    if stdout is None:
+        output = open(log_file, "ab") if log_file else subprocess.DEVNULL  # noqa: SIM115
+    else:
+        output = stdout
     return subprocess.Popen(
-        list(command), env=env, stdout=output, stderr=subprocess.STDOUT, start_new_session=True
+        list(command),
+        env=env,
+        cwd=cwd,
+        stdout=output,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+        preexec_fn=_die_with(os.getpid()),  # noqa: PLW1509 - no threads start children here
     )
 
 
 def stop(process: subprocess.Popen, *, grace: float = 10.0) -> None:
     """SIGTERM the process group, then SIGKILL whatever is left of it."""
     if process.poll() is None:
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(process.pid, signal.SIGTERM)
-        except ProcessLookupError:
-            pass
-        try:
+        with contextlib.suppress(subprocess.TimeoutExpired):
             process.wait(grace)
-        except subprocess.TimeoutExpired:
-            pass
-    try:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(process.pid, signal.SIGKILL)  # stragglers of the same group
-    except ProcessLookupError:
-        pass
     process.wait()
 
 
+def log_tail(log_file: Path | None, lines: int = 20) -> str:
+    if not log_file or not log_file.is_file():
+        return ""
+    return "\n".join(log_file.read_text(errors="replace").splitlines()[-lines:])
+
+
 def wait_healthy(
-    process: subprocess.Popen, url: str, *, timeout: float, what: str, log_file: Path | None
+    process: subprocess.Popen,
+    url: str,
+    *,
+    timeout: float,
+    what: str,
+    log_file: Path | None,
+    ca_file: Path | None = None,
 ) -> None:
+    """Wait until ``url`` answers, verifying TLS against ``ca_file`` (our own CA).
+
+    The certificate chain is checked against the CA the process was given, not the
+    system's store (a federation's CA is private). The host name is not checked: we
+    connect over loopback to a process we started, whatever names its certificate has.
+    """
+    context = None
+    if ca_file is not None:
+        context = ssl.create_default_context(cafile=str(ca_file))
+        context.check_hostname = False
     deadline = time.monotonic() + timeout
+    last_error = ""
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            tail = (
-                log_file.read_text(errors="replace")[-2000:]
-                if log_file and log_file.exists()
-                else ""
+            raise FlowerProcessError(
+                f"{what} exited with code {process.returncode}:\n{log_tail(log_file)}"
             )
-            raise FlowerProcessError(f"{what} exited with code {process.returncode}:\n{tail}")
         try:
-            urllib.request.urlopen(url, timeout=1)  # noqa: S310 - loopback health check
+            urllib.request.urlopen(url, timeout=2, context=context)  # noqa: S310 - loopback
             return
-        except OSError:
+        except ssl.SSLError as exc:
+            last_error = f"; TLS: {exc}"
             time.sleep(0.3)
-    raise FlowerProcessError(f"{what} did not become healthy at {url} within {timeout:.0f} s")
+        except OSError as exc:
+            last_error = f"; {exc}"
+            time.sleep(0.3)
+    raise FlowerProcessError(
+        f"{what} did not become healthy at {url} within {timeout:.0f} s{last_error}"
+    )
+
+
+def _socket_inodes(port: int) -> set[str]:
+    """Inodes of sockets listening on ``port`` (any address), from /proc/net/tcp{,6}."""
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with contextlib.suppress(OSError):
+            for line in Path(table).read_text().splitlines()[1:]:
+                fields = line.split()
+                local, state, inode = fields[1], fields[3], fields[9]
+                if state == "0A" and int(local.rsplit(":", 1)[1], 16) == port:  # 0A: LISTEN
+                    inodes.add(inode)
+    return inodes
+
+
+def listening_pids(port: int) -> dict[int, str]:
+    """{pid: command line} of the processes listening on TCP ``port`` that we can see."""
+    inodes = _socket_inodes(port)
+    owners: dict[int, str] = {}
+    if not inodes:
+        return owners
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        with contextlib.suppress(OSError):
+            for fd in (entry / "fd").iterdir():
+                target = os.readlink(fd)
+                if target.startswith("socket:[") and target[8:-1] in inodes:
+                    cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ")
+                    owners[int(entry.name)] = cmdline.decode(errors="replace").strip()
+                    break
+    return owners
+
+
+def port_is_listening(port: int) -> bool:
+    return bool(_socket_inodes(port))
+
+
+# Flower prints "Exit Code: N" before it exits with status 1; N says why (Flower 1.42.0,
+# flwr/supercore/exit/exit.py). Our own words for the codes a site operator meets; the
+# rest use Flower's short help text.
+_EXIT_CODE = re.compile(r"Exit Code: (\d+)")
+_PLAIN_WORDS = {
+    302: "this site's authentication key is not valid",
+    305: (
+        "could not connect to the coordinator: check the address and port, that the "
+        "coordinator is running, and that both sides agree on TLS (the right CA "
+        "certificate with --root-certificates, or --insecure on both sides)"
+    ),
+    600: "the coordinator address is not HOST:PORT",
+    602: "TLS is not available here: use --insecure only on a trusted test network",
+    604: "a certificate or key path is wrong",
+    605: "the TLS certificates are incomplete or invalid",
+}
+
+
+def flower_exit_reason(log_text: str) -> str | None:
+    """Flower's exit code found in a process's output, in plain words; None if absent."""
+    codes = _EXIT_CODE.findall(log_text)
+    if not codes:
+        return None
+    code = int(codes[-1])
+    if code in _PLAIN_WORDS:
+        return f"{_PLAIN_WORDS[code]} (Flower exit code {code})"
+    try:  # Flower 1.42.0 keeps its help texts here
+        from flwr.supercore.exit.exit_code import EXIT_CODE_HELP
+
+        help_text = EXIT_CODE_HELP.get(code, "")
+    except ImportError:
+        help_text = ""
+    return f"Flower exit code {code}" + (f": {help_text}" if help_text else "")
+
+
+# -- Flower's app processes follow the command that started the federation --------------
+# A ServerApp or ClientApp process is a grandchild of our command (SuperLink or SuperNode,
+# then SuperExec): the parent-death signal does not reach it, and Flower's own parent
+# monitor asks it to exit gracefully, which can hang while it tries to reach a SuperLink
+# that is gone. So our app code watches the command itself and leaves at once.
+SUPERVISOR_ENV = "UMEDPT_FL_SUPERVISOR"  # "<pid>:<start time>" of the supervising command
+SUPERVISOR_GONE_EXIT_CODE = 75
+_WATCH_THREAD = "umedpt-fl-supervisor-watch"
+
+
+def _start_time(pid: int) -> str | None:
+    """The kernel's start time of ``pid`` (tells a reused PID apart); None if gone."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return stat.rsplit(")", 1)[1].split()[19]  # field 22 of proc(5)
+
+
+def supervisor_env() -> dict[str, str]:
+    """Environment entries naming this process as the supervisor of its Flower children."""
+    pid = os.getpid()
+    return {SUPERVISOR_ENV: f"{pid}:{_start_time(pid) or ''}"}
+
+
+def follow_supervisor(*, poll: float = 0.5) -> bool:
+    """In an app process: exit at once when the supervising command is gone.
+
+    A no-op (returns False) where no supervisor is named, e.g. in a simulation.
+    """
+    value = os.environ.get(SUPERVISOR_ENV, "")
+    if ":" not in value or any(t.name == _WATCH_THREAD for t in threading.enumerate()):
+        return False
+    pid_text, started = value.split(":", 1)
+    pid = int(pid_text)
+
+    def watch() -> None:
+        while True:
+            time.sleep(poll)
+            current = _start_time(pid)
+            if current is None or (started and current != started):
+                os._exit(SUPERVISOR_GONE_EXIT_CODE)  # no cleanup: it could write stale state
+
+    threading.Thread(target=watch, name=_WATCH_THREAD, daemon=True).start()
+    return True

@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from client.app import app as client_app
-from server.federation import GLOBAL_CHECKPOINT, RunExistsError, run_federation
+from server.federation import RunExistsError, run_federation
+from server.state import GLOBAL_CHECKPOINT
 from strategies import RoundFailedError
 from tests.federation.fakes import ClientAppGrid
 from umedpt import contract

@@ -1,0 +1,94 @@
+"""Real processes on loopback: `umedpt-fl server` and `umedpt-fl client`, as operators run them.
+
+Each command runs in a session of its own, with a tag in its environment that every
+process it starts inherits (:mod:`tests.processes`), so a test checks exactly the
+processes it started.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from tests.processes import tagged_env
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class Command:
+    """One `umedpt-fl` command in its own session, output in ``log``, tagged."""
+
+    def __init__(self, *args: str, log: Path) -> None:
+        self.env, self.tag = tagged_env()
+        self.log = log
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "umedpt_fl.cli", *args],
+            stdout=log.open("ab"),
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            env=self.env,
+        )
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def wait(self, timeout: float) -> int:
+        return self.process.wait(timeout=timeout)
+
+    def signal(self, signum: int) -> None:
+        os.kill(self.process.pid, signum)
+
+    def stop(self) -> None:
+        """SIGTERM the command's whole session, then SIGKILL what is left (test cleanup)."""
+        for signum, grace in ((signal.SIGTERM, 20), (signal.SIGKILL, 5)):
+            if self.process.poll() is not None:
+                break
+            try:
+                os.killpg(self.process.pid, signum)
+                self.process.wait(grace)
+            except (ProcessLookupError, subprocess.TimeoutExpired):
+                pass
+
+
+def server(out: Path, port: int, *extra: str, log: Path) -> Command:
+    return Command(
+        "server", "--out", str(out), "--host", "127.0.0.1", "--port", str(port),
+        "--node-wait-timeout", "240", *extra, log=log,
+    )  # fmt: skip
+
+
+def client(site: Path, port: int, *extra: str, log: Path) -> Command:
+    return Command(
+        "client", "--site", str(site), "--server", f"127.0.0.1:{port}",
+        "--port", str(free_port()), "--skip-check", *extra, log=log,
+    )  # fmt: skip
+
+
+def completed_round(out: Path) -> int:
+    try:
+        return json.loads((out / "server-state" / "progress.json").read_text())["completed_round"]
+    except (OSError, ValueError, KeyError):
+        return 0
+
+
+def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"waited {timeout:.0f} s for {what}")
+        time.sleep(0.5)
