@@ -198,10 +198,19 @@ def listening_pids(port: int) -> dict[int, str]:
             for fd in (entry / "fd").iterdir():
                 target = os.readlink(fd)
                 if target.startswith("socket:[") and target[8:-1] in inodes:
-                    cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ")
-                    owners[int(entry.name)] = cmdline.decode(errors="replace").strip()
+                    owners[int(entry.name)] = _program((entry / "cmdline").read_bytes())
                     break
     return owners
+
+
+def _program(cmdline: bytes) -> str:
+    """'flower-superlink --host ...' from a /proc cmdline (the interpreter left out)."""
+    argv = [a.decode(errors="replace") for a in cmdline.split(b"\0") if a]
+    if argv and Path(argv[0]).name.startswith("python") and len(argv) > 1:
+        argv = argv[1:]
+    if not argv:
+        return "?"
+    return " ".join([Path(argv[0]).name, *argv[1:4]])
 
 
 def port_is_listening(port: int) -> bool:
