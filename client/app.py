@@ -7,6 +7,7 @@ or, in simulation, entry ``partition-id`` of the run config's ``site-configs`` l
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 from collections.abc import Mapping
 from typing import Any
@@ -68,7 +69,10 @@ def shared_from(message: Message) -> dict[str, torch.Tensor]:
 def metric_reply(
     message: Message, metrics: dict[str, float], num_examples: int, arrays=None
 ) -> Message:
-    content = RecordDict({wire.METRICS: MetricRecord({**metrics, wire.NUM_EXAMPLES: num_examples})})
+    """The reply's scalars; undefined (NaN) metrics, e.g. the AUROC of a class without
+    positives in the split, are left out rather than averaged into the server's."""
+    defined = {k: v for k, v in metrics.items() if math.isfinite(v)}
+    content = RecordDict({wire.METRICS: MetricRecord({**defined, wire.NUM_EXAMPLES: num_examples})})
     if arrays is not None:
         content[wire.SHARED_ARRAYS] = arrays
     return Message(content, reply_to=message)

@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from tests.processes import tagged_env
+from tests.processes import tagged_env, tagged_processes_after
 
 
 def free_port() -> int:
@@ -92,3 +92,19 @@ def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:
         if time.monotonic() > deadline:
             raise TimeoutError(f"waited {timeout:.0f} s for {what}")
         time.sleep(0.5)
+
+
+def logs(commands: list[Command], chars: int = 2500) -> str:
+    """The end of every command's output, for an assertion message."""
+    return "\n".join(f"--- {c.log.name}\n{c.output()[-chars:]}" for c in commands)
+
+
+def stop_all(commands: list[Command]) -> None:
+    for command in commands:
+        command.stop()
+
+
+def assert_nothing_left(commands: list[Command]) -> None:
+    """No process of any of ``commands`` is still running (each checked by its tag)."""
+    for command in commands:
+        assert not tagged_processes_after(command.tag), command.log.name

@@ -60,3 +60,17 @@ def test_describing_a_site_reads_neither_data_nor_builds_a_model(demo_sites, mon
 @pytest.mark.parametrize("text", ["a:b", "a::c", ""])
 def test_malformed_task_descriptors_are_skipped(text) -> None:
     assert wire.decode_tasks(text) == []
+
+
+def test_undefined_metrics_stay_home() -> None:
+    import math
+
+    from flwr.app import Message, RecordDict
+
+    import umedpt_fl.inprocess  # noqa: F401  (sets the task identity messages need outside a run)
+    from client.app import metric_reply
+
+    asked = Message(RecordDict(), dst_node_id=5, message_type="evaluate")
+    reply = metric_reply(asked, {"xray/auroc": 0.8, "xray/auroc.edema": math.nan}, 12)
+    metrics = reply.content[wire.METRICS]
+    assert dict(metrics) == {"xray/auroc": 0.8, wire.NUM_EXAMPLES: 12}
