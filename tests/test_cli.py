@@ -119,3 +119,29 @@ def test_simulate_names_a_bad_site_file_before_starting_anything(demo, tmp_path)
     assert result.exit_code == 2
     assert "no.toml" in result.output and "not found" in result.output
     assert not (tmp_path / "run").exists()
+
+
+WITHOUT_RAY = """
+import sys
+sys.modules["ray"] = None  # as after `pip install -e .` without the simulation extra
+sys.argv = ["umedpt-fl", *sys.argv[1:]]
+from umedpt_fl.cli import main
+main()
+"""
+
+
+def test_without_ray_every_command_but_simulate_works_and_simulate_says_how(demo) -> None:
+    import subprocess
+    import sys
+
+    def run(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [sys.executable, "-c", WITHOUT_RAY, *args], capture_output=True, text=True, timeout=120
+        )
+
+    for command in ("client", "server"):
+        assert run(command, "--help").returncode == 0, command
+    assert run("check-site", str(demo / "clinic-d.toml")).returncode == 0
+    result = run("simulate", "--site", str(demo / "clinic-d.toml"), "--out", str(demo / "x"))
+    assert result.returncode == 2
+    assert "pip install 'umedpt-fl[simulation]'" in " ".join(result.stdout.split())

@@ -14,6 +14,7 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -38,7 +39,7 @@ class ExitCode(IntEnum):
 
 def fail(message: str, code: int = ExitCode.BAD_INPUT) -> typer.Exit:
     """Print ``message`` as an error; raise the result to exit with ``code``."""
-    console.print(f"[bold red]error:[/] {message}", highlight=False)
+    console.print(f"[bold red]error:[/] {escape(message)}", highlight=False)
     return typer.Exit(int(code))
 
 
