@@ -27,6 +27,7 @@ def client_command(
     from client.supernode import LOG_NAME, SuperNodeOptions, run_supernode
     from umedpt.config import load_site_config
     from umedpt.data.loading import load_task_data
+    from umedpt_fl.processes import FlowerProcessError
 
     setup_logging(verbose)
     try:
@@ -49,6 +50,8 @@ def client_command(
         ended = run_supernode(options, log_file=log_file)
     except BAD_INPUT_ERRORS as exc:
         raise fail(str(exc)) from exc
+    except FlowerProcessError as exc:  # Flower's tools are not installed here
+        raise fail(str(exc), ExitCode.RUN_FAILED) from exc
     if ended.interrupted:
         console.print(f"site {config.name} stopped; restart the same command to rejoin")
         raise typer.Exit(ended.code)

@@ -12,7 +12,6 @@ from umedpt_fl.processes import (
     flower_exit_reason,
     flower_tool,
     interruptible,
-    log_tail,
     start,
     stop,
     supervisor_env,
@@ -89,4 +88,5 @@ def run_supernode(options: SuperNodeOptions, *, log_file: Path) -> SuperNodeExit
     with log_file.open("rb") as fh:
         fh.seek(start_offset)
         this_run = fh.read().decode(errors="replace")
-    return SuperNodeExit(code, flower_exit_reason(this_run), log_tail(log_file))
+    tail = "\n".join(this_run.splitlines()[-20:])
+    return SuperNodeExit(code, flower_exit_reason(this_run), tail)

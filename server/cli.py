@@ -99,6 +99,7 @@ def server_command(
         coordinate,
     )
     from server.lock import FolderLockedError
+    from server.state import RunExistsError
     from umedpt_fl.processes import FlowerProcessError
 
     setup_logging(verbose)
@@ -118,7 +119,7 @@ def server_command(
         raise fail(str(exc)) from exc
     try:
         coordinate(settings, options)
-    except (FolderLockedError, PortTakenError) as exc:
+    except (FolderLockedError, PortTakenError, RunExistsError) as exc:
         raise fail(str(exc)) from exc
     except RunInterruptedError as exc:
         raise fail(str(exc), 128 + exc.signum) from exc

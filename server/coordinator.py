@@ -11,17 +11,18 @@ import dataclasses
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import tomli_w
+from cryptography import x509
 
 from server.flower_app import write_app_dir
 from server.lock import COORDINATOR_LOCK, folder_lock
-from server.state import PROGRESS, SERVER_STATE
+from server.state import PROGRESS, SERVER_STATE, RunExistsError
 from umedpt_fl.flower_env import flower_env
 from umedpt_fl.processes import (
     FlowerProcessError,
@@ -59,7 +60,8 @@ class SuperLinkOptions:
             )
 
 
-def superlink_command(options: SuperLinkOptions, log_file: Path) -> list[str]:
+def superlink_command(options: SuperLinkOptions) -> list[str]:
+    """The SuperLink's command line; its output goes to ``<out>/superlink.log`` (see start)."""
     command = [
         flower_tool("flower-superlink"),
         "--host",
@@ -67,8 +69,6 @@ def superlink_command(options: SuperLinkOptions, log_file: Path) -> list[str]:
         "--port",
         str(options.port),
         "--disable-runtime-dependency-installation",
-        "--log-file",
-        str(log_file),
     ]
     if options.database:
         command += ["--database", str(options.database)]
@@ -86,9 +86,34 @@ def superlink_command(options: SuperLinkOptions, log_file: Path) -> list[str]:
     return command
 
 
+def local_address(options: SuperLinkOptions) -> str:
+    """How `flwr run` on this machine reaches our SuperLink: a name its certificate has.
+
+    Flower's CLI checks the host name against the server certificate, so with TLS the
+    address must be one of the certificate's names: 127.0.0.1 or localhost when it has
+    them, else its first DNS name (which must then resolve to this machine).
+    """
+    if options.host not in ("0.0.0.0", "::"):
+        return options.host
+    if options.insecure or options.certfile is None:
+        return "127.0.0.1"
+    try:
+        cert = x509.load_pem_x509_certificate(Path(options.certfile).read_bytes())
+        names = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except (OSError, ValueError, x509.ExtensionNotFound):
+        return "127.0.0.1"
+    addresses = {str(a) for a in names.get_values_for_type(x509.IPAddress)}
+    dns = names.get_values_for_type(x509.DNSName)
+    if "127.0.0.1" in addresses:
+        return "127.0.0.1"
+    if "localhost" in dns or not dns:
+        return "localhost" if "localhost" in dns else "127.0.0.1"
+    return dns[0]
+
+
 def write_connection(flwr_home: Path, options: SuperLinkOptions) -> None:
     """Flower's CLI configuration: one connection, to the SuperLink we started."""
-    host = "127.0.0.1" if options.host in ("0.0.0.0", "::") else options.host
+    host = local_address(options)
     connection: dict[str, object] = {"address": f"{host}:{options.port}"}
     if options.insecure:
         connection["insecure"] = True
@@ -107,12 +132,16 @@ def run_status(env: dict[str, str], run_id: str, cwd: Path) -> tuple[str, str]:
         capture_output=True,
         text=True,
         check=False,
+        timeout=120,
     )
     try:
         run = json.loads(listing.stdout)["runs"][0]
     except (ValueError, KeyError, IndexError):
         return "unknown", listing.stdout[-500:] + listing.stderr[-500:]
     return str(run.get("status", "unknown")), str(run.get("status-details", ""))
+
+
+WORK_DIR = ".coordinator"  # <out>/.coordinator/: Flower's home and the submitted app
 
 
 class PortTakenError(RuntimeError):
@@ -159,10 +188,17 @@ def coordinate(settings: RunSettings, options: SuperLinkOptions) -> str:
     out = Path(settings.out_dir).resolve()
     settings = dataclasses.replace(settings, out_dir=str(out))
     with folder_lock(out, COORDINATOR_LOCK, role="umedpt-fl server"):
+        if not settings.resume and completed_round(out) > 0:
+            raise RunExistsError(
+                f"{out} already holds a run; pass --resume to continue it, or choose another --out"
+            )
         check_port_free(options.port)
+        # Flower's home and the app folder live in the output folder, under our lock: what
+        # a killed coordinator left there is cleared by the next one.
+        work = out / WORK_DIR
+        shutil.rmtree(work, ignore_errors=True)
         try:
-            with tempfile.TemporaryDirectory(prefix="umedpt-fl-") as tmp, interruptible():
-                work = Path(tmp)
+            with interruptible():
                 env = flower_env({**os.environ, "FLWR_HOME": str(work / "flwr-home")})
                 env.update(supervisor_env())
                 write_connection(work / "flwr-home", options)
@@ -170,6 +206,8 @@ def coordinate(settings: RunSettings, options: SuperLinkOptions) -> str:
                 return _run_on_superlink(options, env, app_dir, out / "superlink.log")
         except Interrupted as exc:
             raise RunInterruptedError(out, exc.signum) from None
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
 
 
 def _run_on_superlink(
@@ -178,7 +216,7 @@ def _run_on_superlink(
     app_dir: Path,
     log_file: Path,
 ) -> str:
-    superlink = start(superlink_command(options, log_file), env=env, log_file=log_file)
+    superlink = start(superlink_command(options), env=env, log_file=log_file)
     try:
         scheme = "http" if options.insecure else "https"
         host = "127.0.0.1" if options.host in ("0.0.0.0", "::") else options.host

@@ -19,7 +19,9 @@ from server.report import primary_metrics, write_plot, write_report
 from server.state import (
     GLOBAL_CHECKPOINT,
     SERVER_STATE,
+    RunExistsError,
     ServerProgress,
+    has_server_state,
     load_server_state,
     save_server_state,
 )
@@ -30,10 +32,6 @@ from umedpt.models.presets import model_config
 from umedpt.tasks import shared_blocks
 from umedpt_fl import wire
 from umedpt_fl.settings import RunSettings
-
-
-class RunExistsError(RuntimeError):
-    """The output folder holds another run: resume it or choose another folder."""
 
 
 def initial_weights(settings: RunSettings) -> ArrayRecord:
@@ -70,7 +68,7 @@ def _run_federation(grid: Grid, settings: RunSettings) -> dict[str, Any]:
         settings, query_timeout=min(settings.round_timeout, 300.0)
     )
     history: list[dict[str, Any]] = []
-    if settings.resume and (state_dir / "progress.json").is_file():
+    if settings.resume and has_server_state(state_dir):
         weights, strategy_state, progress = load_server_state(state_dir)
         arrays = ArrayRecord(weights)
         strategy.load_state_arrays(strategy_state)
@@ -79,10 +77,12 @@ def _run_federation(grid: Grid, settings: RunSettings) -> dict[str, Any]:
         start_round = progress.completed_round + 1
         log(INFO, "resuming run %s after round %d", run_key, progress.completed_round)
     else:
-        if (state_dir / "progress.json").is_file():
+        if has_server_state(state_dir):
             raise RunExistsError(
                 f"{out} already holds a run; pass --resume to continue it, or choose another --out"
             )
+        if settings.resume:
+            log(WARNING, "--resume: %s holds no completed round yet; starting at round 1", out)
         arrays = initial_weights(settings)
         run_key = settings.run_key or uuid.uuid4().hex[:12]
         start_round = 1

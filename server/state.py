@@ -27,6 +27,10 @@ STRATEGY = "strategy.safetensors"
 PROGRESS = "progress.json"
 
 
+class RunExistsError(RuntimeError):
+    """The output folder holds another run: resume it or choose another folder."""
+
+
 @dataclass
 class ServerProgress:
     """Everything besides the weights needed to continue a run exactly."""
@@ -62,11 +66,21 @@ def save_server_state(
     )
 
 
+def has_server_state(folder: Path) -> bool:
+    """Whether ``folder`` (or the copy a swap interrupted by a crash left) holds a run."""
+    return (folder / PROGRESS).is_file() or (
+        folder.with_name(folder.name + ".old") / PROGRESS
+    ).is_file()
+
+
 def load_server_state(
     folder: Path,
 ) -> tuple[dict[str, torch.Tensor], dict[str, np.ndarray], ServerProgress]:
     if not (folder / PROGRESS).is_file():
-        raise FileNotFoundError(f"{folder}: no server checkpoint to resume from")
+        previous = folder.with_name(folder.name + ".old")  # killed mid-swap: the last good one
+        if not (previous / PROGRESS).is_file():
+            raise FileNotFoundError(f"{folder}: no server checkpoint to resume from")
+        folder = previous
     read_header(folder)  # a clear error for a folder of another format or version
     progress = ServerProgress(**json.loads((folder / PROGRESS).read_text()))
     strategy_file = folder / STRATEGY

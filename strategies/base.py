@@ -107,14 +107,21 @@ class GroupedStrategy(FedAvg):
         if fraction == 0.0:
             return []
         minimum = self.min_train_nodes if train else self.min_evaluate_nodes
-        nodes = wait_for_nodes(
-            grid, max(minimum, self.min_available_nodes), timeout=self.node_wait_timeout
-        )
-        nodes = choose_nodes(nodes, fraction, minimum)
-        unknown = [n for n in nodes if n not in self.sites]
-        self.sites.update(
-            query_sites(grid, unknown, timeout=self.query_timeout, config_key=self.configrecord_key)
-        )
+        if train:
+            nodes = wait_for_nodes(
+                grid, max(minimum, self.min_available_nodes), timeout=self.node_wait_timeout
+            )
+            nodes = choose_nodes(nodes, fraction, minimum)
+            unknown = [n for n in nodes if n not in self.sites]
+            self.sites.update(
+                query_sites(
+                    grid, unknown, timeout=self.query_timeout, config_key=self.configrecord_key
+                )
+            )
+        else:
+            # Evaluation runs inside the round's deadline: no waiting for sites and no
+            # queries, just the known sites that are still connected.
+            nodes = sorted(n for n in grid.get_node_ids() if n in self.sites)
         config[wire.SERVER_ROUND] = server_round
         record = self.round_record(server_round)
         messages = self._outbox = []

@@ -6,6 +6,7 @@ import os
 import socket
 import subprocess
 import sys
+import sysconfig
 import time
 from pathlib import Path
 
@@ -24,9 +25,12 @@ from umedpt_fl.processes import (
 )
 
 
-def test_flower_tools_are_found_beside_the_interpreter_without_path(monkeypatch) -> None:
+def test_flower_tools_are_found_where_this_python_installs_them_without_path(
+    monkeypatch,
+) -> None:
     monkeypatch.setenv("PATH", "")
-    assert flower_tool("flower-superlink") == str(Path(sys.executable).parent / "flower-superlink")
+    found = Path(flower_tool("flower-superlink"))
+    assert found.parent in {Path(sysconfig.get_path("scripts")), Path(sys.executable).parent}
 
 
 def test_a_locked_folder_names_its_holder_and_frees_when_the_holder_dies(tmp_path) -> None:
@@ -129,7 +133,18 @@ def test_children_die_with_their_parent(tmp_path) -> None:
     assert gone(child_pid, within=10), "the child outlived its killed parent"
 
 
-def test_stop_ends_a_process_group() -> None:
-    process = start([sys.executable, "-c", "import time; time.sleep(60)"], env=dict(os.environ))
+GROUP = """
+import subprocess, sys, time
+grandchild = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+print(grandchild.pid, flush=True)
+time.sleep(60)
+"""
+
+
+def test_stop_ends_the_whole_process_group(tmp_path) -> None:
+    script = tmp_path / "group.py"
+    script.write_text(GROUP)
+    process = start([sys.executable, str(script)], env=dict(os.environ), stdout=subprocess.PIPE)
+    grandchild = int(process.stdout.readline())
     stop(process, grace=2)
-    assert process.returncode is not None
+    assert gone(grandchild, within=5), "stop() left a process of the group running"

@@ -6,3 +6,7 @@ Shared by both sides (neither owns them): the wire format (``wire``), the run se
 (``simulation``) and the in-process grid (``inprocess``). ``client/`` and ``server/``
 never import each other, nor this package's composing modules.
 """
+
+from umedpt_fl.flower_env import disable_flower_telemetry
+
+disable_flower_telemetry()  # before any module of the federation imports Flower

@@ -25,11 +25,13 @@ import signal
 import ssl
 import subprocess
 import sys
+import sysconfig
 import threading
 import time
 import urllib.request
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from typing import BinaryIO
 
 _PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
@@ -55,6 +57,9 @@ def interruptible() -> Iterator[None]:
     """Turn SIGTERM and SIGINT into :class:`Interrupted` while the block runs."""
 
     def handler(signum: int, frame: object) -> None:
+        # Once is enough: a second signal must not cut short the cleanup that follows.
+        for other in previous:
+            signal.signal(other, signal.SIG_IGN)
         raise Interrupted(signum)
 
     previous = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGINT)}
@@ -66,10 +71,15 @@ def interruptible() -> Iterator[None]:
 
 
 def flower_tool(name: str) -> str:
-    """The path of Flower's executable ``name``: beside this interpreter, else on PATH."""
-    beside = Path(sys.executable).parent / name
-    if beside.is_file() and os.access(beside, os.X_OK):
-        return str(beside)
+    """The path of Flower's executable ``name``: where this Python installs scripts
+    (a virtualenv's ``bin/``), beside the interpreter, the user scheme, else on PATH."""
+    folders = [sysconfig.get_path("scripts"), str(Path(sys.executable).parent)]
+    with contextlib.suppress(KeyError):  # `pip install --user`
+        folders.append(sysconfig.get_path("scripts", f"{os.name}_user"))
+    for folder in folders:
+        candidate = Path(folder) / name
+        if candidate.is_file() and os.access(candidate, os.X_OK):
+            return str(candidate)
     if found := shutil.which(name):
         return found
     raise FlowerProcessError(
@@ -99,19 +109,22 @@ def start(
     cwd: Path | None = None,
 ) -> subprocess.Popen:
     """Start ``command`` in its own session, tied to our life; output to ``log_file``."""
-    if stdout is None:
-        output = open(log_file, "ab") if log_file else subprocess.DEVNULL  # noqa: SIM115
-    else:
-        output = stdout
-    return subprocess.Popen(
-        list(command),
-        env=env,
-        cwd=cwd,
-        stdout=output,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-        preexec_fn=_die_with(os.getpid()),  # noqa: PLW1509 - no threads start children here
-    )
+    with contextlib.ExitStack() as files:
+        if stdout is not None:
+            output: int | BinaryIO = stdout
+        elif log_file is not None:
+            output = files.enter_context(open(log_file, "ab"))  # the child keeps its copy
+        else:
+            output = subprocess.DEVNULL
+        return subprocess.Popen(
+            list(command),
+            env=env,
+            cwd=cwd,
+            stdout=output,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            preexec_fn=_die_with(os.getpid()),  # noqa: PLW1509 - no threads start children here
+        )
 
 
 def stop(process: subprocess.Popen, *, grace: float = 10.0) -> None:
@@ -161,10 +174,7 @@ def wait_healthy(
         try:
             urllib.request.urlopen(url, timeout=2, context=context)  # noqa: S310 - loopback
             return
-        except ssl.SSLError as exc:
-            last_error = f"; TLS: {exc}"
-            time.sleep(0.3)
-        except OSError as exc:
+        except OSError as exc:  # urllib wraps TLS errors in URLError, an OSError
             last_error = f"; {exc}"
             time.sleep(0.3)
     raise FlowerProcessError(
@@ -241,6 +251,12 @@ def flower_exit_reason(log_text: str) -> str | None:
     if not codes:
         return None
     code = int(codes[-1])
+    if code == 305 and "CERTIFICATE_VERIFY_FAILED" in log_text:
+        return (
+            "the coordinator's certificate was not accepted: it is not signed by the CA given "
+            "with --root-certificates, or it does not name the address in --server "
+            "(Flower exit code 305)"
+        )
     if code in _PLAIN_WORDS:
         return f"{_PLAIN_WORDS[code]} (Flower exit code {code})"
     try:  # Flower 1.42.0 keeps its help texts here

@@ -117,6 +117,11 @@ def simulate_command(
         raise fail(str(exc)) from exc
     except SimulationFailedError as exc:
         raise fail(str(exc), ExitCode.RUN_FAILED) from exc
+    except KeyboardInterrupt:
+        raise fail(
+            f"interrupted; restart with --resume to continue from the last round in {out}",
+            ExitCode.INTERRUPTED,
+        ) from None
     print_summary(report)
     console.print(
         f"report: {out / 'report.json'}, plot: {out / 'metrics.png'}, global weights: "

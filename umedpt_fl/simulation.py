@@ -89,7 +89,7 @@ def simulate(
                 },
                 verbose_logging=verbose,
             )
-    except BaseException as exc:  # Flower re-raises the ServerApp's exception
+    except Exception as exc:  # Flower re-raises the ServerApp's exception
         error = exc
     finally:
         logging.getLogger("flwr").removeFilter(banner_filter)

@@ -9,7 +9,12 @@ from pathlib import Path
 import pytest
 
 from client.supernode import SuperNodeOptions, supernode_command
-from server.coordinator import SuperLinkOptions, superlink_command, write_connection
+from server.coordinator import (
+    SuperLinkOptions,
+    local_address,
+    superlink_command,
+    write_connection,
+)
 from server.report import primary_metrics, site_summary, write_plot, write_report
 from umedpt_fl import wire
 
@@ -19,7 +24,7 @@ def test_superlink_command_with_tls_and_persistent_state(tmp_path) -> None:
         host="0.0.0.0", port=9100, database=tmp_path / "db.sqlite",
         certfile=Path("s.pem"), keyfile=Path("s.key"), ca_certfile=Path("ca.crt"),
     )  # fmt: skip
-    command = superlink_command(options, tmp_path / "superlink.log")
+    command = superlink_command(options)
     assert Path(command[0]).name == "flower-superlink"
 
     def value(flag: str) -> str:
@@ -34,7 +39,7 @@ def test_superlink_command_with_tls_and_persistent_state(tmp_path) -> None:
 def test_superlink_refuses_to_start_without_tls_unless_asked() -> None:
     with pytest.raises(ValueError, match="TLS is not configured"):
         SuperLinkOptions(certfile=Path("s.pem"))
-    insecure = superlink_command(SuperLinkOptions(insecure=True), Path("x.log"))
+    insecure = superlink_command(SuperLinkOptions(insecure=True))
     assert "--insecure" in insecure and "--ssl-certfile" not in insecure
 
 
@@ -89,3 +94,28 @@ def test_plot_has_a_panel_per_site_and_is_skipped_without_rounds(tmp_path) -> No
     assert write_plot(tmp_path, {**report_with_two_rounds(), "rounds": []}) is None
     path = write_plot(tmp_path, report_with_two_rounds())
     assert path is not None and path.stat().st_size > 5000
+
+
+def test_flwr_reaches_our_superlink_by_a_name_its_certificate_has(tmp_path) -> None:
+    from tests.federation.certs import make_ca, make_server_cert
+
+    ca, key = make_ca(tmp_path)
+    cert, cert_key = make_server_cert(tmp_path, ca, key)  # names localhost and 127.0.0.1
+    options = SuperLinkOptions(certfile=cert, keyfile=cert_key, ca_certfile=ca)
+    assert local_address(options) == "127.0.0.1"
+    assert local_address(SuperLinkOptions(host="10.1.2.3", insecure=True)) == "10.1.2.3"
+
+
+def test_a_swap_cut_short_by_a_crash_resumes_from_the_previous_state(tmp_path) -> None:
+    import torch
+
+    from server.state import ServerProgress, has_server_state, load_server_state, save_server_state
+    from umedpt.models.presets import PRESETS
+
+    folder = tmp_path / "server-state"
+    weights = {"encoder.w": torch.ones(2)}
+    save_server_state(folder, weights, PRESETS.get("tiny"), {}, ServerProgress(3, "key", {}))
+    folder.rename(folder.with_name("server-state.old"))  # killed between the two renames
+    assert has_server_state(folder)
+    loaded, _, progress = load_server_state(folder)
+    assert progress.completed_round == 3 and torch.equal(loaded["encoder.w"], weights["encoder.w"])

@@ -142,7 +142,6 @@ def test_a_killed_site_misses_its_round_and_rejoins_from_its_saved_state(
     second, third = report["rounds"][1], report["rounds"][2]
     # Named, whether the SuperLink reported the node gone or the deadline passed first.
     assert [site for site, _ in second["rejected"]] == ["clinic-d"]
-    assert second["seconds"] < 90 + 30  # the deadline held (plus aggregation and checkpoint)
     assert set(second["train_metrics"]) == {"clinic-b"}
     assert third["train_metrics"]["clinic-d"]["restored-round"] == 1.0
     run_key = report["config"]["run-key"]
