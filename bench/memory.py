@@ -286,7 +286,7 @@ def render_markdown(result: dict[str, Any]) -> str:
         "Saved activations = peak bytes of tensors autograd holds for backward (parameters "
         "excluded). Peak = VmHWM, reset after the warm-up step; increase = peak - RSS after "
         "warm-up + malloc_trim (activations, gradients, allocator slack). Children run with a "
-        "fixed glibc mmap threshold. Target for the trainer: 4-task / 1-task <= 1.15x.",
+        "fixed glibc mmap threshold. Target for the trainer: 4-task / 1-task <= 1.10x.",
         "",
     ]
     keys = ["saved_activations_mb", "baseline_rss_mb", "peak_rss_mb", "increase_mb", "ru_maxrss_mb"]

@@ -30,7 +30,9 @@ ServerLr = Annotated[float, typer.Option(help="FedAdam server learning rate (eta
 TrimBeta = Annotated[
     float, typer.Option(help="Trimmed mean: fraction cut at each end, per coordinate.")
 ]
-RoundTimeout = Annotated[float, typer.Option(help="Seconds a round waits for sites.")]
+RoundTimeout = Annotated[
+    float, typer.Option(help="Seconds per round, for training and evaluation together.")
+]
 Preset = Annotated[PresetName, typer.Option(help="Model preset.")]
 Encoder = Annotated[str | None, typer.Option(help="Any timm encoder (overrides the preset's).")]
 Seed = Annotated[int, typer.Option(help="Seed for initial weights and data order.")]
