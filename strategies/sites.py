@@ -71,8 +71,15 @@ def query_sites(
     if not queries:
         return {}
     found: dict[int, SiteInfo] = {}
-    for reply in grid.send_and_receive(queries, timeout=timeout):
-        node = reply.metadata.src_node_id
+    replies = grid.send_and_receive(queries, timeout=timeout)
+    # Grids give messages their ids when they send them; a reply names the query it answers
+    # (its source may be the SuperLink's own node, for a node that is gone).
+    asked = {q.metadata.message_id: q.metadata.dst_node_id for q in queries}
+    asked.pop("", None)
+    answered = set()
+    for reply in replies:
+        node = asked.get(reply.metadata.reply_to_message_id, reply.metadata.src_node_id)
+        answered.add(node)
         if reply.has_error():
             log(WARNING, "site on node %s did not describe itself: %s", node, reply.error.reason)
             continue
@@ -83,4 +90,6 @@ def query_sites(
             found[node] = SiteInfo(node, str(info[wire.SITE_NAME]), blocks, details)
         except (KeyError, TypeError) as exc:
             log(WARNING, "node %s sent a malformed description: %r", node, exc)
+    for node in sorted({q.metadata.dst_node_id for q in queries} - answered):
+        log(WARNING, "node %s did not describe itself within %.0f s", node, timeout)
     return found

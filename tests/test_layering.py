@@ -23,15 +23,25 @@ FORBIDDEN = {
 }
 
 
+# What client and server share must not lean on either side (nor on the server's strategies).
+SHARED = ("umedpt_fl/wire.py", "umedpt_fl/settings.py", "umedpt_fl/processes.py",
+          "umedpt_fl/flower_env.py", "umedpt_fl/__init__.py")  # fmt: skip
+
+
 def imported_modules(file: Path) -> set[str]:
     tree = ast.parse(file.read_text(), filename=str(file))
     found: set[str] = set()
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
             found.update(alias.name for alias in node.names)
-        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            found.add(node.module)
-            found.update(f"{node.module}.{alias.name}" for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:  # relative imports would slip past the rules below
+                found.add(f"<relative import in {file.name}>")
+            elif node.module:
+                found.add(node.module)
+                found.update(f"{node.module}.{alias.name}" for alias in node.names)
+        elif isinstance(node, ast.Call) and getattr(node.func, "attr", "") == "import_module":
+            found.add(f"<import_module in {file.name}>")
     return found
 
 
@@ -48,6 +58,24 @@ def breaks(package: str) -> list[str]:
 @pytest.mark.parametrize("package", sorted(FORBIDDEN))
 def test_package_imports_only_what_its_layer_allows(package: str) -> None:
     assert breaks(package) == []
+
+
+@pytest.mark.parametrize("path", SHARED)
+def test_what_both_sides_share_imports_neither(path: str) -> None:
+    modules = imported_modules(ROOT / path)
+    assert not [m for m in modules if m.split(".")[0] in ("client", "server", "strategies")]
+    assert not [m for m in modules if m.startswith("<")]
+
+
+def test_no_relative_or_dynamic_imports_anywhere() -> None:
+    odd = [
+        f"{file.relative_to(ROOT)}: {m}"
+        for package in FORBIDDEN
+        for file in sorted((ROOT / package).rglob("*.py"))
+        for m in imported_modules(file)
+        if m.startswith("<")
+    ]
+    assert odd == []
 
 
 def test_the_rule_catches_a_break(tmp_path) -> None:
