@@ -69,6 +69,8 @@ def test_flower_exit_codes_are_put_in_plain_words() -> None:
     assert "Flower exit code 305" in flower_exit_reason(text)
     assert "Flower exit code 606" in flower_exit_reason("Exit Code: 606")
     assert flower_exit_reason("all fine") is None
+    wrong_ca = "[SSL: CERTIFICATE_VERIFY_FAILED] certificate verify failed\nExit Code: 305"
+    assert "certificate was not accepted" in flower_exit_reason(wrong_ca)
 
 
 SUPERVISOR = """
