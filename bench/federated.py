@@ -96,9 +96,8 @@ def run_federated(
         val: dict[str, dict[str, float]] = {}
         for metrics in record["eval_metrics"].values():
             for key, value in metrics.items():
-                task, sep, metric = key.partition("/")
-                if sep:
-                    val.setdefault(task, {})[metric] = value
+                if split := wire.split_task_metric(key):
+                    val.setdefault(split[0], {})[split[1]] = value
         history.append({"step": record["round"] * args.local_steps, "val": val})
     train_seconds = sum(
         m.get(wire.TRAIN_SECONDS, 0.0)

@@ -30,12 +30,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from flwr.app import ArrayRecord
 
 from bench.common import bench_parser, finish_run, md_table, scratch_dir, start_run
 from bench.simtools import federate_in_process
 from server.federation import initial_weights
-from strategies import arrays_nbytes
+from strategies import SiteInfo, arrays_nbytes
+from strategies.messages import site_payload
 from umedpt import contract
 from umedpt.config import load_site_config
 from umedpt.data.demo import write_demo_federation
@@ -63,10 +63,9 @@ def preset_rows(preset: str, site_files: Sequence[Path], seed: int) -> dict[str,
         site = load_site_config(file)
         model = UMedPTModel(config, site.tasks, seed=seed)
         full = model.state_dict()
-        groups = (contract.ENCODER, *(f"{contract.BLOCKS}.{b}" for b in sorted(model.blocks)))
-        # exactly GroupedStrategy._messages: global keys whose group the site uses
-        keys = [k for k in global_arrays.keys() if contract.group_of(k) in groups]
-        payload = ArrayRecord({k: global_arrays[k] for k in keys})
+        # the strategy's own selection: global keys whose group the site uses
+        payload = site_payload(global_arrays, SiteInfo(0, site.name, tuple(sorted(model.blocks))))
+        keys = list(payload.keys())
         shared_here = model.shared_state_dict()
         assert set(keys) == set(shared_here), f"{site.name}: payload keys != site's shared keys"
         heads = {k: v for k, v in full.items() if not contract.is_shared(k)}

@@ -42,6 +42,12 @@ def task_metric(task: str, metric: str) -> str:
     return f"{task}/{metric}"
 
 
+def split_task_metric(key: str) -> tuple[str, str] | None:
+    """``("lesions", "accuracy")`` from ``lesions/accuracy``; None for a site-level key."""
+    task, sep, metric = key.partition("/")
+    return (task, metric) if sep else None
+
+
 @dataclass(frozen=True)
 class TaskDescriptor:
     """What a site tells the server about one task: ``name:type:primary-metric``."""

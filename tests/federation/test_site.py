@@ -74,3 +74,11 @@ def test_undefined_metrics_stay_home() -> None:
     reply = metric_reply(asked, {"xray/auroc": 0.8, "xray/auroc.edema": math.nan}, 12)
     metrics = reply.content[wire.METRICS]
     assert dict(metrics) == {"xray/auroc": 0.8, wire.NUM_EXAMPLES: 12}
+
+
+def test_task_metric_keys_round_trip() -> None:
+    assert wire.split_task_metric(wire.task_metric("lesions", "auroc.edema")) == (
+        "lesions",
+        "auroc.edema",
+    )
+    assert wire.split_task_metric(wire.NUM_EXAMPLES) is None
