@@ -19,8 +19,10 @@ from flwr.app import (
     RecordDict,
 )
 
+from strategies import build_strategy
 from umedpt_fl import wire
 from umedpt_fl.inprocess import ClientAppGrid, InProcessGrid
+from umedpt_fl.settings import RunSettings
 
 __all__ = ["ClientAppGrid", "ScriptedGrid"]
 
@@ -59,3 +61,26 @@ class ScriptedGrid(InProcessGrid):
             else:
                 content[wire.SHARED_ARRAYS] = ArrayRecord(arrays)
         return Message(content, reply_to=message)
+
+
+# A small federation the strategy tests share: three sites, two of them on one block.
+GLOBAL = {
+    "encoder.w": np.zeros((2, 3), np.float32),
+    "blocks.segmentation.w": np.zeros(4, np.float32),
+    "blocks.detection.w": np.ones(4, np.float32),
+}
+SITES = {
+    11: ("a", ("segmentation",), 10),
+    22: ("b", ("segmentation",), 30),
+    33: ("c", ("detection", "segmentation"), 60),
+}
+
+
+def initial() -> ArrayRecord:
+    """Fresh global arrays of :data:`GLOBAL`."""
+    return ArrayRecord({k: Array(v.copy()) for k, v in GLOBAL.items()})
+
+
+def make(name: str = "fedavg", **settings):
+    """A strategy as the server builds it, from RunSettings fields."""
+    return build_strategy(RunSettings(strategy=name, **settings), query_timeout=5)

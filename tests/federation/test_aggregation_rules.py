@@ -7,30 +7,11 @@ import pytest
 from flwr.app import Array, ArrayRecord, MetricRecord, RecordDict
 from flwr.serverapp.strategy.strategy_utils import aggregate_arrayrecords
 
-from strategies import build_strategy, weighted_mean
+from strategies import weighted_mean
 from strategies.aggregation import reduce_by_group
-from tests.federation.fakes import ScriptedGrid
-from umedpt_fl.settings import RunSettings
+from tests.federation.fakes import GLOBAL, SITES, ScriptedGrid, initial, make
 
-GLOBAL = {
-    "encoder.w": np.zeros((2, 3), np.float32),
-    "blocks.segmentation.w": np.zeros(4, np.float32),
-    "blocks.detection.w": np.ones(4, np.float32),
-}
-SITES = {
-    11: ("a", ("segmentation",), 10),
-    22: ("b", ("segmentation",), 30),
-    33: ("c", ("detection", "segmentation"), 60),
-}
 FIVE_SITES = {n: (f"s{n}", ("segmentation",), 10) for n in (1, 2, 3, 4, 5)}
-
-
-def make(name: str, **settings):
-    return build_strategy(RunSettings(strategy=name, **settings), query_timeout=5)
-
-
-def initial() -> ArrayRecord:
-    return ArrayRecord({k: Array(v.copy()) for k, v in GLOBAL.items()})
 
 
 def one_round(name: str, sites, value=None, **settings):

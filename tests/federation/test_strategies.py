@@ -6,30 +6,9 @@ import numpy as np
 import pytest
 from flwr.app import Array, ArrayRecord, MetricRecord, RecordDict
 
-from strategies import RoundFailedError, build_strategy, merged_metrics
-from tests.federation.fakes import ScriptedGrid
+from strategies import RoundFailedError, merged_metrics
+from tests.federation.fakes import GLOBAL, SITES, ScriptedGrid, initial, make
 from umedpt_fl import wire
-from umedpt_fl.settings import RunSettings
-
-GLOBAL = {
-    "encoder.w": np.zeros((2, 3), np.float32),
-    "blocks.segmentation.w": np.zeros(4, np.float32),
-    "blocks.detection.w": np.ones(4, np.float32),
-}
-SITES = {
-    11: ("a", ("segmentation",), 10),
-    22: ("b", ("segmentation",), 30),
-    33: ("c", ("detection", "segmentation"), 60),
-}
-
-
-def initial() -> ArrayRecord:
-    return ArrayRecord({k: Array(v.copy()) for k, v in GLOBAL.items()})
-
-
-def make(name: str = "fedavg", **settings):
-    """A strategy as the server builds it, from RunSettings fields."""
-    return build_strategy(RunSettings(strategy=name, **settings), query_timeout=5)
 
 
 def run(strategy_name: str = "fedavg", rounds: int = 1, min_sites: int = 1):
