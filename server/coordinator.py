@@ -22,7 +22,7 @@ from cryptography import x509
 
 from server.flower_app import write_app_dir
 from server.lock import COORDINATOR_LOCK, folder_lock
-from server.state import PROGRESS, SERVER_STATE, RunExistsError
+from server.state import SERVER_STATE, RunExistsError, read_progress
 from umedpt_fl.flower_env import flower_env
 from umedpt_fl.processes import (
     FlowerProcessError,
@@ -163,11 +163,11 @@ class RunInterruptedError(RuntimeError):
 
 def completed_round(out: Path) -> int:
     """The last round whose checkpoint is in ``out`` (0 if none)."""
-    progress = out / SERVER_STATE / PROGRESS
     try:
-        return int(json.loads(progress.read_text())["completed_round"])
-    except (OSError, ValueError, KeyError):
+        progress = read_progress(out / SERVER_STATE)
+    except (OSError, ValueError, TypeError):
         return 0
+    return progress.completed_round if progress else 0
 
 
 def check_port_free(port: int) -> None:

@@ -18,7 +18,7 @@ import torch
 from safetensors.numpy import load_file as load_numpy
 from safetensors.numpy import save as numpy_bytes
 
-from umedpt.checkpoint import load_state, read_header, save_weights
+from umedpt.checkpoint import committed_folder, load_state, read_header, save_weights
 from umedpt.models.presets import ModelConfig
 
 SERVER_STATE = "server-state"  # <out>/server-state/: the checkpoint after every round
@@ -66,23 +66,28 @@ def save_server_state(
     )
 
 
+def read_progress(folder: Path) -> ServerProgress | None:
+    """The run's progress in ``folder`` (a checkpoint, see ``committed_folder``), or None."""
+    found = committed_folder(folder)
+    if found is None or not (found / PROGRESS).is_file():
+        return None
+    return ServerProgress(**json.loads((found / PROGRESS).read_text()))
+
+
 def has_server_state(folder: Path) -> bool:
-    """Whether ``folder`` (or the copy a swap interrupted by a crash left) holds a run."""
-    return (folder / PROGRESS).is_file() or (
-        folder.with_name(folder.name + ".old") / PROGRESS
-    ).is_file()
+    """Whether ``folder`` holds a run to resume."""
+    return read_progress(folder) is not None
 
 
 def load_server_state(
     folder: Path,
 ) -> tuple[dict[str, torch.Tensor], dict[str, np.ndarray], ServerProgress]:
-    if not (folder / PROGRESS).is_file():
-        previous = folder.with_name(folder.name + ".old")  # killed mid-swap: the last good one
-        if not (previous / PROGRESS).is_file():
-            raise FileNotFoundError(f"{folder}: no server checkpoint to resume from")
-        folder = previous
+    progress = read_progress(folder)
+    found = committed_folder(folder)
+    if progress is None or found is None:
+        raise FileNotFoundError(f"{folder}: no server checkpoint to resume from")
+    folder = found
     read_header(folder)  # a clear error for a folder of another format or version
-    progress = ServerProgress(**json.loads((folder / PROGRESS).read_text()))
     strategy_file = folder / STRATEGY
     strategy_state = load_numpy(str(strategy_file)) if strategy_file.is_file() else {}
     return load_state(folder), strategy_state, progress

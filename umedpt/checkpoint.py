@@ -132,6 +132,19 @@ def replace_folder(new: Path, target: Path) -> None:
         shutil.rmtree(old)
 
 
+def committed_folder(folder: str | Path) -> Path | None:
+    """The checkpoint ``folder`` stands for, or None when there is none.
+
+    ``replace_folder`` moves the old copy aside before it moves the new one in; a crash
+    between the two leaves only ``<folder>.old``, which is then the last good copy.
+    """
+    folder = Path(folder)
+    if folder.is_dir():
+        return folder
+    previous = folder.with_name(folder.name + ".old")
+    return previous if previous.is_dir() else None
+
+
 def read_header(folder: str | Path) -> dict[str, Any]:
     """The checkpoint's ``checkpoint.json``; a clear error when the folder is not one."""
     path = Path(folder) / META_FILE
