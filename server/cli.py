@@ -11,19 +11,25 @@ from rich.table import Table
 
 from umedpt.cli import BAD_INPUT_ERRORS, ExitCode, console, fail, setup_logging
 from umedpt_fl.options import (
+    ClientDpClip,
+    ClientDpNoise,
     Encoder,
     EvalEvery,
     LocalSteps,
     Lr,
+    MaxSiteShare,
     Preset,
     ProximalMu,
     Resume,
     Rounds,
     RoundTimeout,
+    SecureAggregation,
     Seed,
     ServerLr,
     Strategy,
     TrimBeta,
+    UpdateNormBound,
+    UpdateNormRatio,
     Verbose,
     WeightingOption,
     settings_from,
@@ -80,6 +86,15 @@ def server_command(
     proximal_mu: ProximalMu = 0.01,
     server_lr: ServerLr = 0.01,
     trim_beta: TrimBeta = 0.2,
+    max_site_share: MaxSiteShare = 1.0,
+    update_norm_bound: UpdateNormBound = 0.0,
+    update_norm_ratio: UpdateNormRatio = 0.0,
+    client_dp_noise: ClientDpNoise = 0.0,
+    client_dp_clip: ClientDpClip = 0.0,
+    secure_aggregation: SecureAggregation = False,
+    wait_for_sites: Annotated[
+        int, typer.Option(help="Sites connected before each round starts (default: --min-sites).")
+    ] = 0,
     round_timeout: RoundTimeout = 1800.0,
     node_wait_timeout: Annotated[
         float, typer.Option(help="Seconds to wait for --min-sites sites.")
@@ -111,7 +126,11 @@ def server_command(
         settings = settings_from(
             num_server_rounds=rounds, local_steps=local_steps, eval_every=eval_every,
             strategy=strategy, weighting=weighting, proximal_mu=proximal_mu, server_lr=server_lr,
-            trim_beta=trim_beta, min_sites=min_sites, round_timeout=round_timeout,
+            trim_beta=trim_beta, max_site_share=max_site_share,
+            update_norm_bound=update_norm_bound, update_norm_ratio=update_norm_ratio,
+            client_dp_noise=client_dp_noise, client_dp_clip=client_dp_clip,
+            secure_aggregation=secure_aggregation, min_sites=min_sites,
+            wait_for_sites=wait_for_sites, round_timeout=round_timeout,
             node_wait_timeout=node_wait_timeout, preset=preset, encoder=encoder, seed=seed, lr=lr,
             out_dir=str(out.resolve()), resume=resume,
         )  # fmt: skip

@@ -75,7 +75,7 @@ def build_strategy(settings: RunSettings, *, query_timeout: float) -> GroupedStr
         fraction_evaluate=1.0,
         min_train_nodes=settings.min_sites,
         min_evaluate_nodes=settings.min_sites,
-        min_available_nodes=settings.min_sites,
+        min_available_nodes=settings.sites_to_wait_for,
         weighted_by_key=WEIGHT_KEYS[Weighting(settings.weighting)],
         arrayrecord_key=wire.SHARED_ARRAYS,
         configrecord_key=wire.CONFIG,

@@ -33,6 +33,28 @@ TrimBeta = Annotated[
 RoundTimeout = Annotated[
     float, typer.Option(help="Seconds per round, for training and evaluation together.")
 ]
+MaxSiteShare = Annotated[
+    float, typer.Option(help="Most weight one site may have in an aggregate (0-1].")
+]
+UpdateNormBound = Annotated[
+    float, typer.Option(help="Reject a site's group update whose change norm is above (0: off).")
+]
+UpdateNormRatio = Annotated[
+    float,
+    typer.Option(help="Reject a group update above this multiple of the round's median (0: off)."),
+]
+ClientDpNoise = Annotated[
+    float, typer.Option(help="Client-level DP: noise multiplier at the server (0: off).")
+]
+ClientDpClip = Annotated[
+    float, typer.Option(help="Client-level DP: clipping norm of each site's change, per group.")
+]
+SecureAggregation = Annotated[
+    bool,
+    typer.Option(
+        "--secure-aggregation", help="Masked updates: the server sees only sums, per group."
+    ),
+]
 Preset = Annotated[PresetName, typer.Option(help="Model preset.")]
 Encoder = Annotated[str | None, typer.Option(help="Any timm encoder (overrides the preset's).")]
 Seed = Annotated[int, typer.Option(help="Seed for initial weights and data order.")]

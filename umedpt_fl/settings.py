@@ -46,6 +46,7 @@ class RunSettings:
     server_lr: float = 0.01  # FedAdam only (eta)
     trim_beta: float = 0.2  # trimmed mean only: fraction cut at each end per coordinate
     min_sites: int = 1  # fewest usable replies for a round to count
+    wait_for_sites: int = 0  # sites connected before a round starts; 0 = min-sites
     round_timeout: float = 600.0  # seconds a round waits for replies
     node_wait_timeout: float = 300.0  # seconds to wait for min-sites to connect
     preset: str = "tiny"
@@ -57,12 +58,48 @@ class RunSettings:
     site_configs: str = ""  # simulation: comma-separated site TOML paths, one per node
     state_root: str = ""  # "" = each site's own state_dir; else <state-root>/<site>
     run_key: str = ""  # set by the server: names the sites' state of this run
+    # -- hostile or broken updates (strategies.defences) --------------------------------
+    max_site_share: float = 1.0  # most weight one site may have in an aggregate, (0, 1]
+    update_norm_bound: float = 0.0  # reject a group update whose change norm is above; 0 = off
+    update_norm_ratio: float = 0.0  # ... above this multiple of the round's median; 0 = off
+    # -- client-level (central) differential privacy, per group at the server -----------
+    client_dp_noise: float = 0.0  # Gaussian noise multiplier; 0 = off
+    client_dp_clip: float = 0.0  # clipping norm of each site's change, per group
+    client_dp_delta: float = 1e-5  # delta the central accountant reports epsilon at
+    # -- secure aggregation per group ---------------------------------------------------
+    secure_aggregation: bool = False
+    secagg_reconstruction_threshold: float = 0.66  # share of a group's sites to unmask
+    secagg_clipping_range: float = 8.0  # values are clipped to +-this before quantisation
+    secagg_quantization_range: int = 4194304  # quantisation levels over the clipping range
 
     def __post_init__(self) -> None:
         positive = ("num_server_rounds", "local_steps", "eval_every", "min_sites")
         for name in positive:
             if getattr(self, name) < 1:
                 raise ConfigError(SOURCE, _key(name), f"must be >= 1, got {getattr(self, name)}")
+        if self.wait_for_sites < 0:
+            raise ConfigError(SOURCE, "wait-for-sites", "must be >= 0 (0 = min-sites)")
+        if not 0 < self.max_site_share <= 1:
+            raise ConfigError(
+                SOURCE, "max-site-share", f"must be in (0, 1], got {self.max_site_share}"
+            )
+        for name in ("update_norm_bound", "update_norm_ratio", "client_dp_noise", "client_dp_clip"):
+            if getattr(self, name) < 0:
+                raise ConfigError(SOURCE, _key(name), "must be >= 0 (0 = off)")
+        if self.client_dp_noise > 0 and self.client_dp_clip <= 0:
+            raise ConfigError(
+                SOURCE,
+                "client-dp-clip",
+                "client-level DP (client-dp-noise > 0) needs a clipping norm",
+            )
+        if not 0 < self.client_dp_delta < 1:
+            raise ConfigError(SOURCE, "client-dp-delta", "must be in (0, 1)")
+        if not 0 < self.secagg_reconstruction_threshold <= 1:
+            raise ConfigError(SOURCE, "secagg-reconstruction-threshold", "must be in (0, 1]")
+        if self.secagg_clipping_range <= 0 or self.secagg_quantization_range < 2:
+            raise ConfigError(
+                SOURCE, "secagg-clipping-range/secagg-quantization-range", "must be positive"
+            )
         for name in ("round_timeout", "node_wait_timeout"):
             if getattr(self, name) <= 0:
                 raise ConfigError(SOURCE, _key(name), "must be positive")
@@ -96,6 +133,11 @@ class RunSettings:
 
     def to_json(self) -> str:
         return json.dumps(self.to_run_config())
+
+    @property
+    def sites_to_wait_for(self) -> int:
+        """How many sites must be connected before a round starts."""
+        return max(self.min_sites, self.wait_for_sites)
 
     def site_config_list(self) -> list[str]:
         return [p for p in self.site_configs.split(",") if p]

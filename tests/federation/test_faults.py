@@ -120,8 +120,9 @@ def test_a_killed_site_misses_its_round_and_rejoins_from_its_saved_state(
 ) -> None:
     port, out = free_port(), tmp_path / "fed"
     coordinator = server(
-        out, port, "--min-sites", "1", "--round-timeout", "90", "--insecure",
-        "--rounds", "3", "--local-steps", "1", "--eval-every", "3", log=tmp_path / "server.log",
+        out, port, "--min-sites", "1", "--wait-for-sites", "2", "--round-timeout", "90",
+        "--insecure", "--rounds", "3", "--local-steps", "1", "--eval-every", "3",
+        log=tmp_path / "server.log",
     )  # fmt: skip
     steady = client(demo_sites[1], port, "--insecure", log=tmp_path / "steady.log")
     doomed = client(demo_sites[3], port, "--insecure", log=tmp_path / "doomed.log")
@@ -143,6 +144,7 @@ def test_a_killed_site_misses_its_round_and_rejoins_from_its_saved_state(
     # Named, whether the SuperLink reported the node gone or the deadline passed first.
     assert [site for site, _ in second["rejected"]] == ["clinic-d"]
     assert set(second["train_metrics"]) == {"clinic-b"}
+    assert "clinic-d" in third["train_metrics"], f"{third}\n{logs(commands)}"
     assert third["train_metrics"]["clinic-d"]["restored-round"] == 1.0
     run_key = report["config"]["run-key"]
     site_log = (demo_sites[3].parent / "state" / "clinic-d" / "supernode.log").read_text()
