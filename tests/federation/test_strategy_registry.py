@@ -72,6 +72,20 @@ def test_common_settings_reach_every_rule() -> None:
     assert examples.weighted_by_key == wire.NUM_EXAMPLES
 
 
+def test_rounds_can_wait_for_more_sites_than_they_need_replies_from() -> None:
+    waiting = build_strategy(RunSettings(min_sites=1, wait_for_sites=3), query_timeout=1)
+    assert (waiting.min_replies, waiting.min_available_nodes) == (1, 3)
+    # never fewer than min-sites: a round cannot count with sites it did not wait for
+    assert (
+        build_strategy(
+            RunSettings(min_sites=2, wait_for_sites=1), query_timeout=1
+        ).min_available_nodes
+        == 2
+    )
+    with pytest.raises(ConfigError, match="wait-for-sites"):
+        RunSettings(wait_for_sites=-1)
+
+
 def test_a_new_rule_is_a_few_lines(monkeypatch) -> None:
     monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))
 
