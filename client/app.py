@@ -13,10 +13,20 @@ from collections.abc import Mapping
 from typing import Any
 
 import torch
-from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import (
+    ArrayRecord,
+    ConfigRecord,
+    Context,
+    Error,
+    Message,
+    MetricRecord,
+    RecordDict,
+)
 from flwr.clientapp import ClientApp
+from flwr.common.constant import ErrorCode
 
-from client.site import SiteError, SiteRunner, describe_site
+from client import secagg
+from client.site import PrivacyBudgetSpent, SiteError, SiteRunner, describe_site
 from umedpt.config import SiteConfig, load_site_config
 from umedpt_fl import wire
 from umedpt_fl.processes import follow_supervisor
@@ -78,6 +88,13 @@ def metric_reply(
     return Message(content, reply_to=message)
 
 
+def error_reply(message: Message, reason: str) -> Message:
+    """A reply that carries no content, only why the site did not do what it was asked."""
+    return Message(
+        Error(code=ErrorCode.CLIENT_APP_RAISED_EXCEPTION, reason=reason), reply_to=message
+    )
+
+
 @app.query()
 def describe(message: Message, context: Context) -> Message:
     """Tell the server the site's name and which shared blocks it trains."""
@@ -90,11 +107,15 @@ def describe(message: Message, context: Context) -> Message:
 def train(message: Message, context: Context) -> Message:
     config = message.content[wire.CONFIG]
     runner = site_runner(context, message)
-    outcome = runner.train_round(
-        shared_from(message),
-        int(config[wire.SERVER_ROUND]),
-        proximal_mu=float(config.get(wire.PROXIMAL_MU, 0.0)),
-    )
+    try:
+        outcome = runner.train_round(
+            shared_from(message),
+            int(config[wire.SERVER_ROUND]),
+            proximal_mu=float(config.get(wire.PROXIMAL_MU, 0.0)),
+        )
+    except PrivacyBudgetSpent as exc:
+        # An error reply, not a crash: the server rejects it naming the site and the reason.
+        return error_reply(message, str(exc))
     # Exactly the keys received, in the same order: heads never leave the site.
     arrays = ArrayRecord({k: outcome.shared[k] for k in message.content[wire.SHARED_ARRAYS].keys()})
     return metric_reply(message, outcome.metrics, outcome.num_examples, arrays)
@@ -106,3 +127,8 @@ def evaluate(message: Message, context: Context) -> Message:
     runner = site_runner(context, message)
     metrics, count = runner.evaluate_round(shared_from(message), int(config[wire.SERVER_ROUND]))
     return metric_reply(message, metrics, count)
+
+
+# -- secure aggregation (client/secagg.py): its four stages as named message types; the
+# masked stage runs `train` above and masks its reply.
+secagg.register(app, train)

@@ -20,6 +20,20 @@ def client_command(
         Path | None, typer.Option(help="The coordinator's CA certificate.")
     ] = None,
     port: Annotated[int, typer.Option(help="Local ClientAppIo port, unique per host.")] = 9094,
+    auth_key: Annotated[
+        Path | None,
+        typer.Option(
+            help="This site's private key (SITE.key from `umedpt-fl certs site`), when the "
+            "coordinator accepts registered sites only."
+        ),
+    ] = None,
+    trusted_entities: Annotated[
+        Path | None,
+        typer.Option(
+            help="Flower's YAML of trusted app publishers: run only apps signed by them "
+            "(Flower Hub signatures; see docs/deployment-security.md)."
+        ),
+    ] = None,
     skip_check: Annotated[bool, typer.Option(help="Do not read the data before joining.")] = False,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
@@ -39,7 +53,8 @@ def client_command(
                 console.print(f"task {task.name}: {counts}")
         options = SuperNodeOptions(
             server=server, site_config=config.file, insecure=insecure,
-            root_certificates=root_certificates, port=port,
+            root_certificates=root_certificates, port=port, auth_key=auth_key,
+            trusted_entities=trusted_entities,
         )  # fmt: skip
     except BAD_INPUT_ERRORS as exc:
         raise fail(str(exc)) from exc

@@ -1,5 +1,10 @@
 """One site's part of a federated round, without Flower: load, train, save, report.
 
+With a ``[privacy]`` table in the site file, training is DP-SGD (:mod:`umedpt.privacy`):
+every round's spend is appended to ``<state_dir>/runs/<run-key>/privacy-ledger.json``,
+each training reply carries the epsilon spent so far, and a round that would take the
+site past its target epsilon is refused before any training (:class:`PrivacyBudgetSpent`).
+
 The site keeps its heads, optimizer and data-order state on its own disk, one folder
 per completed round under ``<state_dir>/runs/<run-key>/``: a SuperNode restart (which
 loses Flower's in-memory ``context.state``) resumes where the site was, and a round
@@ -27,8 +32,9 @@ from umedpt.device import resolve_device
 from umedpt.model import UMedPTModel
 from umedpt.models.presets import model_config
 from umedpt.pretrain import load_runs
+from umedpt.privacy import LEDGER_FILE, BudgetExhaustedError, PrivacyBudget, PrivacyLedger
 from umedpt.tasks import get_task_type
-from umedpt.training.trainer import MultiTaskTrainer, TaskRun, TrainConfig
+from umedpt.training.trainer import MultiTaskTrainer, TaskRun, TrainConfig, sample_rate
 from umedpt_fl import wire
 from umedpt_fl.settings import RunSettings
 
@@ -38,6 +44,10 @@ KEEP_ROUNDS = 2
 
 class SiteError(RuntimeError):
     """A site cannot take part as asked; the message names the site."""
+
+
+class PrivacyBudgetSpent(SiteError):
+    """Training this round would take the site past its target epsilon: it does not train."""
 
 
 @dataclass
@@ -63,7 +73,8 @@ def site_state_dir(site: SiteConfig, settings: RunSettings) -> Path:
 
 
 def describe_site(site: SiteConfig) -> dict[str, str]:
-    """What the server is told about a site: its name, shared blocks and tasks.
+    """What the server is told about a site: its name, shared blocks, tasks and the most
+    examples one local step trains on (the server caps the site's claimed counts with it).
 
     Read from the site file alone: answering the server's query loads no data and builds
     no model.
@@ -71,6 +82,7 @@ def describe_site(site: SiteConfig) -> dict[str, str]:
     types = {t.name: get_task_type(t.type) for t in site.tasks}
     return {
         wire.SITE_NAME: site.name,
+        wire.EXAMPLES_PER_STEP: str(sum(t.batch_size for t in site.tasks)),
         wire.BLOCKS_USED: ",".join(sorted({t.block for t in types.values()})),
         wire.TASKS: wire.encode_tasks(
             wire.TaskDescriptor(name, t.name, t.primary_metric) for name, t in types.items()
@@ -88,10 +100,20 @@ class SiteRunner:
         self.runs = list(_cached_runs(str(site.file), site.file.stat().st_mtime))
         self.model_config = model_config(settings.preset, settings.encoder or None)
         self.model = UMedPTModel(self.model_config, site.tasks, seed=settings.seed)
+        self.budget: PrivacyBudget | None = None
+        if site.privacy is not None:
+            # In the run's folder: a restarted site and a rerun of the run key continue it.
+            self.budget = PrivacyBudget(
+                site.privacy,
+                PrivacyLedger.load(self.state_dir / LEDGER_FILE),
+                {r.name: sample_rate(r) for r in self.runs},
+                planned_steps=settings.num_server_rounds * settings.local_steps,
+            )
         self.trainer = MultiTaskTrainer(
             self.model,
             self.runs,
             TrainConfig(lr=settings.lr or None, seed=settings.seed, device=resolve_device()),
+            privacy=self.budget.dpsgd() if self.budget is not None else None,
         )
 
     @property
@@ -166,6 +188,11 @@ class SiteRunner:
     def train_round(
         self, shared: Mapping[str, torch.Tensor], server_round: int, *, proximal_mu: float = 0.0
     ) -> RoundOutcome:
+        if self.budget is not None:
+            try:  # before anything else: a site over its budget does not train
+                self.budget.check(self.settings.local_steps)
+            except BudgetExhaustedError as exc:
+                raise PrivacyBudgetSpent(f"site '{self.site.name}': {exc}") from exc
         restored = self.restore(server_round)
         keys = self.load_shared(shared)
         regularizer = None
@@ -179,18 +206,28 @@ class SiteRunner:
         tic = time.perf_counter()
         report = self.trainer.train_steps(self.settings.local_steps, shared_regularizer=regularizer)
         seconds = time.perf_counter() - tic
-        self._save(server_round)
-        state = self.model.state_dict()
         metrics: dict[str, float] = {
             wire.TRAIN_SECONDS: seconds,
             wire.RESTORED_ROUND: float(restored),
             wire.UNIT_WEIGHT: 1.0,
         }
-        for task, loss in report.losses.items():
-            metrics[wire.task_metric(task, wire.TRAIN_LOSS)] = loss
-        return RoundOutcome(
-            {k: state[k].detach().cpu() for k in keys}, metrics, report.total_examples
-        )
+        num_examples = report.total_examples
+        if self.budget is not None:
+            # Spent once the update exists; recorded before anything can leave the site.
+            entry = self.budget.record(server_round, report.steps)
+            metrics[wire.DP_EPSILON] = entry.epsilon
+            metrics[wire.DP_DELTA] = entry.delta
+            # Training losses and Poisson batch sizes are not privatised: they stay home.
+            # The expected examples (batch size * steps per task) do not depend on the data.
+            num_examples = sum(
+                round(sample_rate(r) * len(r.data["train"])) * report.steps for r in self.runs
+            )
+        else:
+            for task, loss in report.losses.items():
+                metrics[wire.task_metric(task, wire.TRAIN_LOSS)] = loss
+        self._save(server_round)
+        state = self.model.state_dict()
+        return RoundOutcome({k: state[k].detach().cpu() for k in keys}, metrics, num_examples)
 
     def evaluate_round(
         self, shared: Mapping[str, torch.Tensor], server_round: int

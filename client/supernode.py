@@ -27,6 +27,8 @@ class SuperNodeOptions:
     insecure: bool = False
     root_certificates: Path | None = None
     port: int = 9094  # this SuperNode's local ClientAppIo API; unique per host
+    auth_key: Path | None = None  # this site's private key, when the coordinator asks for one
+    trusted_entities: Path | None = None  # Flower's YAML of publishers whose apps may run
 
     def __post_init__(self) -> None:
         if ":" not in self.server:
@@ -36,6 +38,12 @@ class SuperNodeOptions:
                 "TLS is not configured: pass --root-certificates CA.crt (the coordinator's CA), "
                 "or --insecure for a test on a trusted network"
             )
+        if self.auth_key and self.insecure:
+            raise ValueError("--auth-key needs TLS: pass --root-certificates instead of --insecure")
+        for flag, path in (("--auth-key", self.auth_key),
+                           ("--trusted-entities", self.trusted_entities)):  # fmt: skip
+            if path is not None and not path.is_file():
+                raise ValueError(f"{flag} {path}: no such file")
 
 
 def supernode_command(options: SuperNodeOptions) -> list[str]:
@@ -53,6 +61,10 @@ def supernode_command(options: SuperNodeOptions) -> list[str]:
         command.append("--insecure")
     else:
         command += ["--root-certificates", str(options.root_certificates)]
+    if options.auth_key:
+        command += ["--auth-supernode-private-key", str(options.auth_key.resolve())]
+    if options.trusted_entities:
+        command += ["--trusted-entities", str(options.trusted_entities.resolve())]
     return command
 
 

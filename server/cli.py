@@ -78,6 +78,14 @@ def server_command(
     ssl_certfile: Annotated[Path | None, typer.Option(help="Server TLS certificate.")] = None,
     ssl_keyfile: Annotated[Path | None, typer.Option(help="Server TLS private key.")] = None,
     ssl_ca_certfile: Annotated[Path | None, typer.Option(help="CA certificate.")] = None,
+    no_node_auth: Annotated[
+        bool,
+        typer.Option(
+            "--no-node-auth",
+            help="Accept any SuperNode that trusts our CA (default with TLS: registered "
+            "sites only, see `umedpt-fl sites register`).",
+        ),
+    ] = False,
     rounds: Rounds = 10,
     local_steps: LocalSteps = 50,
     eval_every: EvalEvery = 1,
@@ -106,7 +114,11 @@ def server_command(
     resume: Resume = False,
     verbose: Verbose = False,
 ) -> None:
-    """Start the coordinator (a Flower SuperLink with persistent state) and run the federation."""
+    """Start the coordinator (a Flower SuperLink with persistent state) and run the federation.
+
+    Sites reach the Fleet API on --host/--port (through a gateway that serves nothing
+    else); the SuperLink and its Control API listen on 127.0.0.1 only.
+    """
     from server.coordinator import (
         PortTakenError,
         RunInterruptedError,
@@ -122,6 +134,7 @@ def server_command(
         options = SuperLinkOptions(
             host=host, port=port, database=(out / "superlink.db").resolve(), insecure=insecure,
             certfile=ssl_certfile, keyfile=ssl_keyfile, ca_certfile=ssl_ca_certfile,
+            node_auth=not (insecure or no_node_auth),
         )  # fmt: skip
         settings = settings_from(
             num_server_rounds=rounds, local_steps=local_steps, eval_every=eval_every,
@@ -145,3 +158,69 @@ def server_command(
     except FlowerProcessError as exc:
         raise fail(str(exc), ExitCode.RUN_FAILED) from exc
     print_summary(json.loads((out / "report.json").read_text()))
+
+
+# -- `umedpt-fl sites`: who may join, told to the running coordinator ---------------------
+OutOption = Annotated[
+    Path, typer.Option("--out", help="The running coordinator's output folder (its --out).")
+]
+
+
+def _site_errors():  # the errors of the site commands, imported when a command runs
+    from server.coordinator import NoCoordinatorError, SiteRegistryError
+
+    return (NoCoordinatorError, SiteRegistryError, *BAD_INPUT_ERRORS)
+
+
+def register_site_command(
+    public_key: Annotated[Path, typer.Argument(help="The site's SITE.pub (OpenSSH ECDSA).")],
+    out: OutOption,
+    name: Annotated[
+        str | None, typer.Option(help="Site name (default: the key's comment or file name).")
+    ] = None,
+) -> None:
+    """Allow a site to join: register its public key with the running coordinator."""
+    from server.coordinator import register_site
+
+    try:
+        site, node_id = register_site(out, public_key, name)
+    except _site_errors() as exc:
+        raise fail(str(exc)) from exc
+    console.print(f"registered site {site} (node {node_id}); it can now join with its key")
+
+
+def revoke_site_command(
+    site: Annotated[str, typer.Argument(help="Site name, node ID, or the site's SITE.pub.")],
+    out: OutOption,
+) -> None:
+    """Revoke a site: unregister it; a connected site is cut off at its next call."""
+    from server.coordinator import revoke_site
+
+    try:
+        name, node_id = revoke_site(out, site)
+    except _site_errors() as exc:
+        raise fail(str(exc)) from exc
+    console.print(f"revoked site {name} (node {node_id})")
+
+
+def list_sites_command(out: OutOption) -> None:
+    """List the sites registered with the running coordinator and their status."""
+    from server.coordinator import list_sites
+
+    try:
+        nodes = list_sites(out)
+    except _site_errors() as exc:
+        raise fail(str(exc)) from exc
+    table = Table(title="sites")
+    for column in ("name", "node-id", "status"):
+        table.add_column(column)
+    for node in nodes:
+        table.add_row(node["name"], node["node-id"], node["status"])
+    console.print(table)
+
+
+SITES_COMMANDS = (
+    ("register", register_site_command),
+    ("revoke", revoke_site_command),
+    ("list", list_sites_command),
+)

@@ -3,26 +3,40 @@
 Sites join with `umedpt-fl client` (a SuperNode each). The run is submitted with Flower's
 own `flwr run`, its log is streamed, and its final status is read back with `flwr ls`
 (`flwr run --stream` exits 0 even when a run failed).
+
+The SuperLink serves its Fleet, Control and Runtime APIs on one port, and the Control API
+has no authentication in open-source Flower. So the SuperLink listens on 127.0.0.1 only
+(on a free port, with a throwaway loopback certificate when TLS is on), and the public
+``--host/--port`` is served by :mod:`server.gateway`, which passes the Fleet API alone.
+Our own `flwr run`/`flwr ls`, and `umedpt-fl sites ...`, use the loopback address, which
+is recorded in ``<out>/.coordinator/flwr-home`` for as long as the coordinator runs.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
 import re
 import shutil
+import socket
 import subprocess
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import tomli_w
 from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 
 from server.flower_app import write_app_dir
-from server.lock import COORDINATOR_LOCK, folder_lock
+from server.gateway import GatewayOptions
+from server.lock import COORDINATOR_LOCK, FolderLockedError, folder_lock
 from server.state import SERVER_STATE, RunExistsError, read_progress
+from umedpt_fl.certs import loopback_tls
 from umedpt_fl.flower_env import flower_env
 from umedpt_fl.processes import (
     FlowerProcessError,
@@ -44,6 +58,10 @@ CONNECTION = "umedpt"
 
 @dataclass(frozen=True)
 class SuperLinkOptions:
+    """How a SuperLink is served. Given to :func:`coordinate`, they describe the public
+    side (the gateway's address and certificate); the SuperLink process itself gets the
+    same options moved to loopback (:func:`loopback_options`)."""
+
     host: str = "0.0.0.0"
     port: int = 9093
     database: Path | None = None  # persistent SuperLink state (SQLite)
@@ -51,12 +69,18 @@ class SuperLinkOptions:
     certfile: Path | None = None
     keyfile: Path | None = None
     ca_certfile: Path | None = None
+    node_auth: bool = False  # only registered SuperNodes may connect (needs TLS)
 
     def __post_init__(self) -> None:
         if not self.insecure and not (self.certfile and self.keyfile and self.ca_certfile):
             raise ValueError(
                 "TLS is not configured: pass --ssl-certfile, --ssl-keyfile and --ssl-ca-certfile, "
                 "or --insecure for a test on a trusted network"
+            )
+        if self.insecure and self.node_auth:
+            raise ValueError(
+                "SuperNode authentication needs TLS (Flower refuses it over plain HTTP): "
+                "configure TLS, or pass --no-node-auth with --insecure"
             )
 
 
@@ -72,6 +96,8 @@ def superlink_command(options: SuperLinkOptions) -> list[str]:
     ]
     if options.database:
         command += ["--database", str(options.database)]
+    if options.node_auth:
+        command.append("--enable-supernode-auth")
     if options.insecure:
         command.append("--insecure")
     else:
@@ -178,12 +204,53 @@ def check_port_free(port: int) -> None:
         raise PortTakenError(f"port {port} is already in use (by a process not visible here)")
 
 
+def free_loopback_port() -> int:
+    """A port nothing listens on at 127.0.0.1 now (the SuperLink binds it a moment later)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def loopback_options(options: SuperLinkOptions, work: Path) -> SuperLinkOptions:
+    """The SuperLink's own options: ``options`` moved to 127.0.0.1 on a free port.
+
+    With TLS, the SuperLink gets a throwaway certificate for 127.0.0.1 from a throwaway
+    CA (written into ``work``, key 0600): Flower requires TLS on the SuperLink for
+    SuperNode authentication, and its CLI checks the host name, which the coordinator's
+    public certificate need not cover. The public certificate's key is read by the
+    gateway alone.
+    """
+    internal = dataclasses.replace(options, host="127.0.0.1", port=free_loopback_port())
+    if options.insecure:
+        return internal
+    ca, cert, key = loopback_tls(work / "loopback-tls")
+    return dataclasses.replace(internal, certfile=cert, keyfile=key, ca_certfile=ca)
+
+
+def gateway_options(public: SuperLinkOptions, internal: SuperLinkOptions) -> GatewayOptions:
+    scheme = "http" if internal.insecure else "https"
+    return GatewayOptions(
+        host=public.host,
+        port=public.port,
+        upstream=f"{scheme}://127.0.0.1:{internal.port}",
+        upstream_ca=None if internal.insecure else internal.ca_certfile,
+        certfile=None if public.insecure else public.certfile,
+        keyfile=None if public.insecure else public.keyfile,
+    )
+
+
+def gateway_command(options: GatewayOptions) -> list[str]:
+    return [sys.executable, "-m", "server.gateway", *options.command_args()]
+
+
 def coordinate(settings: RunSettings, options: SuperLinkOptions) -> str:
     """Run the federation to its end; returns Flower's final status.
 
     Holds the output folder's coordinator lock for its lifetime and refuses a port that
     is taken; raises FlowerProcessError when the run fails and RunInterruptedError when
-    stopped. Nothing it started outlives it.
+    stopped. Nothing it started outlives it. ``options`` are the public side: the
+    SuperLink runs on loopback and the gateway serves the Fleet API on
+    ``options.host:options.port``.
     """
     out = Path(settings.out_dir).resolve()
     settings = dataclasses.replace(settings, out_dir=str(out))
@@ -199,46 +266,77 @@ def coordinate(settings: RunSettings, options: SuperLinkOptions) -> str:
         shutil.rmtree(work, ignore_errors=True)
         try:
             with interruptible():
+                work.mkdir(mode=0o700, parents=True)
+                internal = loopback_options(options, work)
                 env = flower_env({**os.environ, "FLWR_HOME": str(work / "flwr-home")})
                 env.update(supervisor_env())
-                write_connection(work / "flwr-home", options)
+                write_connection(work / "flwr-home", internal)
                 app_dir = write_app_dir(work / "app", settings)
-                return _run_on_superlink(options, env, app_dir, out / "superlink.log")
+                with _serving(options, internal, env, out):
+                    return _submit_run(env, app_dir)
         except Interrupted as exc:
             raise RunInterruptedError(out, exc.signum) from None
         finally:
             shutil.rmtree(work, ignore_errors=True)
 
 
-def _run_on_superlink(
-    options: SuperLinkOptions,
-    env: dict[str, str],
-    app_dir: Path,
-    log_file: Path,
-) -> str:
-    superlink = start(superlink_command(options), env=env, log_file=log_file)
+def _health_url(scheme: str, host: str, port: int) -> str:
+    host = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
+    return (
+        f"{scheme}://[{host}]:{port}/health" if ":" in host else f"{scheme}://{host}:{port}/health"
+    )
+
+
+@contextlib.contextmanager
+def _serving(
+    public: SuperLinkOptions, internal: SuperLinkOptions, env: dict[str, str], out: Path
+) -> Iterator[None]:
+    """The SuperLink on loopback and the gateway on the public port, both healthy; both
+    are stopped when the block ends, however it ends."""
+    scheme = "http" if internal.insecure else "https"
+    superlink_log = out / "superlink.log"
+    superlink = start(superlink_command(internal), env=env, log_file=superlink_log)
     try:
-        scheme = "http" if options.insecure else "https"
-        host = "127.0.0.1" if options.host in ("0.0.0.0", "::") else options.host
         wait_healthy(
-            superlink,
-            f"{scheme}://{host}:{options.port}/health",
-            timeout=60,
-            what="SuperLink",
-            log_file=log_file,
-            ca_file=None if options.insecure else options.ca_certfile,
-        )
-        if superlink.pid not in listening_pids(options.port):
-            raise FlowerProcessError(
-                f"something other than our SuperLink (PID {superlink.pid}) answers on port "
-                f"{options.port}; nothing was submitted. SuperLink log:\n{log_tail(log_file)}"
+            superlink, _health_url(scheme, internal.host, internal.port), timeout=60,
+            what="SuperLink", log_file=superlink_log, ca_file=internal.ca_certfile,
+        )  # fmt: skip
+        _check_owner(superlink, internal.port, "SuperLink", superlink_log)
+        gateway = gateway_options(public, internal)
+        gateway_log = out / "gateway.log"
+        proxy = start(gateway_command(gateway), env=env, log_file=gateway_log)
+        try:
+            wait_healthy(
+                proxy, _health_url(scheme, public.host, public.port), timeout=30,
+                what="gateway", log_file=gateway_log,
+                ca_file=None if public.insecure else public.ca_certfile,
+            )  # fmt: skip
+            _check_owner(proxy, public.port, "gateway", gateway_log)
+            auth = "registered sites only" if internal.node_auth else "any site (no node auth)"
+            print(
+                f"SuperLink listening on 127.0.0.1:{internal.port} (Control API, this machine "
+                f"only); Fleet API for sites on {public.host}:{public.port} ({scheme}, "
+                f"{auth}); waiting for sites",
+                flush=True,
             )
-        print(
-            f"SuperLink listening on {options.host}:{options.port}; waiting for sites", flush=True
-        )
-        return _submit_run(env, app_dir)
+            if internal.node_auth:
+                print(
+                    f"register each site with: umedpt-fl sites register SITE.pub --out {out}",
+                    flush=True,
+                )
+            yield
+        finally:
+            stop(proxy, grace=5)
     finally:
         stop(superlink)
+
+
+def _check_owner(process: subprocess.Popen, port: int, what: str, log_file: Path) -> None:
+    if process.pid not in listening_pids(port):
+        raise FlowerProcessError(
+            f"something other than our {what} (PID {process.pid}) answers on port {port}; "
+            f"nothing was submitted. {what} log:\n{log_tail(log_file)}"
+        )
 
 
 def _submit_run(env: dict[str, str], app_dir: Path) -> str:
@@ -268,3 +366,150 @@ def _submit_run(env: dict[str, str], app_dir: Path) -> str:
     if status != "finished:completed":
         raise FlowerProcessError(f"run {run_id} ended as {status}: {details}")
     return status
+
+
+# -- Registering sites with the running coordinator ---------------------------------------
+# Flower's `flwr supernode register/unregister` speak the Control API, which only the
+# coordinator's machine reaches (on the loopback address recorded in its work folder).
+# Flower keeps registrations in the SuperLink's database (<out>/superlink.db), so they
+# survive restarts and --resume; we keep a name for each in SITES_FILE, since Flower's
+# listing shows node IDs only.
+SITES_FILE = "registered-sites.json"
+
+
+class NoCoordinatorError(RuntimeError):
+    """No coordinator runs on the output folder, so there is no Control API to talk to."""
+
+
+class SiteRegistryError(RuntimeError):
+    """Flower refused a registration change; the message says why."""
+
+
+def control_env(out: Path) -> dict[str, str]:
+    """The environment in which `flwr` reaches the coordinator running on ``out``."""
+    out = out.resolve()
+    home = out / WORK_DIR / "flwr-home"
+    hint = f"start `umedpt-fl server --out {out} ...` first, then register or revoke sites"
+    if not out.is_dir():
+        raise NoCoordinatorError(f"{out} does not exist; {hint}")
+    try:
+        with folder_lock(out, COORDINATOR_LOCK, role="umedpt-fl server"):
+            running = False
+    except FolderLockedError:
+        running = True
+    if not running or not (home / "config.toml").is_file():
+        raise NoCoordinatorError(f"no coordinator is running on {out}; {hint}")
+    return flower_env({**os.environ, "FLWR_HOME": str(home)})
+
+
+def _flwr_json(args: list[str], env: dict[str, str]) -> dict:
+    """Run `flwr ARGS --format json`; Flower exits 0 on failure, so read "success"."""
+    result = subprocess.run(
+        [flower_tool("flwr"), *args, "--format", "json"],
+        env=env, capture_output=True, text=True, check=False, timeout=120,
+    )  # fmt: skip
+    try:
+        data = json.loads(result.stdout)
+    except ValueError:
+        tail = (result.stdout + result.stderr).strip()[-800:]
+        raise SiteRegistryError(f"`flwr {args[0]} {args[1]}` failed: {tail}") from None
+    if not data.get("success"):
+        message = str(data.get("error-message", "no reason given"))
+        message = "\n".join(line for line in message.splitlines() if line.strip()
+                            and not line.startswith("Using SuperLink"))  # fmt: skip
+        raise SiteRegistryError(message)
+    return data
+
+
+def read_public_key(path: Path) -> tuple[str, str]:
+    """(``type base64`` of an OpenSSH EC public key, its comment); bad input names the file."""
+    try:
+        text = path.read_text().strip()
+        key = serialization.load_ssh_public_key(text.encode())
+    except (OSError, UnicodeError) as exc:
+        raise ValueError(f"{path}: cannot read the site's public key ({exc})") from exc
+    except ValueError as exc:
+        raise ValueError(
+            f"{path} is not an OpenSSH public key (make one with `umedpt-fl certs site`)"
+        ) from exc
+    if not isinstance(key, ec.EllipticCurvePublicKey):
+        raise ValueError(f"{path}: Flower needs an ECDSA key (`umedpt-fl certs site` makes one)")
+    fields = text.split()
+    return " ".join(fields[:2]), " ".join(fields[2:])
+
+
+def _read_sites(out: Path) -> dict[str, dict]:
+    path = out / SITES_FILE
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def _write_sites(out: Path, sites: dict[str, dict]) -> None:
+    tmp = out / f".{SITES_FILE}.tmp"
+    tmp.write_text(json.dumps(sites, indent=2, sort_keys=True) + "\n")
+    tmp.replace(out / SITES_FILE)
+
+
+def register_site(out: Path, public_key: Path, name: str | None = None) -> tuple[str, int]:
+    """Register a site's public key with the coordinator running on ``out``.
+
+    Returns (site name, Flower node ID). The name defaults to the key file's comment
+    (what `umedpt-fl certs site` writes), else its file name.
+    """
+    out = out.resolve()
+    key, comment = read_public_key(public_key)
+    if not name:
+        name = comment.split()[0] if comment else public_key.stem
+    env = control_env(out)
+    sites = _read_sites(out)
+    if name in sites:
+        raise SiteRegistryError(
+            f"a site named {name!r} is already registered (node {sites[name]['node_id']}); "
+            "revoke it first, or choose another --name"
+        )
+    data = _flwr_json(
+        ["supernode", "register", str(public_key.resolve()), CONNECTION, "--name", name], env
+    )
+    node_id = int(data["node-id"])
+    sites[name] = {"node_id": node_id, "public_key": key}
+    _write_sites(out, sites)
+    return name, node_id
+
+
+def revoke_site(out: Path, site: str) -> tuple[str, int]:
+    """Unregister a site (by name, node ID or public key file); its SuperNode is cut off.
+
+    Returns (site name, node ID). A connected SuperNode is refused at its next call.
+    """
+    out = out.resolve()
+    env = control_env(out)
+    sites = _read_sites(out)
+    if Path(site).is_file():
+        key, _ = read_public_key(Path(site))
+        matches = [n for n, entry in sites.items() if entry["public_key"] == key]
+    elif site.isdigit():
+        matches = [n for n, entry in sites.items() if entry["node_id"] == int(site)]
+    else:
+        matches = [site] if site in sites else []
+    if not matches and not site.isdigit():
+        known = ", ".join(sorted(sites)) or "none"
+        raise SiteRegistryError(f"no registered site matches {site!r} (registered: {known})")
+    name = matches[0] if matches else f"node {site}"
+    node_id = sites[name]["node_id"] if matches else int(site)
+    _flwr_json(["supernode", "unregister", str(node_id), CONNECTION], env)
+    if matches:
+        del sites[name]
+        _write_sites(out, sites)
+    return name, node_id
+
+
+def list_sites(out: Path) -> list[dict[str, str]]:
+    """Flower's node listing of the running coordinator, with our site names added."""
+    out = out.resolve()
+    env = control_env(out)
+    names = {entry["node_id"]: name for name, entry in _read_sites(out).items()}
+    nodes = _flwr_json(["supernode", "list", CONNECTION], env).get("nodes", [])
+    return [
+        {"name": names.get(int(node["node-id"]), "?"), "node-id": str(node["node-id"]),
+         "status": str(node.get("status", "?"))}
+        for node in nodes
+    ]  # fmt: skip

@@ -15,7 +15,7 @@ from flwr.common.logger import log
 from flwr.serverapp import Grid
 
 from server.lock import SERVERAPP_LOCK, folder_lock
-from server.report import primary_metrics, write_plot, write_report
+from server.report import primary_metrics, strategy_sections, write_plot, write_report
 from server.state import (
     GLOBAL_CHECKPOINT,
     SERVER_STATE,
@@ -74,6 +74,7 @@ def _run_federation(grid: Grid, settings: RunSettings) -> dict[str, Any]:
         strategy.load_state_arrays(strategy_state)
         run_key = progress.run_key
         history = progress.rounds
+        strategy.restore_history(history)  # e.g. client-level DP releases so far
         start_round = progress.completed_round + 1
         log(INFO, "resuming run %s after round %d", run_key, progress.completed_round)
     else:
@@ -102,6 +103,7 @@ def _run_federation(grid: Grid, settings: RunSettings) -> dict[str, Any]:
             "sites": sites,
             "global_shared_bytes": model_bytes,
             "rounds": history,
+            **strategy_sections(strategy),
             "seconds": time.time() - started,
         }
 

@@ -25,7 +25,28 @@ def metric_series(report: dict[str, Any], site: str, key: str) -> list[tuple[int
     ]
 
 
+def privacy_summary(report: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """{site: {"epsilon", "delta", "round"}}: each site's latest sample-level DP spend.
+
+    From the rounds' training metrics (``dp-epsilon``/``dp-delta`` of accepted replies);
+    sites without ``[privacy]`` do not appear.
+    """
+    latest: dict[str, dict[str, Any]] = {}
+    for record in report.get("rounds", []):
+        for site, metrics in record.get("train_metrics", {}).items():
+            if wire.DP_EPSILON in metrics:
+                latest[site] = {
+                    "epsilon": float(metrics[wire.DP_EPSILON]),
+                    "delta": float(metrics.get(wire.DP_DELTA, float("nan"))),
+                    "round": record.get("round"),
+                }
+    return latest
+
+
 def write_report(out_dir: Path, report: dict[str, Any]) -> Path:
+    """Write report.json atomically, with a top-level ``privacy`` section where sites use DP."""
+    if privacy := privacy_summary(report):
+        report["privacy"] = privacy  # also in the report the caller returns
     path = out_dir / "report.json"
     tmp = path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(report, indent=1, default=str))
@@ -72,3 +93,17 @@ def site_summary(report: dict[str, Any]) -> dict[str, dict[str, tuple[float | No
                 rows[key] = (series[0][1], series[-1][1]) if series else (None, None)
         summary[site] = rows
     return summary
+
+
+def strategy_sections(strategy: Any) -> dict[str, Any]:
+    """Top-level report sections the strategy keeps: ``name_conflicts`` and ``client_dp``.
+
+    ``name_conflicts``: [{name, nodes, filed_as}] for site names claimed by more than one
+    node (each is filed under ``"<name> (node <id>)"``, see ``strategies.sites``);
+    ``client_dp``: {group: {epsilon, delta, noise_multiplier, clip, rounds, sample_rate}}
+    of client-level DP (empty when it is off). Spread into the report dict.
+    """
+    return {
+        "name_conflicts": strategy.name_conflicts(),
+        "client_dp": strategy.client_dp_summary(),
+    }

@@ -7,6 +7,12 @@ message; :mod:`strategies.sites`), and must send back exactly those keys
 each ``blocks.<b>.*`` over the replies that carry it (:mod:`strategies.aggregation`).
 Heads never travel.
 
+Every reply's weight is decided here (:mod:`strategies.defences`: example counts capped
+at the site's join-time count, ``max-site-share``; equal weighting ignores what a site
+sends), updates with too large a change are rejected on acceptance, and sites are known
+by node id (a name claimed by two nodes is flagged for both). With ``client-dp-noise`` > 0
+each group is reduced by :mod:`strategies.central_dp` instead of ``reduce_group``.
+
 Extension point: ``reduce_group`` (one group's accepted arrays -> one). The default is
 FedAvg's weighted mean; a robust rule overrides only this method
 (:mod:`strategies.fedmedian`). Flower's own strategies are reused, not rewritten:
@@ -21,18 +27,23 @@ from collections.abc import Iterable
 from logging import WARNING
 
 import numpy as np
-from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord
+from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
 from flwr.common.logger import log
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg, Result
 
 from strategies.acceptance import accept_replies
-from strategies.aggregation import reduce_by_group, weighted_mean
+from strategies.aggregation import Reducer, reduce_by_group, weighted_mean
+from strategies.central_dp import CentralDP, ClientDPConfig
+from strategies.defences import UpdatePolicy, WeightLedger, capped_shares
 from strategies.messages import site_message, site_payload
 from strategies.records import RoundRecord, arrays_nbytes
 from strategies.round_loop import EvaluateFn, OnRoundEnd, run_rounds
-from strategies.sites import SiteInfo, choose_nodes, query_sites, wait_for_nodes
+from strategies.secure_aggregation import SecAggConfig, SecureAggregator, check_rule
+from strategies.sites import SiteInfo, admit_sites, choose_nodes, query_sites, wait_for_nodes
+from umedpt.errors import ConfigError
 from umedpt_fl import wire
+from umedpt_fl.settings import SOURCE
 
 
 class GroupedStrategy(FedAvg):
@@ -55,6 +66,9 @@ class GroupedStrategy(FedAvg):
         query_timeout: float,
         min_replies: int,
         eval_every: int = 1,
+        policy: UpdatePolicy | None = None,
+        client_dp: ClientDPConfig | None = None,
+        secure_aggregation: SecAggConfig | None = None,
     ) -> None:
         self.node_wait_timeout = node_wait_timeout
         self.query_timeout = query_timeout
@@ -66,6 +80,27 @@ class GroupedStrategy(FedAvg):
         self._global: ArrayRecord | None = None
         self._sent_to: dict[int, list[str]] = {}
         self._outbox: list[Message] = []  # this phase's messages, to match replies to sites
+        self.policy = policy or UpdatePolicy(equal_weights=self.weighted_by_key == wire.UNIT_WEIGHT)
+        self._train_weights = WeightLedger(self.policy)
+        self._eval_weights = WeightLedger(self.policy)
+        self.conflicts: dict[str, set[int]] = {}  # site name -> the nodes claiming it
+        self.central_dp: CentralDP | None = None
+        if client_dp is not None:
+            if type(self).reduce_group is not GroupedStrategy.reduce_group:
+                raise ConfigError(
+                    SOURCE,
+                    "client-dp-noise",
+                    f"client-level DP clips and averages each site's change with equal "
+                    f"weights; {type(self).__name__} replaces the mean with its own rule "
+                    f"(median, trimmed mean), whose sensitivity that clip does not bound. "
+                    f"Use fedavg, fedprox or fedadam, or set client-dp-noise = 0",
+                )
+            self.central_dp = CentralDP(client_dp, sample_rate=self.fraction_train)
+        # -- secure aggregation (strategies/secure_aggregation.py); None = plain rounds ----
+        self._secagg: SecureAggregator | None = None
+        if secure_aggregation is not None:
+            check_rule(self)
+            self._secagg = SecureAggregator(secure_aggregation, self)
 
     # -- the extension point ------------------------------------------------------------
     def reduce_group(
@@ -108,15 +143,18 @@ class GroupedStrategy(FedAvg):
             return []
         minimum = self.min_train_nodes if train else self.min_evaluate_nodes
         if train:
-            nodes = wait_for_nodes(
+            connected = wait_for_nodes(
                 grid, max(minimum, self.min_available_nodes), timeout=self.node_wait_timeout
             )
-            nodes = choose_nodes(nodes, fraction, minimum)
+            nodes = choose_nodes(connected, fraction, minimum)
             unknown = [n for n in nodes if n not in self.sites]
-            self.sites.update(
+            admit_sites(
+                self.sites,
                 query_sites(
                     grid, unknown, timeout=self.query_timeout, config_key=self.configrecord_key
-                )
+                ),
+                connected=connected,
+                conflicts=self.conflicts,
             )
         else:
             # Evaluation runs inside the round's deadline: no waiting for sites and no
@@ -156,9 +194,47 @@ class GroupedStrategy(FedAvg):
             replying_node=self.replying_node,
             sent_to=self._sent_to,
             reference=self._global if self._global is not None else {},
-            weight_key=self.weighted_by_key,
+            weight_key=None if self.policy.equal_weights else self.weighted_by_key,
             train=train,
+            policy=self.policy,
         )
+
+    def _weights(self, replies: list[Message], *, train: bool) -> list[float]:
+        """The server's weight of each accepted reply (``defences.WeightLedger``)."""
+        ledger = self._train_weights if train else self._eval_weights
+        weights = []
+        for reply in replies:
+            node = self.replying_node(reply)
+            claimed = next(iter(reply.content.metric_records.values())).get(self.weighted_by_key)
+            site = self.sites.get(node)
+            joined = site.example_cap(self.policy.local_steps) if site and train else None
+            claim = float(claimed) if isinstance(claimed, int | float) else None
+            weights.append(ledger.weight(node, claim, joined=joined))
+        return weights
+
+    def _metrics(self, replies: list[Message], weights: list[float], *, train: bool):
+        """Flower's metrics function over the replies, weighted by the server's weights."""
+        total = sum(weights)
+        shares = capped_shares(weights, self.policy.max_site_share)
+        contents = []
+        for reply, share in zip(replies, shares, strict=True):
+            metrics = dict(next(iter(reply.content.metric_records.values())))
+            metrics[self.weighted_by_key] = share * total
+            contents.append(RecordDict({wire.METRICS: MetricRecord(metrics)}))
+        aggregate = self.train_metrics_aggr_fn if train else self.evaluate_metrics_aggr_fn
+        return aggregate(contents, self.weighted_by_key)
+
+    def _reducer(self, server_round: int) -> Reducer:
+        """The round's per-group rule: central DP, or ``reduce_group`` on capped shares."""
+        assert self._global is not None
+        if self.central_dp is not None:
+            return self.central_dp.reducer(self._global, self.round_record(server_round).client_dp)
+        max_share = self.policy.max_site_share
+
+        def reduce(group: str, arrays: list[dict[str, np.ndarray]], weights: list[float]):
+            return self.reduce_group(group, arrays, capped_shares(weights, max_share))
+
+        return reduce
 
     # -- Flower's hooks -----------------------------------------------------------------
     def configure_train(
@@ -166,7 +242,11 @@ class GroupedStrategy(FedAvg):
     ) -> Iterable[Message]:
         self._global = arrays
         self._sent_to = {}
-        return self._messages(server_round, arrays, config, grid, MessageType.TRAIN)
+        messages = self._messages(server_round, arrays, config, grid, MessageType.TRAIN)
+        # -- secure aggregation: key stages now; the train messages carry the shares ------
+        if self._secagg is not None:
+            return self._secagg.configure(server_round, messages, grid)
+        return messages
 
     def configure_evaluate(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
@@ -179,6 +259,9 @@ class GroupedStrategy(FedAvg):
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        # -- secure aggregation: replies are masked; unmask the per-group sums instead ----
+        if self._secagg is not None:
+            return self._secagg.aggregate(server_round, replies)
         accepted = self._accept(server_round, replies, train=True)
         if len(accepted) < self.min_replies:
             log(
@@ -191,17 +274,17 @@ class GroupedStrategy(FedAvg):
             return None, None
         if self._global is None:
             raise RuntimeError("aggregate_train called before configure_train")
+        weights = self._weights(accepted, train=True)
+        record = self.round_record(server_round)
+        for reply, weight in zip(accepted, weights, strict=True):
+            record.weights[self.site_name(self.replying_node(reply))] = weight
         contributions = [
-            (
-                next(iter(r.content.array_records.values())),
-                float(next(iter(r.content.metric_records.values()))[self.weighted_by_key]),
-            )
-            for r in accepted
+            (next(iter(r.content.array_records.values())), w)
+            for r, w in zip(accepted, weights, strict=True)
         ]
-        arrays, updated = reduce_by_group(self._global, contributions, self.reduce_group)
-        self.round_record(server_round).updated_groups.extend(updated)
-        metrics = self.train_metrics_aggr_fn([r.content for r in accepted], self.weighted_by_key)
-        return arrays, metrics
+        arrays, updated = reduce_by_group(self._global, contributions, self._reducer(server_round))
+        record.updated_groups.extend(updated)
+        return arrays, self._metrics(accepted, weights, train=True)
 
     def aggregate_evaluate(
         self, server_round: int, replies: Iterable[Message]
@@ -209,7 +292,28 @@ class GroupedStrategy(FedAvg):
         accepted = self._accept(server_round, replies, train=False)
         if not accepted:
             return None
-        return self.evaluate_metrics_aggr_fn([r.content for r in accepted], self.weighted_by_key)
+        return self._metrics(accepted, self._weights(accepted, train=False), train=False)
+
+    # -- for the report -----------------------------------------------------------------
+    def name_conflicts(self) -> list[dict[str, object]]:
+        """Names claimed by more than one node: [{name, nodes, filed_as}], for the report."""
+        return [
+            {
+                "name": name,
+                "nodes": sorted(nodes),
+                "filed_as": [self.site_name(n) for n in sorted(nodes)],
+            }
+            for name, nodes in sorted(self.conflicts.items())
+        ]
+
+    def restore_history(self, rounds: list[dict[str, object]]) -> None:
+        """On resume: replay the earlier rounds' records (client-level DP releases so far)."""
+        if self.central_dp is not None:
+            self.central_dp.replay(rounds)
+
+    def client_dp_summary(self) -> dict[str, dict[str, float]]:
+        """{group: {epsilon, delta, noise_multiplier, clip, rounds, ...}}; empty when off."""
+        return self.central_dp.summary() if self.central_dp is not None else {}
 
     # -- server-optimizer state, for checkpoints ----------------------------------------
     def state_arrays(self) -> dict[str, np.ndarray]:

@@ -156,7 +156,3 @@ class WeightLedger:
             return 0.0
         cap = self.caps.setdefault(node, joined if joined else claimed)
         return min(float(claimed), cap)
-
-    def reset(self, node: int) -> None:
-        """Forget a node's cap (unused: caps last for the run, even across a site restart)."""
-        self.caps.pop(node, None)

@@ -21,6 +21,12 @@ class RoundRecord:
     eval_metrics: dict[str, dict[str, float]] = field(default_factory=dict)
     rejected: list[tuple[str, str]] = field(default_factory=list)  # (site, reason)
     updated_groups: list[str] = field(default_factory=list)
+    # strategies.defences: each candidate's change norm per group, and the weight the
+    # server gave each accepted training reply (before max-site-share)
+    update_norms: dict[str, dict[str, float]] = field(default_factory=dict)
+    weights: dict[str, float] = field(default_factory=dict)
+    # strategies.central_dp: per group noised this round, {sites, noise_std, epsilon, ...}
+    client_dp: dict[str, dict[str, float]] = field(default_factory=dict)
 
 
 class RoundFailedError(RuntimeError):

@@ -12,7 +12,10 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from strategies.base import GroupedStrategy
+from strategies.central_dp import ClientDPConfig
+from strategies.defences import UpdatePolicy
 from strategies.metrics import merged_metrics
+from strategies.secure_aggregation import SecAggConfig
 from umedpt.errors import ConfigError
 from umedpt_fl import wire
 from umedpt_fl.settings import SOURCE, RunSettings, Weighting
@@ -91,5 +94,19 @@ def build_strategy(settings: RunSettings, *, query_timeout: float) -> GroupedStr
         query_timeout=query_timeout,
         min_replies=settings.min_sites,
         eval_every=settings.eval_every,
+        policy=UpdatePolicy.from_settings(settings),
+        client_dp=ClientDPConfig.from_settings(settings),
+        secure_aggregation=secagg_config(settings),
     )
     return strategy
+
+
+def secagg_config(settings: RunSettings) -> SecAggConfig | None:
+    """The run's secure-aggregation settings, or None when it is off."""
+    if not settings.secure_aggregation:
+        return None
+    return SecAggConfig(
+        reconstruction_threshold=settings.secagg_reconstruction_threshold,
+        clipping_range=settings.secagg_clipping_range,
+        quantization_range=settings.secagg_quantization_range,
+    )

@@ -16,13 +16,14 @@ def reply_problem(
     *,
     expected_keys: Sequence[str],
     reference: Mapping[str, Array],
-    weight_key: str,
+    weight_key: str | None,
     needs_arrays: bool,
 ) -> str | None:
     """Why a reply must be rejected, or None when it is acceptable.
 
     Rejected: error replies; anything but one MetricRecord (and, for training, one
-    ArrayRecord); a missing, non-finite or non-positive weight; arrays that differ from
+    ArrayRecord); a missing, non-finite or non-positive ``weight_key`` (unless None: the
+    server weighs replies itself, see :mod:`strategies.defences`); arrays that differ from
     those the site was sent in keys, order, shapes or dtypes (e.g. a head leaking out:
     checked by ``umedpt.contract.state_mismatch``); non-finite values.
     """
@@ -32,7 +33,7 @@ def reply_problem(
     if len(content.metric_records) != 1:
         return f"expected 1 MetricRecord, got {len(content.metric_records)}"
     metrics = next(iter(content.metric_records.values()))
-    weight = metrics.get(weight_key)
+    weight = metrics.get(weight_key) if weight_key is not None else 1.0
     if (
         isinstance(weight, bool)
         or not isinstance(weight, int | float)

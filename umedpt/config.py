@@ -26,10 +26,17 @@ Example::
 
     [tasks.options]                # format-specific, see the reader's docstring
     key_prefix = ""
+
+    [privacy]                      # optional: sample-level DP-SGD (docs/privacy.md)
+    target_epsilon = 8.0           # the site's budget over the whole run
+    target_delta = 1e-5            # below 1 / (training samples of the largest task)
+    max_grad_norm = 1.0            # per-sample clipping norm
+    accountant = "rdp"             # rdp | prv (Opacus' accountants)
 """
 
 from __future__ import annotations
 
+import math
 import re
 import tomllib
 from collections.abc import Mapping
@@ -82,6 +89,16 @@ class TaskConfig:
 
 
 @dataclass(frozen=True)
+class PrivacyConfig:
+    """A site's ``[privacy]`` table: sample-level DP-SGD's budget (Opacus' names)."""
+
+    target_epsilon: float
+    target_delta: float
+    max_grad_norm: float
+    accountant: str = "rdp"  # "rdp" | "prv"
+
+
+@dataclass(frozen=True)
 class SiteConfig:
     """A site (hospital): a name, a private state folder and one or more tasks."""
 
@@ -89,6 +106,7 @@ class SiteConfig:
     file: Path
     state_dir: Path
     tasks: tuple[TaskConfig, ...]
+    privacy: PrivacyConfig | None = None  # None: no [privacy] table, no DP
 
 
 _TASK_FIELDS = {
@@ -103,8 +121,10 @@ _TASK_FIELDS = {
     "split",
     "options",
 }
-_SITE_FIELDS = {"name", "state_dir", "tasks"}
+_SITE_FIELDS = {"name", "state_dir", "tasks", "privacy"}
 _SPLIT_FIELDS = {"val", "test", "seed", "group_pattern"}
+_PRIVACY_FIELDS = {"target_epsilon", "target_delta", "max_grad_norm", "accountant"}
+ACCOUNTANTS = ("rdp", "prv")  # Opacus' accountants a [privacy] table may name
 
 
 def load_site_config(path: str | Path) -> SiteConfig:
@@ -137,7 +157,14 @@ def parse_site_config(raw: Mapping[str, Any], file: Path) -> SiteConfig:
         if task.name in seen:
             raise task.error("name", f"task name '{task.name}' is used twice in this site")
         seen.add(task.name)
-    return SiteConfig(name=name, file=file, state_dir=(base / state_dir_raw).resolve(), tasks=tasks)
+    privacy = _parse_privacy(raw["privacy"], file) if "privacy" in raw else None
+    return SiteConfig(
+        name=name,
+        file=file,
+        state_dir=(base / state_dir_raw).resolve(),
+        tasks=tasks,
+        privacy=privacy,
+    )
 
 
 def _parse_task(raw: Any, file: Path, base: Path, index: int) -> TaskConfig:
@@ -242,6 +269,38 @@ def _parse_split(raw: Any, file: Path, prefix: str) -> SplitConfig:
     return SplitConfig(
         val=fractions["val"], test=fractions["test"], seed=seed, group_pattern=pattern
     )
+
+
+def _parse_privacy(raw: Any, file: Path) -> PrivacyConfig:
+    if not isinstance(raw, Mapping):
+        raise ConfigError(file, "privacy", "must be a table ([privacy])")
+    _reject_unknown(raw, _PRIVACY_FIELDS, file, "privacy.")
+    for required in ("target_epsilon", "target_delta", "max_grad_norm"):
+        if required not in raw:
+            raise ConfigError(file, f"privacy.{required}", "is required in a [privacy] table")
+    values = {}
+    for key in ("target_epsilon", "target_delta", "max_grad_norm"):
+        value = raw[key]
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, (int, float))
+            or not math.isfinite(value)
+            or value <= 0
+        ):
+            raise ConfigError(file, f"privacy.{key}", f"must be a positive number, got {value!r}")
+        values[key] = float(value)
+    if not values["target_delta"] < 1:
+        raise ConfigError(
+            file, "privacy.target_delta", f"must be in (0, 1), got {raw['target_delta']!r}"
+        )
+    accountant = raw.get("accountant", "rdp")
+    if accountant not in ACCOUNTANTS:
+        raise ConfigError(
+            file,
+            "privacy.accountant",
+            f"must be one of {', '.join(ACCOUNTANTS)}, got {accountant!r}",
+        )
+    return PrivacyConfig(**values, accountant=accountant)
 
 
 def _reject_unknown(raw: Mapping[str, Any], allowed: set[str], file: Path, prefix: str) -> None:

@@ -245,12 +245,31 @@ _PLAIN_WORDS = {
 }
 
 
+# What the SuperLink answers a SuperNode it refuses, as Flower prints it (flwr 1.42.0,
+# flwr/supercore/error/base.py: FLEET_SUPERNODE_REGISTRATION_DISABLED = 2001,
+# FLEET_NODE_ACTIVATION_FAILED = 2004).
+_FLEET_REFUSALS = {
+    "[code: 2001]": (
+        "the coordinator accepts registered sites only: make a key pair with `umedpt-fl "
+        "certs site`, have the coordinator register SITE.pub (`umedpt-fl sites register`), "
+        "and start this site with --auth-key SITE.key"
+    ),
+    "[code: 2004]": (
+        "the coordinator does not know this site's key (never registered, or revoked): "
+        "send SITE.pub to the coordinator to register with `umedpt-fl sites register`"
+    ),
+}
+
+
 def flower_exit_reason(log_text: str) -> str | None:
     """Flower's exit code found in a process's output, in plain words; None if absent."""
     codes = _EXIT_CODE.findall(log_text)
     if not codes:
         return None
     code = int(codes[-1])
+    for marker, reason in _FLEET_REFUSALS.items():  # the SuperLink said why (Flower 1.42.0)
+        if code == 305 and marker in log_text:
+            return f"{reason} (Flower exit code 305, {marker.strip('[]')})"
     if code == 305 and "CERTIFICATE_VERIFY_FAILED" in log_text:
         return (
             "the coordinator's certificate was not accepted: it is not signed by the CA given "

@@ -27,11 +27,14 @@ NUM_EXAMPLES = "num-examples"  # Flower's FedAvg weights replies by this key
 UNIT_WEIGHT = "unit-weight"  # worth 1 per site, for equal weighting
 TRAIN_SECONDS = "train-seconds"
 RESTORED_ROUND = "restored-round"  # the site round whose local state a reply started from
+DP_EPSILON = "dp-epsilon"  # sample-level DP: the epsilon the site has spent so far
+DP_DELTA = "dp-delta"  # ... and the delta it is accounted at
 
 # ConfigRecord keys of SITE_INFO.
 SITE_NAME = "site-name"
 BLOCKS_USED = "blocks-used"  # comma-separated shared blocks the site trains
 TASKS = "tasks"  # comma-separated task descriptors, see TaskDescriptor
+EXAMPLES_PER_STEP = "examples-per-step"  # examples one local step trains on (sum of batch sizes)
 
 LOSS = "loss"
 TRAIN_LOSS = "train-loss"

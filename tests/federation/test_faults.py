@@ -7,16 +7,20 @@ Every check of leftover processes looks only at the processes of the command in 
 from __future__ import annotations
 
 import json
+import os
 import signal
+import subprocess
 
+import httpx
 import pytest
 import torch
 
 from client.app import app as client_app
 from server.federation import run_federation
 from server.state import GLOBAL_CHECKPOINT
-from tests.federation.certs import make_ca, make_server_cert
+from tests.federation.certs import make_ca
 from tests.federation.loopback import (
+    Command,
     assert_nothing_left,
     client,
     completed_round,
@@ -28,7 +32,9 @@ from tests.federation.loopback import (
 )
 from tests.processes import tagged_processes, tagged_processes_after
 from umedpt.checkpoint import load_model
+from umedpt_fl import certs
 from umedpt_fl.inprocess import ClientAppGrid
+from umedpt_fl.processes import flower_tool
 from umedpt_fl.settings import RunSettings
 
 pytestmark = pytest.mark.slow
@@ -47,15 +53,36 @@ def in_process_reference(sites, out) -> dict[str, torch.Tensor]:
     return load_model(out / GLOBAL_CHECKPOINT).state_dict()
 
 
+def outsider_lists_runs(tmp_path, port: int, ca) -> subprocess.CompletedProcess:
+    """`flwr ls` through the public port, as anyone who trusts our CA could try it."""
+    home = tmp_path / "outsider-home"
+    home.mkdir(exist_ok=True)
+    (home / "config.toml").write_text(
+        f'[superlink]\ndefault = "public"\n[superlink.public]\n'
+        f'address = "127.0.0.1:{port}"\nroot-certificates = "{ca}"\n'
+    )
+    env = {**os.environ, "FLWR_HOME": str(home), "FLWR_TELEMETRY_ENABLED": "0"}
+    return subprocess.run(
+        [flower_tool("flwr"), "ls", "public"], env=env, capture_output=True, text=True, timeout=60
+    )
+
+
 def test_tls_federation_survives_a_stopped_and_a_killed_coordinator(demo_sites, tmp_path) -> None:
-    """Over TLS: a site with another CA is refused with the reason; a second coordinator
-    on the folder or port is refused naming the PID; SIGTERM and kill -9 of the
-    coordinator leave no process; two resumes end with the weights of an uninterrupted run.
+    """Over TLS with SuperNode authentication: only registered sites join, a site with
+    another CA or an unregistered key is refused with the reason, and the Control API is
+    not reachable on the public port; a second coordinator on the folder or port is
+    refused naming the PID; SIGTERM and kill -9 of the coordinator leave no process; two
+    resumes (registrations kept) end with the weights of an uninterrupted run.
     """
-    ca, ca_key = make_ca(tmp_path)
-    cert, key = make_server_cert(tmp_path, ca, ca_key)
+    pki = tmp_path / "pki"
+    certs.init_ca(pki)
+    public = certs.issue_coordinator_cert(pki, ["localhost", "127.0.0.1"])
+    ca = pki / certs.CA_CERT
+    site_keys = [certs.create_site_keys(pki, name) for name in ("clinic-b", "clinic-d")]
+    intruder_key = certs.create_site_keys(pki, "intruder")  # made, never registered
     other_ca, _ = make_ca(tmp_path, name="someone-else")
-    tls = ["--ssl-certfile", str(cert), "--ssl-keyfile", str(key), "--ssl-ca-certfile", str(ca)]
+    tls = ["--ssl-certfile", str(public.cert), "--ssl-keyfile", str(public.key),
+           "--ssl-ca-certfile", str(ca)]  # fmt: skip
     sites = [demo_sites[1], demo_sites[3]]
     port, out = free_port(), tmp_path / "fed"
 
@@ -66,22 +93,47 @@ def test_tls_federation_survives_a_stopped_and_a_killed_coordinator(demo_sites, 
     commands = [first]
     try:
         wait_for(lambda: "SuperLink listening" in first.output(), 120, "the first SuperLink")
+        assert "registered sites only" in first.output()
+        registrations = [
+            Command("sites", "register", str(keys.cert), "--out", str(out),
+                    log=tmp_path / f"r{i}.log")
+            for i, keys in enumerate(site_keys)
+        ]  # fmt: skip
         same_folder = server(out, free_port(), "--insecure", log=tmp_path / "s-folder.log")
         same_port = server(tmp_path / "other", port, "--insecure", log=tmp_path / "s-port.log")
         stranger = client(
             demo_sites[0], port, "--root-certificates", str(other_ca), log=tmp_path / "x.log"
         )
-        commands += [same_folder, same_port, stranger] + [
-            client(site, port, "--root-certificates", str(ca), log=tmp_path / f"c{i}.log")
-            for i, site in enumerate(sites)
-        ]
+        intruder = client(
+            demo_sites[2], port, "--root-certificates", str(ca),
+            "--auth-key", str(intruder_key.key), log=tmp_path / "intruder.log",
+        )  # fmt: skip
+        commands += [*registrations, same_folder, same_port, stranger, intruder]
+        outsider = outsider_lists_runs(tmp_path, port, ca)
+        assert outsider.returncode != 0
+        refusal = " ".join((outsider.stdout + outsider.stderr).replace("│", " ").split())
+        assert "Control API is not served on this port" in refusal, refusal
+        start_run = httpx.post(
+            f"https://127.0.0.1:{port}/v1/control/start-run", verify=str(ca), content=b""
+        )  # what `flwr run` sends first
+        assert start_run.status_code == 403
+        for registration in registrations:
+            assert registration.wait(120) == 0, registration.output()
+        assert "registered site clinic-b" in registrations[0].output()
+        commands += [
+            client(site, port, "--root-certificates", str(ca), "--auth-key", str(keys.key),
+                   log=tmp_path / f"c{i}.log")
+            for i, (site, keys) in enumerate(zip(sites, site_keys))
+        ]  # fmt: skip
         assert same_folder.wait(120) == 2 and same_port.wait(120) == 2
         assert f"PID {first.pid}" in same_folder.output()
         assert f"port {port} is already in use by PID" in same_port.output()
-        assert "flower-superlink" in same_port.output()
+        assert "server.gateway" in same_port.output()
         assert stranger.wait(300) == 1
         assert "certificate was not accepted" in " ".join(stranger.output().split())
         assert "Flower exit code 305" in stranger.output()
+        assert intruder.wait(300) == 1
+        assert "does not know this site's key" in " ".join(intruder.output().split())
 
         wait_for(lambda: completed_round(out) >= 1, 400, "round 1")
         first.signal(signal.SIGTERM)

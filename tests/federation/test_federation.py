@@ -79,7 +79,12 @@ def test_only_shared_weights_and_scalars_reach_the_server(three_sites) -> None:
             assert all(isinstance(v, int | float) for v in record.values())
         for name, record in content.config_records.items():
             assert name == wire.SITE_INFO
-            assert set(record.keys()) == {wire.SITE_NAME, wire.BLOCKS_USED, "tasks"}
+            assert set(record.keys()) == {
+                wire.SITE_NAME,
+                wire.BLOCKS_USED,
+                wire.TASKS,
+                wire.EXAMPLES_PER_STEP,
+            }
     # and the blocks went only to the sites that use them
     detection_nodes = {
         n for n, keys in sent_keys.items() if any(k.startswith("blocks.detection.") for k in keys)

@@ -33,7 +33,10 @@ from umedpt.tasks.base import (
 def soft_dice_loss(logits: torch.Tensor, masks: torch.Tensor, eps: float = 1.0) -> torch.Tensor:
     """1 - mean soft Dice over the foreground classes (background excluded)."""
     probs = logits.softmax(dim=1)  # (B, K, H, W)
-    one_hot = F.one_hot(masks, probs.shape[1]).permute(0, 3, 1, 2).to(probs.dtype)
+    # A comparison, not F.one_hot: torch.func.vmap (per-sample gradients under DP) refuses
+    # one_hot's data-dependent output.
+    classes = torch.arange(probs.shape[1], device=masks.device).view(1, -1, 1, 1)
+    one_hot = (masks.unsqueeze(1) == classes).to(probs.dtype)  # (B, K, H, W)
     dims = (0, 2, 3)
     intersection = (probs * one_hot).sum(dims)
     total = probs.sum(dims) + one_hot.sum(dims)

@@ -1,4 +1,4 @@
-"""Endless, seeded batch streams per task, and the round-robin order over tasks."""
+"""Endless, seeded batch streams per task: shuffled full batches, or Poisson-sampled for DP."""
 
 from __future__ import annotations
 
@@ -57,7 +57,64 @@ class TaskStream:
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        if "order" not in state:  # saved by a PoissonStream (privacy was on then)
+            return
         self.generator.set_state(state["generator"])
         self.order = state["order"].clone()
         self.position = int(state["position"])
         self.passes = int(state["passes"])
+
+
+class PoissonStream:
+    """Poisson-sampled batches of one task, as DP-SGD's accountants assume.
+
+    Every step includes each sample independently with probability ``sample_rate =
+    batch_size / n`` (capped at 1), so a batch has ``batch_size`` samples on average and
+    may be empty: :meth:`next_batch` then returns None and the private step adds noise
+    alone. The RNG is the stream's state, so a resumed run continues the same draws.
+    """
+
+    def __init__(
+        self,
+        samples: list[Sample],
+        batch_size: int,
+        collate: Callable[[list[Sample]], Batch],
+        *,
+        seed: int,
+    ) -> None:
+        if not samples:
+            raise ValueError("a task stream needs at least one sample")
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self.samples = samples
+        self.sample_rate = min(1.0, batch_size / len(samples))
+        self.collate = collate
+        self.generator = torch.Generator().manual_seed(seed)
+        self.draws = 0
+
+    @property
+    def expected_batch_size(self) -> float:
+        """sample_rate * n: what a DP-SGD step divides its noisy sum by."""
+        return self.sample_rate * len(self.samples)
+
+    def next_indices(self) -> list[int]:
+        """The indices of the next batch (possibly none)."""
+        mask = torch.rand(len(self.samples), generator=self.generator) < self.sample_rate
+        self.draws += 1
+        return mask.nonzero().flatten().tolist()
+
+    def next_batch(self) -> Batch | None:
+        """The next Poisson batch; None when no sample was drawn."""
+        indices = self.next_indices()
+        if not indices:
+            return None
+        return self.collate([self.samples[i] for i in indices])
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"generator": self.generator.get_state(), "draws": torch.tensor(self.draws)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if "draws" not in state:  # saved by a shuffled TaskStream (privacy was off then)
+            return
+        self.generator.set_state(state["generator"])
+        self.draws = int(state["draws"])

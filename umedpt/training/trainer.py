@@ -6,6 +6,10 @@ so only one task's activations exist at a time (memory of one batch, however man
 shared gradients accumulate across tasks. Each head's optimizer steps after its own
 backward; the shared optimizer (encoder + blocks) steps once per step, after every task.
 
+With a :class:`umedpt.privacy.DPSGDConfig` the loop is DP-SGD: each task's batch is
+Poisson-sampled and its gradient (encoder + block + head) is clipped per sample, noised
+and averaged by :class:`umedpt.privacy.PrivateTaskGradient`; the optimizers step as above.
+
 The loop knows nothing about federation: a federated client builds a trainer over its
 own tasks, loads the round's shared weights, calls ``train_steps`` and reports.
 """
@@ -13,8 +17,10 @@ own tasks, loads the round's shared weights, calls ``train_steps`` and reports.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import math
+import secrets
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -26,8 +32,10 @@ from torch import nn
 from umedpt.config import TaskConfig
 from umedpt.data.samples import Sample, TaskData
 from umedpt.model import UMedPTModel
+from umedpt.privacy import DPSGDConfig, PrivateTaskGradient, check_private_modules
+from umedpt.privacy.noise import secret_generator
 from umedpt.tasks import TaskType, get_task_type, total_loss
-from umedpt.training.streams import TaskStream
+from umedpt.training.streams import PoissonStream, TaskStream
 
 logger = logging.getLogger(__name__)
 
@@ -97,7 +105,14 @@ class StepReport:
 class MultiTaskTrainer:
     """Trains one :class:`UMedPTModel` on several tasks with UMedPT's loop."""
 
-    def __init__(self, model: UMedPTModel, tasks: Sequence[TaskRun], config: TrainConfig) -> None:
+    def __init__(
+        self,
+        model: UMedPTModel,
+        tasks: Sequence[TaskRun],
+        config: TrainConfig,
+        *,
+        privacy: DPSGDConfig | None = None,
+    ) -> None:
         if not tasks:
             raise ValueError("the trainer needs at least one task")
         missing = [t.name for t in tasks if t.name not in model.heads]
@@ -123,7 +138,8 @@ class MultiTaskTrainer:
             torch.optim.lr_scheduler.LambdaLR(opt, self._lr_factor)
             for opt in [self.shared_optimizer, *self.head_optimizers.values()]
         ]
-        self.streams = {
+        self.privacy = privacy
+        self.streams: dict[str, TaskStream | PoissonStream] = {
             t.name: TaskStream(
                 t.data["train"],
                 t.config.batch_size,
@@ -132,10 +148,47 @@ class MultiTaskTrainer:
             )
             for i, t in enumerate(self.tasks)
         }
+        self.private_gradients: dict[str, PrivateTaskGradient] = {}
+        if privacy is not None:
+            self._make_private(privacy)
         self.step_count = 0
         # Dropout and stochastic depth draw from torch's global RNG: start it from the seed
         # so that the same seed gives the same run wherever the trainer is built.
         torch.manual_seed(config.seed)
+
+    def _make_private(self, privacy: DPSGDConfig) -> None:
+        """Poisson streams and a private gradient per task (DP-SGD)."""
+        used_blocks = sorted({self.model.task_blocks[t.name] for t in self.tasks})
+        check_private_modules(
+            [("encoder", self.model.encoder)]
+            + [(f"blocks.{b}", self.model.blocks[b]) for b in used_blocks]
+            + [(f"heads.{t.name}", self.model.heads[t.name]) for t in self.tasks]
+        )
+        missing = [t.name for t in self.tasks if t.name not in privacy.noise_multipliers]
+        if missing:
+            raise ValueError(f"the privacy config has no noise multiplier for task(s) {missing}")
+        # Sampling and noise draw from OS entropy, not the run's seed (which the server knows).
+        generator = secret_generator(self.device)
+        for t in self.tasks:
+            stream = PoissonStream(
+                t.data["train"], t.config.batch_size, t.task_type.collate, seed=secrets.randbits(63)
+            )
+            self.streams[t.name] = stream
+            self.private_gradients[t.name] = PrivateTaskGradient(
+                self.model,
+                t.name,
+                self.model.task_blocks[t.name],
+                functools.partial(_task_loss, t),
+                max_grad_norm=privacy.max_grad_norm,
+                noise_multiplier=privacy.noise_multipliers[t.name],
+                expected_batch_size=stream.expected_batch_size,
+                generator=generator,
+                chunk_size=privacy.chunk_size,
+            )
+
+    def sample_rates(self) -> dict[str, float]:
+        """Each task's Poisson sample rate (batch size / training samples, at most 1)."""
+        return {t.name: sample_rate(t) for t in self.tasks}
 
     # -- schedule ---------------------------------------------------------------------
     def _lr_factor(self, step: int) -> float:
@@ -160,6 +213,9 @@ class MultiTaskTrainer:
         self.model.train()
         results: dict[str, TaskStep] = {}
         for task in self.tasks:
+            if self.privacy is not None:
+                results[task.name] = self._private_task_step(task)
+                continue
             batch = self.streams[task.name].next_batch().to(self.device)
             with self._autocast():
                 outputs = self.model(batch.images, task.name)
@@ -200,6 +256,27 @@ class MultiTaskTrainer:
         self.step_count += 1
         return results
 
+    def _private_task_step(self, task: TaskRun) -> TaskStep:
+        """DP-SGD for one task: its noisy gradient, then its head's step."""
+        batch = self.streams[task.name].next_batch()
+        with self._autocast():
+            clipped = self.private_gradients[task.name](
+                None if batch is None else batch.to(self.device)
+            )
+        head_optimizer = self.head_optimizers[task.name]
+        head_optimizer.step()
+        head_optimizer.zero_grad(set_to_none=True)
+        if not clipped.size:  # an empty Poisson batch: noise only, no loss to report
+            return TaskStep(math.nan, 0, {})
+        value = float(clipped.losses.mean())
+        parts = {k: float(v.mean()) for k, v in clipped.components.items()}
+        if not math.isfinite(value):
+            raise FloatingPointError(
+                f"task '{task.name}': loss became {value} at step {self.step_count} "
+                f"({_format(parts)}); lower the learning rate or check the data"
+            )
+        return TaskStep(value, clipped.size, parts)
+
     def train_steps(
         self,
         num_steps: int,
@@ -212,9 +289,13 @@ class MultiTaskTrainer:
         loss_sums = {t.name: 0.0 for t in self.tasks}
         component_sums: dict[str, dict[str, float]] = {t.name: {} for t in self.tasks}
         examples = {t.name: 0 for t in self.tasks}
+        counted = {t.name: 0 for t in self.tasks}  # steps with a loss (not empty Poisson batches)
         for i in range(num_steps):
             results = self.train_step(shared_regularizer)
             for name, step in results.items():
+                if not step.size:
+                    continue
+                counted[name] += 1
                 loss_sums[name] += step.loss
                 examples[name] += step.size
                 sums = component_sums[name]
@@ -222,14 +303,13 @@ class MultiTaskTrainer:
                     sums[part] = sums.get(part, 0.0) + value
             if on_step is not None:
                 on_step(i, results)
-        steps = max(num_steps, 1)
         return StepReport(
             num_steps,
-            losses={k: v / steps for k, v in loss_sums.items()},
+            losses={k: v / max(counted[k], 1) for k, v in loss_sums.items()},
             examples=examples,
             seconds=time.perf_counter() - start,
             components={
-                task: {part: v / steps for part, v in sums.items()}
+                task: {part: v / max(counted[task], 1) for part, v in sums.items()}
                 for task, sums in component_sums.items()
             },
         )
@@ -286,6 +366,15 @@ class MultiTaskTrainer:
                 self.streams[name].load_state_dict(stream_state)
         if "torch_rng" in state:
             torch.set_rng_state(state["torch_rng"])
+
+
+def sample_rate(task: TaskRun) -> float:
+    """A task's Poisson sample rate under DP-SGD: batch size / training samples, at most 1."""
+    return min(1.0, task.config.batch_size / max(1, len(task.data["train"])))
+
+
+def _task_loss(task: TaskRun, outputs: Any, batch: Any) -> dict[str, torch.Tensor]:
+    return task.task_type.loss(outputs, batch, task.config)
 
 
 def _format(components: Mapping[str, float]) -> str:

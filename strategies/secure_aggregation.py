@@ -1,0 +1,496 @@
+"""Secure aggregation per parameter group: the server's side of SecAgg+ on the Message API.
+
+MIRRORS ``flwr/server/workflow/secure_aggregation/secaggplus_workflow.py`` (Flower 1.42.0):
+setup (collect public keys), share keys (forward encrypted Shamir shares), collect masked
+vectors (the round's train messages), unmask (collect shares, rebuild the self-mask seeds
+of the sites that sent input and the mask keys of those that did not, remove the masks).
+Differences, on purpose:
+
+- per group: each group is a sum over the sites that train it (the encoder over all);
+  pairwise masks only join members of one group, so the server can unmask a group from
+  its members' inputs alone. Shares of a site's secrets go to every site of the round
+  (they all share the encoder) with one threshold ``T = max(2, round(t * n))``;
+- a group is summed only when at least ``max(2, round(t * members))`` of its members sent
+  input; otherwise it keeps its weights (the encoder failing fails the round);
+- a group trained by a single site cannot be hidden in a sum: refused
+  (``SecureAggregationError``) unless ``allow_unshared_blocks``, which leaves that group out
+  of the aggregate (it keeps its weights; the site still trains on it);
+- the weights: see ``SecureAggregator.weights``; the unmasked total weight must equal the
+  sum of the weights the sites report (in clear, with their metrics), or the group is
+  rejected.
+
+``GroupedStrategy`` calls ``configure`` from ``configure_train`` (stages 0-1, then the
+train messages of stage 2) and ``aggregate`` from ``aggregate_train`` (stage 3 and the
+per-group reduction through ``reduce_by_group``).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from logging import INFO, WARNING
+from typing import TYPE_CHECKING, cast
+
+import numpy as np
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.common.logger import log
+from flwr.common.secure_aggregation.crypto.shamir import combine_shares
+from flwr.common.secure_aggregation.ndarrays_arithmetic import (
+    factor_extract,
+    parameters_subtraction,
+)
+from flwr.common.secure_aggregation.quantization import dequantize
+from flwr.serverapp import Grid
+
+from strategies.aggregation import reduce_by_group
+from strategies.records import RoundFailedError, arrays_nbytes
+from umedpt import contract
+from umedpt.errors import ConfigError
+from umedpt_fl import secagg, wire
+from umedpt_fl.settings import SOURCE
+
+if TYPE_CHECKING:
+    from strategies.base import GroupedStrategy
+
+DEFAULT_MAX_WEIGHT = 1000.0  # SecAgg+'s default, for example counts nobody has reported yet
+
+
+class SecureAggregationError(RuntimeError):
+    """Secure aggregation cannot run as configured; the message says what to change."""
+
+
+@dataclass(frozen=True)
+class SecAggConfig:
+    """Secure-aggregation settings (run config ``secagg-*``), checked once."""
+
+    reconstruction_threshold: float = 0.66  # share of a group's sites needed to unmask it
+    clipping_range: float = 8.0
+    quantization_range: int = 4194304
+    modulus_range: int = secagg.DEFAULT_MODULUS_RANGE
+    max_weight: float = 0.0  # 0 = automatic (see SecureAggregator.weights)
+    allow_unshared_blocks: bool = False  # leave single-site groups out instead of refusing
+
+    def __post_init__(self) -> None:
+        if not 0 < self.reconstruction_threshold <= 1:
+            raise ValueError("reconstruction_threshold must be in (0, 1]")
+        if self.modulus_range > 2**32 or bin(self.modulus_range).count("1") != 1:
+            raise ValueError("modulus_range must be a power of two <= 2**32")
+        if not 2 <= self.quantization_range < self.modulus_range:
+            raise ValueError("quantization_range must be in [2, modulus_range)")
+        if self.clipping_range <= 0 or self.max_weight < 0:
+            raise ValueError("clipping_range must be positive, max_weight >= 0")
+
+
+def check_rule(strategy: GroupedStrategy) -> None:
+    """Refuse what needs single updates, which secure aggregation hides from the server.
+
+    A ``reduce_group`` other than the weighted mean (median, trimmed mean), server-side
+    client DP (clips each site's change), update-norm bounds and ``max-site-share`` (need
+    each site's update or its share of a sum) all look at single replies.
+    """
+    from strategies.base import GroupedStrategy  # here: base imports this module
+
+    problems = []
+    if type(strategy).reduce_group is not GroupedStrategy.reduce_group:
+        problems.append(f"{type(strategy).__name__} reduces single updates (median, trimmed mean)")
+    if getattr(strategy, "central_dp", None) is not None:
+        problems.append("client-dp-noise clips each site's change at the server")
+    policy = getattr(strategy, "policy", None)
+    if policy is not None and (policy.norm_bound > 0 or policy.norm_ratio > 0):
+        problems.append("update-norm-bound/-ratio check each site's change")
+    if policy is not None and policy.max_site_share < 1 and not policy.equal_weights:
+        problems.append("max-site-share reweights single sites after training")
+    if problems:
+        raise ConfigError(
+            SOURCE,
+            "secure-aggregation",
+            "the server only sees sums of the sites' updates, but "
+            + "; ".join(problems)
+            + ". Use fedavg, fedprox or fedadam without these, or turn secure aggregation off",
+        )
+
+
+@dataclass
+class RoundProtocol:
+    """The server's state of one round's protocol."""
+
+    server_round: int
+    threshold: int  # Shamir threshold of every site's secrets
+    quant: secagg.Quantization
+    sampled: dict[str, list[int]]  # group -> members when the round started
+    members: dict[str, list[int]] = field(default_factory=dict)  # after share keys
+    public_keys: dict[int, tuple[bytes, bytes]] = field(default_factory=dict)
+    caps: dict[int, float] = field(default_factory=dict)
+    expected_keys: dict[int, list[str]] = field(default_factory=dict)
+    excluded: dict[str, int] = field(default_factory=dict)  # single-site groups left out
+    grid: Grid | None = None
+
+
+def _replies_by_node(replies: Iterable[Message], sent: Sequence[Message]) -> dict[int, Message]:
+    """Replies keyed by the node that was asked (not their source: see replying_node)."""
+    asked = {m.metadata.message_id: m.metadata.dst_node_id for m in sent}
+    asked.pop("", None)
+    return {asked.get(r.metadata.reply_to_message_id, r.metadata.src_node_id): r for r in replies}
+
+
+def _stage(
+    grid: Grid, kind: str, records: dict[int, dict], timeout: float
+) -> dict[int, ConfigRecord]:
+    """Send one protocol stage's values to each node; the usable answers by node."""
+    sent = [
+        Message(RecordDict({secagg.RECORD: ConfigRecord(values)}), message_type=kind, dst_node_id=n)
+        for n, values in records.items()
+    ]
+    answers = {}
+    for node, reply in _replies_by_node(grid.send_and_receive(sent, timeout=timeout), sent).items():
+        if reply.has_error() or secagg.RECORD not in reply.content:
+            reason = reply.error.reason if reply.has_error() else "no protocol record"
+            log(WARNING, "secure aggregation %s: node %s failed: %s", kind, node, reason)
+            continue
+        answers[node] = reply.content[secagg.RECORD]
+    return answers
+
+
+class SecureAggregator:
+    """Runs the protocol for a ``GroupedStrategy``; see the module docstring."""
+
+    def __init__(self, config: SecAggConfig, strategy: GroupedStrategy) -> None:
+        self.config = config
+        self.strategy = strategy
+        self.round: RoundProtocol | None = None
+
+    # -- stages 0 and 1, and the messages of stage 2 ----------------------------------
+    def configure(self, server_round: int, messages: list[Message], grid: Grid) -> list[Message]:
+        """Advertise and share keys with the sites of ``messages``; their masked-train messages."""
+        st = self.strategy
+        payload_keys = {
+            m.metadata.dst_node_id: list(m.content[st.arrayrecord_key].keys()) for m in messages
+        }
+        sampled: dict[str, list[int]] = {}
+        for node, keys in sorted(payload_keys.items()):
+            for group in secagg.group_keys(keys):
+                sampled.setdefault(group, []).append(node)
+        excluded = self._single_site_groups(sampled)
+        for group in excluded:
+            del sampled[group]
+        threshold = secagg.reconstruction_threshold(
+            self.config.reconstruction_threshold, len(payload_keys)
+        )
+        max_weight, caps = self.weights(server_round, list(payload_keys))
+        proto = self.round = RoundProtocol(
+            server_round,
+            threshold,
+            secagg.Quantization(
+                self.config.clipping_range,
+                self.config.quantization_range,
+                self.config.modulus_range,
+                max_weight,
+            ),
+            sampled,
+            caps=caps,
+            excluded=excluded,
+            grid=grid,
+        )
+        timeout = st.query_timeout
+        # Stage 0: setup, every site advertises its two public keys.
+        keys = _stage(grid, secagg.SETUP_TYPE, {n: {} for n in payload_keys}, timeout)
+        proto.public_keys = {
+            n: (cast(bytes, r[secagg.PUBLIC_KEY_1]), cast(bytes, r[secagg.PUBLIC_KEY_2]))
+            for n, r in keys.items()
+        }
+        self._require(sorted(proto.public_keys), "setup")
+        # Stage 1: share keys, each site's shares encrypted for every other site.
+        peers = sorted(proto.public_keys)
+        listing = {
+            secagg.PEERS: peers,
+            secagg.PEER_PK1: [proto.public_keys[n][0] for n in peers],
+            secagg.PEER_PK2: [proto.public_keys[n][1] for n in peers],
+            secagg.THRESHOLD: threshold,
+        }
+        shared = _stage(grid, secagg.SHARE_KEYS_TYPE, {n: listing for n in peers}, timeout)
+        active = sorted(shared)
+        self._require(active, "share keys")
+        forward: dict[int, list[tuple[int, bytes]]] = {n: [] for n in active}
+        for src, answer in shared.items():
+            dsts = cast(list, answer[secagg.DESTINATIONS])
+            for dst, ciphertext in zip(dsts, cast(list, answer[secagg.CIPHERTEXTS]), strict=True):
+                if int(dst) in forward:
+                    forward[int(dst)].append((src, cast(bytes, ciphertext)))
+        proto.members = {g: [n for n in ms if n in shared] for g, ms in sampled.items()}
+        for node in sorted(set(payload_keys) - set(shared)):
+            self._drop(node, "secure aggregation: no keys shared before training")
+        # Stage 2's messages: the round's train content plus the forwarded shares.
+        out = []
+        for message in messages:
+            node = message.metadata.dst_node_id
+            if node not in shared:
+                continue
+            groups = [g for g in secagg.group_keys(payload_keys[node]) if g not in excluded]
+            proto.expected_keys[node] = secagg.masked_keys(payload_keys[node], groups)
+            record = {
+                secagg.SOURCES: [s for s, _ in forward[node]],
+                secagg.CIPHERTEXTS: [c for _, c in forward[node]],
+                secagg.GROUPS: groups,
+                secagg.WEIGHT_CAP: caps[node],
+                secagg.WEIGHT_KEY: st.weighted_by_key,
+                **proto.quant.to_config(),
+                **{secagg.GROUP_MEMBERS + g: proto.members[g] for g in groups},
+            }
+            content = RecordDict(dict(message.content.items()))
+            content[secagg.RECORD] = ConfigRecord(record)  # type: ignore[arg-type]
+            out.append(Message(content, message_type=secagg.COLLECT_TYPE, dst_node_id=node))
+        st._outbox = out
+        return out
+
+    def _single_site_groups(self, sampled: dict[str, list[int]]) -> dict[str, int]:
+        """Groups one site alone trains: refused, or (if allowed) left out with a warning."""
+        single = {g: ms[0] for g, ms in sampled.items() if len(ms) < 2}
+        for group, node in single.items():
+            name = self.strategy.site_name(node)
+            if not self.config.allow_unshared_blocks:
+                raise SecureAggregationError(
+                    f"group '{group}' is trained only by site '{name}' in this round: a sum "
+                    "of one update is that update. Add sites that train it, or allow "
+                    "unshared blocks (they are then left out of the aggregate)"
+                )
+            log(
+                WARNING,
+                "secure aggregation: group '%s' is trained only by site '%s': left out of "
+                "the aggregate, it keeps its weights",
+                group,
+                name,
+            )
+        return single
+
+    def weights(self, server_round: int, nodes: list[int]) -> tuple[float, dict[int, float]]:
+        """``max_weight`` of the round and each site's weight cap, both decided here.
+
+        A site scales its values by ``min(weight, cap) / max_weight`` before masking, and
+        the unmasked total weight must equal the sum of the capped weights the sites
+        report, so a site cannot weigh more than its cap. Cap: equal weighting 1; else the
+        server-known example count (join-time ``examples-per-step`` x ``local-steps``, else
+        the first count accepted from that site, ``defences.WeightLedger``), else
+        ``max_weight``. ``max_weight``: the configured one; else the largest known cap or
+        last round's reports, else SecAgg+'s default 1000. Choose it close to the real
+        weights: a small ``weight / max_weight`` costs quantisation precision.
+        """
+        st = self.strategy
+        if st.weighted_by_key == wire.UNIT_WEIGHT:
+            return 1.0, dict.fromkeys(nodes, 1.0)
+        known = {n: w for n in nodes if (w := self._known_weight(n))}
+        if self.config.max_weight > 0:
+            max_weight = self.config.max_weight
+        else:
+            last = st.rounds.get(server_round - 1)
+            key = st.weighted_by_key
+            reported = [m[key] for m in (last.train_metrics.values() if last else []) if key in m]
+            max_weight = max([*reported, *known.values()], default=DEFAULT_MAX_WEIGHT)
+        return max_weight, {n: min(known.get(n, max_weight), max_weight) for n in nodes}
+
+    def _known_weight(self, node: int) -> float | None:
+        """The example count the server allows ``node`` (None if it knows none yet)."""
+        st = self.strategy
+        site = st.sites.get(node)
+        policy = getattr(st, "policy", None)
+        if site is not None and policy is not None and hasattr(site, "example_cap"):
+            if joined := site.example_cap(policy.local_steps):
+                return float(joined)
+        ledger = getattr(st, "_train_weights", None)
+        return ledger.caps.get(node) if ledger is not None else None
+
+    def _require(self, active: list[int], stage: str) -> None:
+        if self.round is not None and len(active) < self.round.threshold:
+            raise RoundFailedError(
+                f"round {self.round.server_round}: secure aggregation {stage}: {len(active)} "
+                f"sites answered, fewer than the threshold of {self.round.threshold}"
+            )
+
+    def _drop(self, node: int, reason: str) -> None:
+        st = self.strategy
+        assert self.round is not None
+        st.round_record(self.round.server_round).rejected.append((st.site_name(node), reason))
+        log(WARNING, "round %s: site %s: %s", self.round.server_round, st.site_name(node), reason)
+        st._sent_to.pop(node, None)
+
+    # -- stage 3 and the reduction -----------------------------------------------------
+    def aggregate(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        """Unmask each group's sum of the masked replies and reduce it into new global arrays."""
+        st, proto = self.strategy, self.round
+        if proto is None or proto.grid is None or st._global is None:
+            raise RuntimeError("aggregate_train called before configure_train")
+        record = st.round_record(server_round)
+        masked: dict[int, Message] = {}
+        answered = set()
+        for reply in replies:
+            node = st.replying_node(reply)
+            answered.add(node)
+            if problem := self._reply_problem(node, reply):
+                self._drop(node, f"training: {problem}")
+                continue
+            masked[node] = reply
+        for node in sorted(set(proto.expected_keys) - answered):
+            self._drop(node, "training: no reply before the round timeout")
+        active, dead = sorted(masked), sorted(set(proto.expected_keys) - set(masked))
+        for node, reply in masked.items():
+            site = st.site_name(node)
+            claim = float(reply.content[wire.METRICS][st.weighted_by_key])
+            record.weights[site] = min(claim, proto.caps[node])
+            if ledger := getattr(st, "_train_weights", None):  # first claim: the site's cap
+                ledger.caps.setdefault(node, min(claim, proto.caps[node]))
+            record.bytes_received[site] = arrays_nbytes(reply.content[wire.SHARED_ARRAYS])
+            record.train_metrics[site] = {
+                k: float(v)
+                for k, v in reply.content[wire.METRICS].items()
+                if isinstance(v, int | float)
+            }
+        if len(active) < max(proto.threshold, st.min_replies):
+            log(
+                WARNING,
+                "round %s: %d sites sent masked input; secure aggregation needs %d and the "
+                "round %d: weights kept",
+                server_round,
+                len(active),
+                proto.threshold,
+                st.min_replies,
+            )
+            return None, None
+        # Stage 3: unmask. Seeds of the sites that sent input, keys of those that did not.
+        request = {secagg.ACTIVE: active, secagg.DEAD: dead}
+        answers = _stage(
+            proto.grid, secagg.UNMASK_TYPE, {n: request for n in active}, st.query_timeout
+        )
+        shares: dict[int, list[bytes]] = {}
+        for answer in answers.values():
+            owners = cast(list, answer.get(secagg.SHARE_OWNERS, []))
+            for owner, share in zip(owners, cast(list, answer.get(secagg.SHARES, [])), strict=True):
+                shares.setdefault(int(owner), []).append(cast(bytes, share))
+        secrets = {n: combine_shares(s) for n, s in shares.items() if len(s) >= proto.threshold}
+        # Each group's mean, as one contribution of the group's total weight: the
+        # strategy's per-group path (reduce_group = weighted mean) turns it into the arrays.
+        contributions = {
+            group: result
+            for group, members in proto.members.items()
+            if (result := self._unmask_group(group, members, masked, secrets)) is not None
+        }
+        if contract.ENCODER not in contributions:
+            log(WARNING, "round %s: the encoder could not be unmasked: weights kept", server_round)
+            return None, None
+        arrays, updated = reduce_by_group(st._global, list(contributions.values()), st.reduce_group)
+        record.updated_groups.extend(updated)
+        key = st.weighted_by_key  # metrics weighed by the server's weights, not the claims
+        metrics = st.train_metrics_aggr_fn(
+            [
+                RecordDict(
+                    {
+                        wire.METRICS: MetricRecord(
+                            {**r.content[wire.METRICS], key: record.weights[st.site_name(n)]}
+                        )
+                    }
+                )
+                for n, r in masked.items()
+            ],
+            key,
+        )
+        log(INFO, "round %s: securely aggregated groups %s", server_round, updated)
+        return arrays, metrics
+
+    def _reply_problem(self, node: int, reply: Message) -> str | None:
+        """Why a masked reply cannot be summed (None if it can): the checks that still run."""
+        assert self.round is not None
+        if reply.has_error():
+            return f"the site failed: {reply.error.reason}"
+        if node not in self.round.expected_keys:
+            return "this site was not asked to train in this round"
+        content = reply.content
+        if wire.METRICS not in content or wire.SHARED_ARRAYS not in content:
+            return "the reply lacks its metrics or its masked arrays"
+        weight = content[wire.METRICS].get(self.strategy.weighted_by_key)
+        if not isinstance(weight, int | float) or not math.isfinite(weight) or weight < 0:
+            return f"weight {weight!r} is not a finite, non-negative number"
+        arrays = content[wire.SHARED_ARRAYS]
+        expected = self.round.expected_keys[node]
+        if list(arrays.keys()) != expected:
+            return f"masked keys differ from those expected ({len(arrays)} vs {len(expected)})"
+        reference = self.strategy._global
+        assert reference is not None
+        for key, value in arrays.items():
+            shape = (1,) if key.startswith(secagg.WEIGHT_PREFIX) else tuple(reference[key].shape)
+            if tuple(value.shape) != shape or np.dtype(value.dtype) != secagg.MASKED_DTYPE:
+                return f"'{key}' is {value.dtype}{list(value.shape)}, expected uint32{list(shape)}"
+        return None
+
+    def _unmask_group(
+        self,
+        group: str,
+        members: list[int],
+        masked: dict[int, Message],
+        secrets: dict[int, bytes],
+    ) -> tuple[ArrayRecord, float] | None:
+        """One group's weighted mean and total weight, or None (logged) if it cannot be had."""
+        proto, st = self.round, self.strategy
+        assert proto is not None
+        quant = proto.quant
+        active = [n for n in members if n in masked]
+        dead = [n for n in members if n not in masked]
+        needed = secagg.reconstruction_threshold(
+            self.config.reconstruction_threshold, len(proto.sampled[group])
+        )
+        missing = [n for n in members if n not in secrets]
+        if len(active) < needed or missing:
+            log(
+                WARNING,
+                "group '%s': %d of %d sites sent input (needed %d), secrets of nodes %s not "
+                "recovered: not aggregated",
+                group,
+                len(active),
+                len(proto.sampled[group]),
+                needed,
+                missing,
+            )
+            return None
+        keys = [secagg.weight_key(group), *secagg.group_keys(st._global.keys())[group]]  # type: ignore[union-attr]
+        vectors = [
+            sum(masked[n].content[wire.SHARED_ARRAYS][k].numpy().astype(np.int64) for n in active)
+            for k in keys
+        ]
+        shapes = [v.shape for v in vectors]
+        for node in active:  # self masks
+            vectors = parameters_subtraction(
+                vectors, secagg.self_mask(secrets[node], group, shapes, quant.modulus_range)
+            )
+        for node in dead:  # the dropped sites' pairwise masks, from their rebuilt key
+            for peer in active:
+                mask = secagg.pairwise_mask(
+                    secrets[node], proto.public_keys[peer][0], group, shapes, quant.modulus_range
+                )
+                vectors = secagg.apply_pairwise(vectors, mask, own=peer, peer=node, remove=True)
+        q_total, values = factor_extract(secagg.reduce_mod(vectors, quant.modulus_range))
+        q_total = int(np.asarray(q_total))
+        expected = sum(
+            quant.quantized_weight(
+                min(float(masked[n].content[wire.METRICS][st.weighted_by_key]), proto.caps[n])
+            )
+            for n in active
+        )
+        if q_total != expected or q_total == 0:
+            for node in active:
+                st.round_record(proto.server_round).rejected.append(
+                    (st.site_name(node), f"training: group '{group}' sum rejected")
+                )
+            log(
+                WARNING,
+                "group '%s': the masked weights sum to %d, the reported ones to %d: a site "
+                "lied about its weight; not aggregated",
+                group,
+                q_total,
+                expected,
+            )
+            return None
+        means = dequantize(values, quant.clipping_range, quant.quantization_range)
+        offset = -(len(active) - 1) * quant.clipping_range
+        scale = quant.quantization_range / q_total
+        arrays = {k: Array((v + offset) * scale) for k, v in zip(keys[1:], means, strict=True)}
+        return ArrayRecord(arrays), q_total / quant.quantization_range * quant.max_weight

@@ -1,0 +1,337 @@
+"""Secure aggregation per group: what the server sees, what it computes, dropouts, groups.
+
+Protocol tests run the real site stages (client/secagg.py) on a small fake ClientApp whose
+training returns chosen arrays, through the in-process grid; one end-to-end run uses the
+real ClientApp on the tiny preset.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+import pytest
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+from flwr.common.secure_aggregation.quantization import quantize
+
+from client import secagg as client_secagg
+from strategies import RoundFailedError
+from strategies.secure_aggregation import SecAggConfig, SecureAggregationError
+from tests.federation.fakes import ClientAppGrid, ScriptedGrid, make
+from umedpt.errors import ConfigError
+from umedpt_fl import secagg, wire
+from umedpt_fl.settings import RunSettings
+
+# node -> (name, blocks, examples); every group is trained by two sites or more.
+SITES = {
+    11: ("a", ("classification",), 10),
+    22: ("b", ("classification", "segmentation"), 30),
+    33: ("c", ("segmentation",), 60),
+    44: ("d", ("classification", "segmentation"), 20),
+}
+GLOBAL = {
+    "encoder.w": np.zeros((3, 5), np.float32),
+    "encoder.b": np.zeros(7, np.float32),
+    "blocks.classification.w": np.zeros(6, np.float32),
+    "blocks.segmentation.w": np.zeros((2, 2), np.float32),
+}
+
+
+def update(node: int, key: str, shape: tuple[int, ...]) -> np.ndarray:
+    """A site's plain trained value of one key: random, distinct per site and key."""
+    rng = np.random.default_rng(node * 1000 + sum(map(ord, key)))
+    return rng.normal(0, 1, shape).astype(np.float32)
+
+
+def initial() -> ArrayRecord:
+    return ArrayRecord({k: Array(v.copy()) for k, v in GLOBAL.items()})
+
+
+def fake_client_app(sites: dict) -> ClientApp:
+    """Describes itself like a site; trains by returning ``update``; real secagg stages."""
+    app = ClientApp()
+
+    @app.query()
+    def describe(message: Message, context: Context) -> Message:
+        name, blocks, _ = sites[message.metadata.dst_node_id]
+        info = ConfigRecord({wire.SITE_NAME: name, wire.BLOCKS_USED: ",".join(blocks)})
+        return Message(RecordDict({wire.SITE_INFO: info}), reply_to=message)
+
+    @app.train()
+    def train(message: Message, context: Context) -> Message:
+        node = message.metadata.dst_node_id
+        arrays = {
+            k: Array(update(node, k, v.numpy().shape))
+            for k, v in message.content[wire.SHARED_ARRAYS].items()
+        }
+        metrics = MetricRecord(
+            {wire.NUM_EXAMPLES: sites[node][2], wire.UNIT_WEIGHT: 1, "loss": 1.0}
+        )
+        content = RecordDict({wire.METRICS: metrics, wire.SHARED_ARRAYS: ArrayRecord(arrays)})
+        return Message(content, reply_to=message)
+
+    @app.evaluate()
+    def evaluate(message: Message, context: Context) -> Message:
+        metrics = MetricRecord({wire.NUM_EXAMPLES: 1, wire.UNIT_WEIGHT: 1, "loss": 1.0})
+        return Message(RecordDict({wire.METRICS: metrics}), reply_to=message)
+
+    client_secagg.register(app, train)
+    return app
+
+
+def secure_run(
+    sites: dict = SITES,
+    *,
+    failing: Callable[[int, Message], bool] | None = None,
+    name: str = "fedavg",
+    **settings,
+):
+    grid = ClientAppGrid(fake_client_app(sites), {n: {} for n in sites}, {}, failing=failing)
+    strategy = make(name, secure_aggregation=True, **settings)
+    result = strategy.start(grid, initial(), num_rounds=1, timeout=30)
+    return grid, strategy, result
+
+
+def users(sites: dict, key: str, nodes=None) -> list[int]:
+    """The sites (of ``nodes``) whose updates ``key``'s group averages."""
+    group = key.rsplit(".", 1)[0]
+    return [
+        n
+        for n, (_, blocks, _) in sites.items()
+        if (nodes is None or n in nodes) and (group == "encoder" or group.split(".")[1] in blocks)
+    ]
+
+
+def plain_mean(sites: dict, key: str, nodes=None, weighted: bool = True) -> np.ndarray:
+    users_ = users(sites, key, nodes)
+    weights = np.array([sites[n][2] if weighted else 1 for n in users_], float)
+    values = np.stack([update(n, key, GLOBAL[key].shape) for n in users_])
+    return np.tensordot(weights / weights.sum(), values, axes=1)
+
+
+LEVELS = 4194304  # secagg-quantization-range (2**22)
+STEP = 2 * 8.0 / LEVELS  # one quantisation level over +-secagg-clipping-range
+
+
+def tolerance(sites: dict, key: str, nodes=None, max_weight: float = 1000.0) -> float:
+    """Worst-case error of the securely computed mean of ``key`` against the exact one.
+
+    Stochastic rounding: under one level per site of ``value * w / max_weight``, divided by
+    the total ``w / max_weight``; and each site's ratio ``w / max_weight`` is itself rounded
+    to a level (relative error ``1 / (2 ratio levels)``), which moves the mean by at most that
+    times the spread of the values. Round 1 knows no weights: max_weight is SecAgg+'s 1000.
+    """
+    used = users(sites, key, nodes)
+    ratios = [sites[n][2] / max_weight for n in used]
+    spread = 2 * max(np.abs(update(n, key, GLOBAL[key].shape)).max() for n in used)
+    return len(used) * STEP / sum(ratios) + spread * max(1 / (2 * r * LEVELS) for r in ratios)
+
+
+@pytest.fixture(autouse=True)
+def _seeded_rounding() -> None:
+    np.random.seed(0)  # SecAgg+'s stochastic rounding draws from NumPy's global generator
+
+
+def test_aggregate_equals_plain_fedavg_within_quantisation() -> None:
+    _, strategy, result = secure_run()
+    scripted = ScriptedGrid(
+        SITES, value=lambda node, key, current: update(node, key, current.shape)
+    )
+    plain = make("fedavg").start(scripted, initial(), num_rounds=1, timeout=30).arrays
+    for key in GLOBAL:
+        got = result.arrays[key].numpy()
+        assert got.dtype == np.float32
+        np.testing.assert_allclose(got, plain[key].numpy(), atol=tolerance(SITES, key))
+        np.testing.assert_allclose(got, plain_mean(SITES, key), atol=tolerance(SITES, key))
+    assert strategy.rounds[1].updated_groups == [
+        "blocks.classification",
+        "blocks.segmentation",
+        "encoder",
+    ]
+    assert strategy.rounds[1].rejected == []
+
+
+def test_the_server_never_holds_one_sites_update() -> None:
+    grid, _, _ = secure_run()
+    received = [r for r in grid.received if r.content.array_records]
+    assert len(received) == len(SITES)
+    for reply in received:
+        arrays = reply.content[wire.SHARED_ARRAYS]
+        for key, masked in arrays.items():
+            if key.startswith(secagg.WEIGHT_PREFIX):
+                continue
+            got = masked.numpy()
+            assert got.dtype == np.uint32
+            for other in SITES:  # no site's update, plain or in its pre-mask integer form
+                plain = update(other, key, got.shape)
+                assert not np.allclose(got.astype(np.float64), plain, atol=0.5)
+                ratio = SITES[other][2] / 1000  # weight / max_weight (round 1: SecAgg+ default)
+                quantised = quantize([plain * ratio], 8.0, 4194304)[0]
+                assert np.mean(got == quantised) < 0.05
+    # nothing else the server received carries arrays: keys and shares only
+    for reply in grid.received:
+        if not reply.content.array_records:
+            assert set(reply.content.keys()) <= {secagg.RECORD, wire.SITE_INFO, wire.METRICS}
+
+
+def test_a_site_dropping_after_masking_is_recovered() -> None:
+    # Site d sends its masked input, then vanishes before the unmask stage.
+    def gone(node: int, message: Message) -> bool:
+        return node == 44 and message.metadata.message_type == secagg.UNMASK_TYPE
+
+    _, strategy, result = secure_run(failing=gone)
+    for key in GLOBAL:  # d's input is in the sums
+        np.testing.assert_allclose(
+            result.arrays[key].numpy(), plain_mean(SITES, key), atol=tolerance(SITES, key)
+        )
+    assert len(strategy.rounds[1].updated_groups) == 3
+
+
+def test_a_site_dropping_during_training_is_unmasked_out() -> None:
+    # Site d shares its keys, then never sends masked input: its pairwise masks are
+    # rebuilt from the Shamir shares of its key and removed.
+    def gone(node: int, message: Message) -> bool:
+        return node == 44 and message.metadata.message_type == secagg.COLLECT_TYPE
+
+    _, strategy, result = secure_run(failing=gone)
+    survivors = {11, 22, 33}
+    for key in GLOBAL:
+        expected = plain_mean(SITES, key, nodes=survivors)
+        atol = tolerance(SITES, key, survivors)
+        np.testing.assert_allclose(result.arrays[key].numpy(), expected, atol=atol)
+    assert [s for s, _ in strategy.rounds[1].rejected] == ["d"]
+
+
+def test_too_many_dropouts_fail_the_round() -> None:
+    def gone(node: int, message: Message) -> bool:
+        return node in (33, 44) and message.metadata.message_type == secagg.COLLECT_TYPE
+
+    with pytest.raises(RoundFailedError):
+        secure_run(failing=gone)  # 2 of 4 sites left, threshold round(0.66 * 4) = 3
+
+
+THREE = {
+    11: ("a", ("classification",), 10),
+    22: ("b", ("classification",), 30),
+    33: ("c", ("segmentation",), 60),
+}
+
+
+def test_a_block_of_a_single_site_is_refused_by_name() -> None:
+    with pytest.raises(SecureAggregationError, match="blocks.segmentation.*site 'c'"):
+        secure_run(THREE)
+
+
+def test_an_allowed_single_site_block_is_left_out() -> None:
+    grid = ClientAppGrid(fake_client_app(THREE), {n: {} for n in THREE}, {})
+    strategy = make("fedavg", secure_aggregation=True)
+    strategy._secagg.config = SecAggConfig(allow_unshared_blocks=True)
+    result = strategy.start(grid, initial(), num_rounds=1, timeout=30)
+    assert strategy.rounds[1].updated_groups == ["blocks.classification", "encoder"]
+    np.testing.assert_array_equal(result.arrays["blocks.segmentation.w"].numpy(), 0)
+    for key in ("encoder.w", "blocks.classification.w"):
+        np.testing.assert_allclose(
+            result.arrays[key].numpy(), plain_mean(THREE, key), atol=tolerance(THREE, key)
+        )
+    sent = [r for r in grid.received if r.metadata.src_node_id == 33 and r.content.array_records]
+    assert not any(
+        k.startswith("blocks.segmentation") for k in sent[0].content[wire.SHARED_ARRAYS].keys()
+    )
+
+
+@pytest.mark.parametrize(
+    ("rule", "settings", "reason"),
+    [
+        ("fedmedian", {}, "single updates"),
+        ("fedtrimmedavg", {}, "single updates"),
+        ("fedavg", {"update_norm_bound": 1.0}, "update-norm"),
+        ("fedavg", {"client_dp_noise": 1.0, "client_dp_clip": 1.0}, "client-dp-noise"),
+    ],
+)
+def test_checks_on_single_updates_are_refused(rule: str, settings: dict, reason: str) -> None:
+    with pytest.raises(ConfigError, match=f"secure-aggregation.*{reason}"):
+        make(rule, secure_aggregation=True, **settings)
+
+
+def test_fedadam_runs_on_the_unmasked_mean() -> None:
+    _, _, secure = secure_run(name="fedadam", weighting="equal")
+    scripted = ScriptedGrid(
+        SITES, value=lambda node, key, current: update(node, key, current.shape)
+    )
+    plain = make("fedadam", weighting="equal").start(scripted, initial(), num_rounds=1, timeout=30)
+    for key in GLOBAL:
+        np.testing.assert_allclose(secure.arrays[key].numpy(), plain.arrays[key].numpy(), atol=1e-3)
+
+
+def test_a_site_lying_about_its_weight_is_caught() -> None:
+    lying = {**SITES, 44: ("d", ("classification", "segmentation"), 20)}
+    app = fake_client_app(lying)
+    real = client_secagg.masked_reply
+
+    def inflate(message: Message, context: Context, trained: Message) -> Message:
+        if message.metadata.dst_node_id == 44:  # masks weight 20, then claims 40 in clear
+            reply = real(message, context, trained)
+            reply.content[wire.METRICS][wire.NUM_EXAMPLES] = 40
+            return reply
+        return real(message, context, trained)
+
+    client_secagg.masked_reply = inflate  # type: ignore[assignment]
+    try:
+        grid = ClientAppGrid(app, {n: {} for n in lying}, {})
+        strategy = make("fedavg", secure_aggregation=True)
+        with pytest.raises(RoundFailedError):
+            strategy.start(grid, initial(), num_rounds=1, timeout=30)
+    finally:
+        client_secagg.masked_reply = real  # type: ignore[assignment]
+
+
+def test_end_to_end_with_the_real_client_app(demo_sites, tmp_path) -> None:
+    from client.app import app as client_app
+    from server.federation import run_federation
+
+    sites = [demo_sites[0], demo_sites[3]]  # two classification sites: every group shared
+    settings = RunSettings(
+        num_server_rounds=1,
+        local_steps=1,
+        out_dir=str(tmp_path / "run"),
+        site_configs=",".join(str(s) for s in sites),
+        state_root=str(tmp_path / "sites"),
+        seed=3,
+        secure_aggregation=True,
+    )
+    nodes = {100 + i: {"partition-id": i} for i in range(len(sites))}
+    grid = ClientAppGrid(client_app, nodes, settings.to_run_config())
+    report = run_federation(grid, settings)
+    assert report["status"] == "completed"
+    assert report["rounds"][0]["rejected"] == []
+    kinds = {m.metadata.message_type for m in grid.sent}
+    assert {
+        secagg.SETUP_TYPE,
+        secagg.SHARE_KEYS_TYPE,
+        secagg.COLLECT_TYPE,
+        secagg.UNMASK_TYPE,
+    } <= kinds
+    for reply in grid.received:  # every array the server got was masked
+        for record in reply.content.array_records.values():
+            assert all(np.dtype(a.dtype) == np.uint32 for a in record.values())
+
+
+def test_masks_are_a_seeded_uniform_stream_of_the_full_seed() -> None:
+    shapes = [(3, 4), (), (50_000,)]
+    seed = bytes(range(32))
+    first = secagg.mask_stream(seed, 2**32, shapes)
+    assert [m.shape for m in first] == shapes
+    again = secagg.mask_stream(seed, 2**32, shapes)
+    assert all(np.array_equal(a, b) for a, b in zip(first, again))
+    # Every byte of the seed matters (Flower's pseudo_rand_gen folds it to 32 bits, so
+    # seeds with equal XOR-folds give equal masks).
+    folded_twin = bytes(range(4, 8)) + bytes(range(4)) + bytes(range(8, 32))
+    assert not np.array_equal(first[2], secagg.mask_stream(folded_twin, 2**32, shapes)[2])
+    values = first[2]
+    assert values.min() >= 0 and values.max() < 2**32
+    assert abs(values.mean() / 2**32 - 0.5) < 0.01  # uniform over the range
+    small = secagg.mask_stream(seed, 2**20, shapes)[2]
+    assert small.max() < 2**20
+    with pytest.raises(ValueError, match="power of two"):
+        secagg.mask_stream(seed, 3 * 2**20, shapes)

@@ -1,0 +1,144 @@
+"""Per-sample gradients, joint clipping and the private step of the multi-task trainer."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+from torch import nn
+
+from tests.helpers import make_run
+from umedpt.model import UMedPTModel
+from umedpt.models.presets import model_config
+from umedpt.privacy import (
+    DPSGDConfig,
+    PrivacyError,
+    check_private_modules,
+    clipped_grad_sum,
+    task_parameters,
+)
+from umedpt.tasks import total_loss
+from umedpt.training.trainer import MultiTaskTrainer, TaskRun, TrainConfig
+
+
+def small_run(n: int, batch_size: int = 8):
+    """A classification task of ``n`` 32 px images (the helpers' 64 px, halved: faster)."""
+    run = make_run("t", "classification", n_train=n, n_val=0)
+    for sample in run.data["train"]:
+        sample.image = sample.image[:, ::2, ::2].contiguous()
+    config = dataclasses.replace(run.config, image_size=32, batch_size=batch_size)
+    return TaskRun(config, run.data)
+
+
+def setup(n: int = 4):
+    run = small_run(n)
+    model = UMedPTModel(model_config("tiny"), [run.config], seed=0)
+    model.eval()  # no dropout or stochastic depth: per-sample and single-sample runs agree
+    batch = run.task_type.collate(run.data["train"])
+    params = task_parameters(model, "t", model.task_blocks["t"])
+
+    def loss_fn(outputs, one):
+        return run.task_type.loss(outputs, one, run.config)
+
+    return run, model, batch, params, loss_fn
+
+
+def single_sample_grads(run, model, params, batch, i):
+    one = run.task_type.collate([run.data["train"][i]])
+    model.zero_grad(set_to_none=True)
+    total_loss(run.task_type.loss(model(one.images, "t"), one, run.config)).backward()
+    return {k: p.grad.detach().clone() for k, p in params.items()}
+
+
+def test_per_sample_gradients_match_single_sample_backward_passes() -> None:
+    run, model, batch, params, loss_fn = setup()
+    result = clipped_grad_sum(
+        model, ("t",), params, batch, loss_fn, max_grad_norm=1e9, chunk_size=3
+    )
+    singles = [single_sample_grads(run, model, params, batch, i) for i in range(batch.size)]
+    norms = [torch.cat([g.flatten() for g in s.values()]).norm() for s in singles]
+    torch.testing.assert_close(result.norms, torch.stack(norms), rtol=1e-3, atol=1e-5)
+    for k in params:  # unclipped: the sum of the single-sample gradients
+        torch.testing.assert_close(
+            result.grads[k], sum(s[k] for s in singles), rtol=1e-3, atol=1e-5
+        )
+    assert result.losses.shape == (batch.size,)
+
+
+def test_a_sample_with_a_huge_loss_moves_the_clipped_sum_by_at_most_the_clip_norm() -> None:
+    run, model, batch, params, loss_fn = setup()
+    outlier = run.task_type.collate(run.data["train"][:1])
+    outlier.images = outlier.images * 50  # far from the data: a very large gradient
+    outlier.targets["labels"] = 1 - outlier.targets["labels"]
+    both = type(batch)(
+        torch.cat([batch.images, outlier.images]),
+        {"labels": torch.cat([batch.targets["labels"], outlier.targets["labels"]])},
+    )
+    clip = 0.5
+    without = clipped_grad_sum(model, ("t",), params, batch, loss_fn, max_grad_norm=clip)
+    with_it = clipped_grad_sum(model, ("t",), params, both, loss_fn, max_grad_norm=clip)
+    assert with_it.norms[-1] > 10 * clip
+    change = torch.cat([(with_it.grads[k] - without.grads[k]).flatten() for k in params]).norm()
+    assert change <= clip * (1 + 1e-4)
+
+
+def test_the_per_sample_loop_agrees_with_vmap() -> None:
+    run, model, batch, params, loss_fn = setup(n=3)
+    kwargs = dict(max_grad_norm=0.1, chunk_size=2)
+    vmapped = clipped_grad_sum(model, ("t",), params, batch, loss_fn, vectorize=True, **kwargs)
+    looped = clipped_grad_sum(model, ("t",), params, batch, loss_fn, vectorize=False, **kwargs)
+    for k in params:
+        torch.testing.assert_close(vmapped.grads[k], looped.grads[k], rtol=1e-3, atol=1e-6)
+
+
+def test_batchnorm_in_a_privately_trained_module_is_refused_by_name() -> None:
+    with pytest.raises(PrivacyError, match=r"module 'blocks.cnn.1' is a BatchNorm2d"):
+        check_private_modules(
+            [("blocks.cnn", nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4)))]
+        )
+
+
+def test_the_tiny_preset_and_every_task_types_blocks_and_heads_are_batchnorm_free() -> None:
+    runs = [
+        make_run(t, t, n_train=1, n_val=0)
+        for t in ("classification", "segmentation", "detection", "multilabel")
+    ]
+    model = UMedPTModel(model_config("tiny"), [r.config for r in runs], seed=0)
+    check_private_modules(model.named_children())
+
+
+def test_a_private_trainer_steps_through_empty_poisson_batches() -> None:
+    run = small_run(40, batch_size=1)
+    model = UMedPTModel(model_config("tiny"), [run.config], seed=0)
+    privacy = DPSGDConfig(max_grad_norm=1.0, noise_multipliers={"t": 1.0})
+    trainer = MultiTaskTrainer(model, [run], TrainConfig(seed=0), privacy=privacy)
+    assert trainer.sample_rates() == {"t": 1 / 40}
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    report = trainer.train_steps(3)  # P(no sample in any of 3 steps) ~ 0.93
+    after = model.state_dict()
+    # Noise alone moves the encoder and the head (heads are inside the private step).
+    assert not torch.equal(before["heads.t.linear.weight"], after["heads.t.linear.weight"])
+    assert not torch.equal(
+        before["encoder.model.patch_embed.proj.weight"],
+        after["encoder.model.patch_embed.proj.weight"],
+    )
+    assert report.steps == 3
+
+
+def test_the_segmentation_loss_is_vectorised() -> None:
+    """Segmentation's loss must not fall back to the slow per-sample loop under DP."""
+    run = make_run("t", "segmentation", n_train=3, n_val=0)
+    model = UMedPTModel(model_config("tiny"), [run.config], seed=0)
+    model.eval()
+    batch = run.task_type.collate(run.data["train"])
+    params = task_parameters(model, "t", model.task_blocks["t"])
+
+    def loss_fn(outputs, one):
+        return run.task_type.loss(outputs, one, run.config)
+
+    kwargs = dict(max_grad_norm=1e9, chunk_size=3)
+    vmapped = clipped_grad_sum(model, ("t",), params, batch, loss_fn, vectorize=True, **kwargs)
+    looped = clipped_grad_sum(model, ("t",), params, batch, loss_fn, vectorize=False, **kwargs)
+    for k in params:
+        torch.testing.assert_close(vmapped.grads[k], looped.grads[k], rtol=1e-3, atol=1e-6)
