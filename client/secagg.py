@@ -72,6 +72,9 @@ class SiteSecrets:
     owners: list[int] = field(default_factory=list)  # whose shares this site holds
     seed_shares: list[bytes] = field(default_factory=list)
     sk1_shares: list[bytes] = field(default_factory=list)
+    # "group:node,node,...": the groups this site masked and their members, so that it can
+    # refuse an unmasking that would leave one member's input alone in a group's sum.
+    masked_groups: list[str] = field(default_factory=list)
 
     @classmethod
     def load(cls, context: Context) -> SiteSecrets:
@@ -193,6 +196,13 @@ def masked_reply(message: Message, context: Context, trained: Message) -> Messag
     by_group = secagg.group_keys(arrays.keys())
     masked: dict[str, Array] = {}
     for group in [str(g) for g in cast(list, config[secagg.GROUPS])]:
+        members = [int(n) for n in cast(list, config[secagg.GROUP_MEMBERS + group])]
+        if state.nid not in members or len(set(members)) < 2:
+            raise SecAggError(
+                f"group {group}: the server listed members {members}; a sum hides this "
+                "site's input only with this site and at least one other in it"
+            )
+        state.masked_groups.append(f"{group}:{','.join(str(n) for n in members)}")
         keys = by_group[group]
         values = [arrays[k].numpy().astype(np.float64) for k in keys]
         values = parameters_multiply(values, q_ratio / quant.quantization_range)
@@ -203,7 +213,7 @@ def masked_reply(message: Message, context: Context, trained: Message) -> Messag
         vectors = parameters_addition(
             vectors, secagg.self_mask(state.seed, group, shapes, quant.modulus_range)
         )
-        for peer in [int(n) for n in cast(list, config[secagg.GROUP_MEMBERS + group])]:
+        for peer in members:
             if peer == state.nid:
                 continue
             if peer not in sources:
@@ -215,6 +225,7 @@ def masked_reply(message: Message, context: Context, trained: Message) -> Messag
         vectors = secagg.reduce_mod(vectors, quant.modulus_range)
         for key, vector in zip([secagg.weight_key(group), *keys], vectors, strict=True):
             masked[key] = Array(np.asarray(vector).astype(secagg.MASKED_DTYPE))
+    state.save(context)
     content = RecordDict({wire.METRICS: metrics, wire.SHARED_ARRAYS: ArrayRecord(masked)})
     return Message(content, reply_to=message)
 
@@ -234,6 +245,16 @@ def unmask(message: Message, context: Context) -> Message:
         raise SecAggError("a site is listed as both active and dropped")
     if len(active) < state.threshold:
         raise SecAggError(f"{len(active)} active sites, fewer than the threshold {state.threshold}")
+    for entry in state.masked_groups:
+        group, _, listed = entry.partition(":")
+        alive = set(active) & {int(n) for n in listed.split(",")}
+        if len(alive) == 1:
+            # Its seed (asked for) and the dropped members' keys would unmask that one
+            # input of this group in clear.
+            SiteSecrets().save(context)
+            raise SecAggError(
+                f"group {group}: only node {alive.pop()} sent input; unmasking would reveal it"
+            )
     owners, shares = [], []
     for node, pick in [(n, state.seed_shares) for n in active] + [
         (n, state.sk1_shares) for n in dead
@@ -258,6 +279,8 @@ def register(app: ClientApp, train: Handler) -> None:
 
     @app.train(secagg.COLLECT)
     def _collect(message: Message, context: Context) -> Message:
+        # The stage first: a message out of order must not train (nor spend privacy budget).
+        SiteSecrets.load(context).expect(secagg.SHARE_KEYS, secagg.COLLECT)
         return masked_reply(message, context, train(message, context))
 
     @app.query(secagg.UNMASK)

@@ -1,7 +1,8 @@
 """One site's part of a federated round, without Flower: load, train, save, report.
 
 With a ``[privacy]`` table in the site file, training is DP-SGD (:mod:`umedpt.privacy`):
-every round's spend is appended to ``<state_dir>/runs/<run-key>/privacy-ledger.json``,
+every round's spend is appended to ``<state_dir>/privacy-ledger.json`` (the site file's
+own state folder, over all runs; never a folder the server chooses),
 each training reply carries the epsilon spent so far, and a round that would take the
 site past its target epsilon is refused before any training (:class:`PrivacyBudgetSpent`).
 
@@ -67,9 +68,18 @@ def _cached_runs(site_file: str, modified: float) -> tuple[TaskRun, ...]:
     return tuple(load_runs(load_site_config(site_file).tasks))
 
 
+RUN_KEY = re.compile(r"^[A-Za-z0-9_-]{1,64}\Z")
+
+
 def site_state_dir(site: SiteConfig, settings: RunSettings) -> Path:
+    run_key = settings.run_key or "default"
+    if not RUN_KEY.match(run_key):  # it names a folder: no '..', no '/'
+        raise SiteError(
+            f"site {site.name}: the server sent run key {run_key!r}; expected 1-64 letters, "
+            "digits, '-' or '_'"
+        )
     root = Path(settings.state_root) / site.name if settings.state_root else site.state_dir
-    return root / "runs" / (settings.run_key or "default")
+    return root / "runs" / run_key
 
 
 def describe_site(site: SiteConfig) -> dict[str, str]:
@@ -102,12 +112,14 @@ class SiteRunner:
         self.model = UMedPTModel(self.model_config, site.tasks, seed=settings.seed)
         self.budget: PrivacyBudget | None = None
         if site.privacy is not None:
-            # In the run's folder: a restarted site and a rerun of the run key continue it.
+            # In the site's own state folder, whatever the server sends (run key, state
+            # root): one ledger over every run, which no server can swap for an empty one.
             self.budget = PrivacyBudget(
                 site.privacy,
-                PrivacyLedger.load(self.state_dir / LEDGER_FILE),
+                PrivacyLedger.load(site.state_dir / LEDGER_FILE),
                 {r.name: sample_rate(r) for r in self.runs},
                 planned_steps=settings.num_server_rounds * settings.local_steps,
+                run_key=settings.run_key,
             )
         self.trainer = MultiTaskTrainer(
             self.model,
@@ -217,7 +229,9 @@ class SiteRunner:
             entry = self.budget.record(server_round, report.steps)
             metrics[wire.DP_EPSILON] = entry.epsilon
             metrics[wire.DP_DELTA] = entry.delta
-            # Training losses and Poisson batch sizes are not privatised: they stay home.
+            # Training losses, Poisson batch sizes and the time (which follows the batch
+            # sizes) are not privatised: they stay home.
+            del metrics[wire.TRAIN_SECONDS]
             # The expected examples (batch size * steps per task) do not depend on the data.
             num_examples = sum(
                 round(sample_rate(r) * len(r.data["train"])) * report.steps for r in self.runs

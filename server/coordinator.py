@@ -443,8 +443,11 @@ def _read_sites(out: Path) -> dict[str, dict]:
     return json.loads(path.read_text()) if path.is_file() else {}
 
 
+SITES_LOCK = ".sites.lock"  # one `umedpt-fl sites register|revoke` at a time per folder
+
+
 def _write_sites(out: Path, sites: dict[str, dict]) -> None:
-    tmp = out / f".{SITES_FILE}.tmp"
+    tmp = out / f".{SITES_FILE}.{os.getpid()}.tmp"
     tmp.write_text(json.dumps(sites, indent=2, sort_keys=True) + "\n")
     tmp.replace(out / SITES_FILE)
 
@@ -460,18 +463,19 @@ def register_site(out: Path, public_key: Path, name: str | None = None) -> tuple
     if not name:
         name = comment.split()[0] if comment else public_key.stem
     env = control_env(out)
-    sites = _read_sites(out)
-    if name in sites:
-        raise SiteRegistryError(
-            f"a site named {name!r} is already registered (node {sites[name]['node_id']}); "
-            "revoke it first, or choose another --name"
+    with folder_lock(out, SITES_LOCK, role="site registration", wait=60):
+        sites = _read_sites(out)
+        if name in sites:
+            raise SiteRegistryError(
+                f"a site named {name!r} is already registered (node {sites[name]['node_id']}); "
+                "revoke it first, or choose another --name"
+            )
+        data = _flwr_json(
+            ["supernode", "register", str(public_key.resolve()), CONNECTION, "--name", name], env
         )
-    data = _flwr_json(
-        ["supernode", "register", str(public_key.resolve()), CONNECTION, "--name", name], env
-    )
-    node_id = int(data["node-id"])
-    sites[name] = {"node_id": node_id, "public_key": key}
-    _write_sites(out, sites)
+        node_id = int(data["node-id"])
+        sites[name] = {"node_id": node_id, "public_key": key}
+        _write_sites(out, sites)
     return name, node_id
 
 
@@ -482,6 +486,11 @@ def revoke_site(out: Path, site: str) -> tuple[str, int]:
     """
     out = out.resolve()
     env = control_env(out)
+    with folder_lock(out, SITES_LOCK, role="site registration", wait=60):
+        return _revoke_site(out, site, env)
+
+
+def _revoke_site(out: Path, site: str, env: dict[str, str]) -> tuple[str, int]:
     sites = _read_sites(out)
     if Path(site).is_file():
         key, _ = read_public_key(Path(site))

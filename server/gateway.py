@@ -158,7 +158,7 @@ def create_app(
 
     async def fleet(request: Request) -> Response:
         method = request.path_params["method"]
-        if not FLEET_METHOD.match(method) or request.url.query:
+        if not FLEET_METHOD.fullmatch(method) or request.url.query:
             return _refusal(request, 404, "not a Fleet API call")
         declared = request.headers.get("content-length", "")
         if declared.isdigit() and int(declared) > max_body:

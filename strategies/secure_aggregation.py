@@ -218,6 +218,18 @@ class SecureAggregator:
                 if int(dst) in forward:
                     forward[int(dst)].append((src, cast(bytes, ciphertext)))
         proto.members = {g: [n for n in ms if n in shared] for g, ms in sampled.items()}
+        for group, members in list(proto.members.items()):
+            if len(members) < 2:  # its other sites dropped during key sharing
+                del proto.members[group]
+                if members:
+                    excluded[group] = members[0]
+                log(
+                    WARNING,
+                    "secure aggregation: group '%s' has %s left after key sharing: a sum of "
+                    "one update is that update, so it keeps its weights this round",
+                    group,
+                    f"only site '{st.site_name(members[0])}'" if members else "no site",
+                )
         for node in sorted(set(payload_keys) - set(shared)):
             self._drop(node, "secure aggregation: no keys shared before training")
         # Stage 2's messages: the round's train content plus the forwarded shares.
@@ -272,7 +284,7 @@ class SecureAggregator:
         server-known example count (join-time ``examples-per-step`` x ``local-steps``, else
         the first count accepted from that site, ``defences.WeightLedger``), else
         ``max_weight``. ``max_weight``: the configured one; else the largest known cap or
-        last round's reports, else SecAgg+'s default 1000. Choose it close to the real
+        last round's capped weights, else SecAgg+'s default 1000. Choose it close to the real
         weights: a small ``weight / max_weight`` costs quantisation precision.
         """
         st = self.strategy
@@ -282,10 +294,11 @@ class SecureAggregator:
         if self.config.max_weight > 0:
             max_weight = self.config.max_weight
         else:
+            # Last round's weights as the server capped them, never the raw claims: one
+            # inflated claim would round every other site's weight to zero.
             last = st.rounds.get(server_round - 1)
-            key = st.weighted_by_key
-            reported = [m[key] for m in (last.train_metrics.values() if last else []) if key in m]
-            max_weight = max([*reported, *known.values()], default=DEFAULT_MAX_WEIGHT)
+            capped = list(last.weights.values()) if last else []
+            max_weight = max([*capped, *known.values()], default=DEFAULT_MAX_WEIGHT)
         return max_weight, {n: min(known.get(n, max_weight), max_weight) for n in nodes}
 
     def _known_weight(self, node: int) -> float | None:
@@ -355,6 +368,22 @@ class SecureAggregator:
                 len(active),
                 proto.threshold,
                 st.min_replies,
+            )
+            return None, None
+        lonely = {
+            group: alive[0]
+            for group, members in proto.members.items()
+            if len(alive := [n for n in members if n in masked]) == 1
+        }
+        if lonely:
+            # The seeds and dropped keys unmasking needs would reveal that one input of the
+            # group in clear (a site's secrets serve all of its groups): unmask nothing.
+            log(
+                WARNING,
+                "round %s: in group(s) %s only one site sent input; unmasking would reveal it: "
+                "weights kept",
+                server_round,
+                ", ".join(f"'{g}' ({st.site_name(n)})" for g, n in lonely.items()),
             )
             return None, None
         # Stage 3: unmask. Seeds of the sites that sent input, keys of those that did not.

@@ -112,7 +112,7 @@ def subject_alt_names(hosts: Sequence[str]) -> list[x509.GeneralName]:
         labels = host.rstrip(".").split(".")
         if host.startswith("*."):  # a wildcard is allowed as the leftmost label only
             labels = labels[1:]
-        if not labels or not all(_DNS_LABEL.match(label) for label in labels):
+        if not labels or not all(_DNS_LABEL.fullmatch(label) for label in labels):
             raise CertsError(f"--host {host!r} is neither an IP address nor a valid DNS name")
         names.append(x509.DNSName(host.rstrip(".").lower()))
     return names
@@ -237,7 +237,7 @@ def create_site_keys(folder: Path, name: str) -> Issued:
     register`` expect. The private key stays at the site; the coordinator registers the
     public one.
     """
-    if not _SITE_NAME.match(name):
+    if not _SITE_NAME.fullmatch(name):
         raise CertsError(
             f"site name {name!r}: use letters, digits, '.', '_' or '-' (at most 64), "
             "starting with a letter or digit"

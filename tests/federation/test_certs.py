@@ -65,6 +65,8 @@ def test_bad_hosts_and_a_missing_ca_are_named(tmp_path) -> None:
     certs.init_ca(tmp_path)
     result = run("certs", "coordinator", str(tmp_path), "--host", "bad host!")
     assert result.exit_code == 2 and "'bad host!'" in result.output
+    result = run("certs", "site", str(tmp_path), "site-a\n")  # no newline in a file name
+    assert result.exit_code == 2 and not list(tmp_path.glob("site-a*"))
 
 
 def test_site_keys_are_openssh_ecdsa_for_flower(tmp_path) -> None:

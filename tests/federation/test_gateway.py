@@ -73,6 +73,7 @@ def test_fleet_calls_pass_with_body_and_auth_headers_unchanged(gateway) -> None:
         ("POST", "/v1/fleet/%2e%2e%2fcontrol%2fstart-run", 404),
         ("POST", "/v1/fleet/Get_Run", 404),
         ("POST", "/v1/fleet/get-run?x=1", 404),
+        ("POST", "/v1/fleet/push-object%0A", 404),  # '$' would match before a final newline
     ],
 )
 def test_everything_but_the_fleet_api_is_refused_before_the_superlink(

@@ -211,6 +211,74 @@ def test_too_many_dropouts_fail_the_round() -> None:
         secure_run(failing=gone)  # 2 of 4 sites left, threshold round(0.66 * 4) = 3
 
 
+# Two sites train segmentation: if one of them drops, the other's input would be alone in
+# that group's sum.
+PAIR = {
+    11: ("a", ("classification",), 10),
+    22: ("b", ("classification",), 30),
+    33: ("c", ("classification",), 60),
+    44: ("d", ("segmentation",), 20),
+    55: ("e", ("segmentation",), 40),
+}
+
+
+def test_a_group_left_with_one_input_is_never_unmasked() -> None:
+    # e shares its keys, then sends no masked input: unmasking would hand the server d's
+    # seed and e's key, i.e. d's segmentation update in clear.
+    def gone(node: int, message: Message) -> bool:
+        return node == 55 and message.metadata.message_type == secagg.COLLECT_TYPE
+
+    grid = ClientAppGrid(fake_client_app(PAIR), {n: {} for n in PAIR}, {}, failing=gone)
+    strategy = make("fedavg", secure_aggregation=True)
+    with pytest.raises(RoundFailedError):  # like any round that cannot be aggregated
+        strategy.start(grid, initial(), num_rounds=1, timeout=30)
+    assert not [r for r in grid.received if r.metadata.message_type == secagg.UNMASK_TYPE]
+    assert strategy.rounds[1].updated_groups == []
+
+
+def test_a_group_left_with_one_site_after_key_sharing_sits_the_round_out() -> None:
+    def gone(node: int, message: Message) -> bool:
+        return node == 55 and message.metadata.message_type == secagg.SHARE_KEYS_TYPE
+
+    grid, strategy, result = secure_run(PAIR, failing=gone)
+    assert strategy.rounds[1].updated_groups == ["blocks.classification", "encoder"]
+    np.testing.assert_array_equal(result.arrays["blocks.segmentation.w"].numpy(), 0)
+    sent = [r for r in grid.received if r.metadata.src_node_id == 44 and r.content.array_records]
+    assert not any(
+        k.startswith("blocks.segmentation") for k in sent[0].content[wire.SHARED_ARRAYS].keys()
+    )
+
+
+def test_a_site_refuses_to_mask_a_group_without_another_member() -> None:
+    context = Context(run_id=1, node_id=7, node_config={}, state=RecordDict(), run_config={})
+    client_secagg.setup(Message(RecordDict(), dst_node_id=7, message_type="query"), context)
+    state = client_secagg.SiteSecrets.load(context)
+    state.stage = secagg.SHARE_KEYS  # keys shared (with nobody: no shares forwarded)
+    state.save(context)
+    config = ConfigRecord(
+        {
+            secagg.GROUPS: ["encoder"],
+            secagg.GROUP_MEMBERS + "encoder": [7],
+            secagg.WEIGHT_KEY: wire.NUM_EXAMPLES,
+            secagg.WEIGHT_CAP: 1.0,
+            **secagg.Quantization(8.0, 2**22, 2**32, 1.0).to_config(),
+        }
+    )
+    message = Message(RecordDict({secagg.RECORD: config}), dst_node_id=7, message_type="train")
+    trained = Message(
+        RecordDict(
+            {
+                wire.METRICS: MetricRecord({wire.NUM_EXAMPLES: 1}),
+                wire.SHARED_ARRAYS: ArrayRecord({"encoder.w": Array(np.ones(2, np.float32))}),
+            }
+        ),
+        dst_node_id=7,
+        message_type="train",
+    )
+    with pytest.raises(client_secagg.SecAggError, match="at least one other"):
+        client_secagg.masked_reply(message, context, trained)
+
+
 THREE = {
     11: ("a", ("classification",), 10),
     22: ("b", ("classification",), 30),

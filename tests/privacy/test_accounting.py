@@ -34,15 +34,21 @@ def test_poisson_batches_have_the_sample_rate_and_follow_the_seed() -> None:
     assert c.next_indices() != d.next_indices()
 
 
-def test_poisson_streams_resume_and_return_none_for_an_empty_batch() -> None:
+def test_poisson_streams_never_replay_draws_and_return_none_for_an_empty_batch() -> None:
     a = stream(100, 1, seed=0)
     batches = [a.next_batch() for _ in range(50)]
     assert any(x is None for x in batches) and any(x is not None for x in batches)
     state = a.state_dict()
-    expected = [a.next_indices() for _ in range(5)]
+    replayed = [a.next_indices() for _ in range(20)]
+    # A repeated round restores the state saved before it: it must not draw the same
+    # batches again (the ledger counts each round as fresh, independent draws).
     b = stream(100, 1, seed=99)
     b.load_state_dict(state)
-    assert [b.next_indices() for _ in range(5)] == expected
+    assert b.draws == 50
+    drawn = [b.next_indices() for _ in range(20)]
+    assert drawn != replayed
+    fresh = stream(100, 1, seed=99)  # the stream's own (caller-chosen) seed decides
+    assert drawn == [fresh.next_indices() for _ in range(20)]
 
 
 def test_the_noise_multiplier_reaches_the_target_with_opacus_accountant() -> None:

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import umedpt_fl.inprocess  # noqa: F401  (sets the task identity messages need outside a run)
-from client.site import PrivacyBudgetSpent, SiteRunner
+from client.site import PrivacyBudgetSpent, SiteError, SiteRunner
 from server.report import privacy_summary
 from umedpt.config import load_site_config
 from umedpt.errors import ConfigError
@@ -19,9 +19,12 @@ PRIVACY = "\n[privacy]\ntarget_epsilon = 8.0\ntarget_delta = 1e-5\nmax_grad_norm
 
 @pytest.fixture
 def dp_site(demo_sites, tmp_path):
-    """Demo site clinic-d (one classification task) with a [privacy] table."""
+    """Demo site clinic-d (one classification task) with a [privacy] table and a state
+    folder (where its ledger lives) of this test's own."""
     text = demo_sites[3].read_text()
-    path = demo_sites[3].parent / "clinic-d-dp.toml"
+    assert 'state_dir = "state/clinic-d"' in text
+    text = text.replace('state_dir = "state/clinic-d"', f'state_dir = "{tmp_path / "state"}"')
+    path = demo_sites[3].parent / f"clinic-d-dp-{tmp_path.name}.toml"
     path.write_text(text.replace("[[tasks]]", PRIVACY + "\n[[tasks]]", 1))
     return path
 
@@ -40,8 +43,9 @@ def test_a_site_reports_its_epsilon_and_refuses_once_its_budget_is_spent(dp_site
         spent.append(outcome.metrics[wire.DP_EPSILON])
         assert outcome.metrics[wire.DP_DELTA] == 1e-5
         assert not any(wire.TRAIN_LOSS in k for k in outcome.metrics)  # losses stay home
+        assert wire.TRAIN_SECONDS not in outcome.metrics  # it follows the batch sizes
     assert spent[0] < spent[1] <= 8.0
-    ledger = PrivacyLedger.load(site.state_dir / LEDGER_FILE)
+    ledger = PrivacyLedger.load(site.site.state_dir / LEDGER_FILE)
     assert [e.round for e in ledger.entries] == [1, 2]
 
     third = runner(dp_site, tmp_path)
@@ -50,8 +54,32 @@ def test_a_site_reports_its_epsilon_and_refuses_once_its_budget_is_spent(dp_site
         third.train_round(shared, 3)
     after = third.model.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)  # it did not train
-    assert len(PrivacyLedger.load(site.state_dir / LEDGER_FILE).entries) == 2
+    assert len(PrivacyLedger.load(site.site.state_dir / LEDGER_FILE).entries) == 2
     assert not (site.state_dir / "round-00003").exists()
+
+
+def test_the_ledger_spans_runs_and_no_server_can_hand_a_site_an_empty_one(
+    dp_site, tmp_path
+) -> None:
+    first = runner(dp_site, tmp_path / "a", num_server_rounds=1, run_key="first")
+    shared = first.model.shared_state_dict()
+    spent_first = first.train_round(shared, 1).metrics[wire.DP_EPSILON]
+    # Another run (another run key, another state root): the same ledger, which already
+    # holds the first run's spend, so the new run plans more noise to stay within target.
+    second = runner(dp_site, tmp_path / "b", num_server_rounds=1, run_key="second")
+    assert second.budget.spent == pytest.approx(spent_first)
+    (task,) = second.budget.noise_multipliers
+    assert second.budget.noise_multipliers[task] > first.budget.noise_multipliers[task]
+    total = second.train_round(shared, 1).metrics[wire.DP_EPSILON]
+    assert spent_first < total <= 8.0
+    ledger = PrivacyLedger.load(first.site.state_dir / LEDGER_FILE)
+    assert [e.run_key for e in ledger.entries] == ["first", "second"]
+
+
+@pytest.mark.parametrize("run_key", ["../../elsewhere", "/tmp/x", "a/b", "x" * 65])
+def test_a_run_key_that_is_not_a_plain_name_is_refused(dp_site, tmp_path, run_key) -> None:
+    with pytest.raises(SiteError, match="run key"):
+        runner(dp_site, tmp_path, run_key=run_key)
 
 
 def test_the_refusal_is_an_error_reply_the_server_rejects_with_the_reason(

@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from umedpt.config import PrivacyConfig
-from umedpt.privacy.accounting import epsilon_of, noise_multiplier_for
+from umedpt.privacy.accounting import History, epsilon_of, noise_multiplier_for
 from umedpt.privacy.errors import BudgetExhaustedError
 from umedpt.privacy.ledger import LedgerEntry, PrivacyLedger
 
@@ -43,6 +43,7 @@ class PrivacyBudget:
         sample_rates: Mapping[str, float],
         *,
         planned_steps: int,
+        run_key: str = "",
     ) -> None:
         bad = {t: q for t, q in sample_rates.items() if not 0 < q <= 1}
         if bad:
@@ -51,15 +52,11 @@ class PrivacyBudget:
         self.ledger = ledger
         self.sample_rates = dict(sample_rates)
         self.planned_steps = planned_steps
-        # The same plan on every restart: a deterministic function of the site file and run.
+        self.run_key = run_key
+        # The same plan on every restart: a deterministic function of the site file, the
+        # run and the earlier runs' spend (which this run's rounds must leave room for).
         self.noise_multipliers = {
-            task: noise_multiplier_for(
-                target_epsilon=config.target_epsilon,
-                target_delta=config.target_delta,
-                sample_rate=q,
-                steps=planned_steps,
-                accountant=config.accountant,
-            )
+            task: plan_noise(config, q, planned_steps, ledger.history(task, other_than_run=run_key))
             for task, q in self.sample_rates.items()
         }
 
@@ -105,6 +102,43 @@ class PrivacyBudget:
             delta=self.config.target_delta,
             task_epsilons=per_task,
             accountant=self.config.accountant,
+            run_key=self.run_key,
         )
         self.ledger.append(entry)
         return entry
+
+
+def plan_noise(config: PrivacyConfig, sample_rate: float, steps: int, prior: History) -> float:
+    """The smallest noise multiplier whose ``steps`` steps, after the ``prior`` rounds of
+    earlier runs, stay within the target (Opacus' accountant; the search is a bisection).
+
+    Without prior spend this is Opacus' ``get_noise_multiplier``. When earlier runs left
+    no room, the plan is the fresh-budget one and :meth:`PrivacyBudget.check` refuses the
+    first round, saying why.
+    """
+
+    def epsilon(sigma: float) -> float:
+        return epsilon_of(
+            [*prior, (sigma, sample_rate, steps)],
+            delta=config.target_delta,
+            accountant=config.accountant,
+        )
+
+    fresh = noise_multiplier_for(
+        target_epsilon=config.target_epsilon,
+        target_delta=config.target_delta,
+        sample_rate=sample_rate,
+        steps=steps,
+        accountant=config.accountant,
+    )
+    if not any(n for *_, n in prior) or epsilon(fresh) <= config.target_epsilon:
+        return fresh
+    low, high = fresh, 2 * fresh
+    while epsilon(high) > config.target_epsilon:
+        low, high = high, 2 * high
+        if high > 1e4:  # the earlier runs alone spent the budget
+            return fresh
+    for _ in range(30):
+        middle = (low + high) / 2
+        low, high = (low, middle) if epsilon(middle) <= config.target_epsilon else (middle, high)
+    return high

@@ -1,9 +1,12 @@
 """The site's privacy ledger: every round's spend, on disk, append-only.
 
-One JSON file (``privacy-ledger.json``) per site and run, rewritten atomically (a temporary
-file, then ``os.replace``) after every round, so a crash leaves either the old or the new
-ledger, never half of one. A round that is repeated (after a server restart) is appended
-again: the noisy update of the first attempt may have left the site, so its spend stays.
+One JSON file (``privacy-ledger.json``) per site, in the site's own ``state_dir`` (never a
+folder the server names: a server must not be able to hand a site an empty ledger), over
+every run the site takes part in. It is rewritten atomically (a temporary file, fsync,
+``os.replace``, fsync of the folder) after every round, so a crash leaves either the old
+or the new ledger, never half of one. A round that is repeated (after a server restart) is
+appended again: the noisy update of the first attempt may have left the site, so its
+spend stays.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ class LedgerEntry:
     delta: float
     task_epsilons: Mapping[str, float] = field(default_factory=dict)  # task -> spent so far
     accountant: str = "rdp"
+    run_key: str = ""  # the federated run the round belonged to
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> LedgerEntry:
@@ -45,6 +49,7 @@ class LedgerEntry:
             delta=float(data["delta"]),
             task_epsilons={k: float(v) for k, v in data.get("task_epsilons", {}).items()},
             accountant=str(data.get("accountant", "rdp")),
+            run_key=str(data.get("run_key", "")),
         )
 
 
@@ -86,13 +91,19 @@ class PrivacyLedger:
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, self.path)
+        folder = os.open(self.path.parent, os.O_RDONLY)
+        try:
+            os.fsync(folder)  # the rename itself survives a power loss
+        finally:
+            os.close(folder)
 
-    def history(self, task: str) -> History:
-        """Opacus' accountant history of one task over every recorded round."""
+    def history(self, task: str, *, other_than_run: str | None = None) -> History:
+        """Opacus' accountant history of one task over every recorded round (of every run,
+        or of the runs other than ``other_than_run``)."""
         return [
             (e.noise_multipliers[task], e.sample_rates[task], e.steps)
             for e in self.entries
-            if task in e.noise_multipliers
+            if task in e.noise_multipliers and e.run_key != other_than_run
         ]
 
     @property

@@ -71,7 +71,10 @@ class PoissonStream:
     Every step includes each sample independently with probability ``sample_rate =
     batch_size / n`` (capped at 1), so a batch has ``batch_size`` samples on average and
     may be empty: :meth:`next_batch` then returns None and the private step adds noise
-    alone. The RNG is the stream's state, so a resumed run continues the same draws.
+    alone. The draws are never replayed: the generator is seeded from OS entropy by the
+    caller and not restored with the state, because a repeated round that drew the same
+    batches again would release them twice with fresh noise only, which costs more privacy
+    than the ledger (which counts independent draws) records.
     """
 
     def __init__(
@@ -114,7 +117,6 @@ class PoissonStream:
         return {"generator": self.generator.get_state(), "draws": torch.tensor(self.draws)}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        if "draws" not in state:  # saved by a shuffled TaskStream (privacy was off then)
-            return
-        self.generator.set_state(state["generator"])
-        self.draws = int(state["draws"])
+        """Only the count of draws: the generator is not restored (see the class docstring)."""
+        if "draws" in state:  # else saved by a shuffled TaskStream (privacy was off then)
+            self.draws = int(state["draws"])

@@ -364,7 +364,8 @@ class MultiTaskTrainer:
         for name, stream_state in state["streams"].items():
             if name in self.streams:
                 self.streams[name].load_state_dict(stream_state)
-        if "torch_rng" in state:
+        if "torch_rng" in state and self.privacy is None:
+            # Under DP nothing random is replayed (see PoissonStream).
             torch.set_rng_state(state["torch_rng"])
 
 
