@@ -23,6 +23,7 @@ from umedpt_fl.options import (
     Resume,
     Rounds,
     RoundTimeout,
+    SecaggAllowUnsharedBlocks,
     SecureAggregation,
     Seed,
     ServerLr,
@@ -100,6 +101,7 @@ def server_command(
     client_dp_noise: ClientDpNoise = 0.0,
     client_dp_clip: ClientDpClip = 0.0,
     secure_aggregation: SecureAggregation = False,
+    secagg_allow_unshared_blocks: SecaggAllowUnsharedBlocks = False,
     wait_for_sites: Annotated[
         int, typer.Option(help="Sites connected before each round starts (default: --min-sites).")
     ] = 0,
@@ -142,7 +144,8 @@ def server_command(
             trim_beta=trim_beta, max_site_share=max_site_share,
             update_norm_bound=update_norm_bound, update_norm_ratio=update_norm_ratio,
             client_dp_noise=client_dp_noise, client_dp_clip=client_dp_clip,
-            secure_aggregation=secure_aggregation, min_sites=min_sites,
+            secure_aggregation=secure_aggregation,
+            secagg_allow_unshared_blocks=secagg_allow_unshared_blocks, min_sites=min_sites,
             wait_for_sites=wait_for_sites, round_timeout=round_timeout,
             node_wait_timeout=node_wait_timeout, preset=preset, encoder=encoder, seed=seed, lr=lr,
             out_dir=str(out.resolve()), resume=resume,

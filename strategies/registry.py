@@ -109,4 +109,5 @@ def secagg_config(settings: RunSettings) -> SecAggConfig | None:
         reconstruction_threshold=settings.secagg_reconstruction_threshold,
         clipping_range=settings.secagg_clipping_range,
         quantization_range=settings.secagg_quantization_range,
+        allow_unshared_blocks=settings.secagg_allow_unshared_blocks,
     )

@@ -55,6 +55,14 @@ SecureAggregation = Annotated[
         "--secure-aggregation", help="Masked updates: the server sees only sums, per group."
     ),
 ]
+SecaggAllowUnsharedBlocks = Annotated[
+    bool,
+    typer.Option(
+        "--secagg-allow-unshared-blocks",
+        help="Secure aggregation: leave blocks that one site trains out of the aggregate "
+        "(default: refuse to start).",
+    ),
+]
 Preset = Annotated[PresetName, typer.Option(help="Model preset.")]
 Encoder = Annotated[str | None, typer.Option(help="Any timm encoder (overrides the preset's).")]
 Seed = Annotated[int, typer.Option(help="Seed for initial weights and data order.")]

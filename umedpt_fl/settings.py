@@ -71,6 +71,7 @@ class RunSettings:
     secagg_reconstruction_threshold: float = 0.66  # share of a group's sites to unmask
     secagg_clipping_range: float = 8.0  # values are clipped to +-this before quantisation
     secagg_quantization_range: int = 4194304  # quantisation levels over the clipping range
+    secagg_allow_unshared_blocks: bool = False  # leave blocks of one site out (else refuse)
 
     def __post_init__(self) -> None:
         positive = ("num_server_rounds", "local_steps", "eval_every", "min_sites")
