@@ -1,7 +1,7 @@
 """Secure aggregation's round-time overhead: masked rounds vs plain rounds, 3 and 8 sites.
 
 Why: secure aggregation adds three message stages, key agreement, secret sharing and one
-pseudo-random mask per group per peer; this measures what that costs in a round with the
+pseudo-random mask (AES-256-CTR keystream) per group per peer; this measures what that costs in a round with the
 arrays of a real model. Every site holds the tiny preset's encoder plus its classification
 block (the shapes of ``UMedPTModel(tiny).shared_state_dict()``, so every group is shared);
 "training" returns the global arrays plus noise at once, so the round time is all protocol,
@@ -179,8 +179,9 @@ def render_markdown(result: dict[str, Any]) -> str:
         "- For scale: a tiny-preset site trains about 3 s per 20-step round on this machine"
         " (bench/results/overhead.md, sequential), so a site's masking adds roughly 5-10 %"
         " to its round; the key stages add three round trips of a few hundred bytes each.",
-        "- What dominates (cProfile, 8 sites, measured with Flower's `pseudo_rand_gen` before"
-        " the masks moved to an AES-256-CTR keystream): mask generation (one mask stream per"
+        "- What dominates (cProfile, 8 sites, profiled with Flower's `pseudo_rand_gen`; the"
+        " AES-256-CTR keystream that replaced it gives the same round times within noise):"
+        " mask generation (one mask stream per"
         " peer per group at each site: a site's cost grows with the number of sites sharing"
         " its groups), the int64 additions of the masks (`ndarrays_arithmetic`) and SecAgg+'s"
         " stochastic rounding (`quantize`). Key agreement (P-384 ECDH) and Shamir sharing"
