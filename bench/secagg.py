@@ -1,9 +1,10 @@
 """Secure aggregation's round-time overhead: masked rounds vs plain rounds, 3 and 8 sites.
 
 Why: secure aggregation adds three message stages, key agreement, secret sharing and one
-pseudo-random mask (AES-256-CTR keystream) per group per peer; this measures what that costs in a round with the
-arrays of a real model. Every site holds the tiny preset's encoder plus its classification
-block (the shapes of ``UMedPTModel(tiny).shared_state_dict()``, so every group is shared);
+pseudo-random mask (AES-256-CTR keystream) per group per peer; this measures what that
+costs in a round with the arrays of a real model. Every site holds the tiny preset's
+encoder plus its classification block (the shapes of
+``UMedPTModel(tiny).shared_state_dict()``, so every group is shared);
 "training" returns the global arrays plus noise at once, so the round time is all protocol,
 serialisation and aggregation. Sites run one after another in this process (``ClientAppGrid``
 with a fake ClientApp carrying the real ``client/secagg.py`` stages), so the site-side
