@@ -170,7 +170,7 @@ OutOption = Annotated[
 
 
 def _site_errors():  # the errors of the site commands, imported when a command runs
-    from server.coordinator import NoCoordinatorError, SiteRegistryError
+    from server.site_registry import NoCoordinatorError, SiteRegistryError
 
     return (NoCoordinatorError, SiteRegistryError, *BAD_INPUT_ERRORS)
 
@@ -183,7 +183,7 @@ def register_site_command(
     ] = None,
 ) -> None:
     """Allow a site to join: register its public key with the running coordinator."""
-    from server.coordinator import register_site
+    from server.site_registry import register_site
 
     try:
         site, node_id = register_site(out, public_key, name)
@@ -197,7 +197,7 @@ def revoke_site_command(
     out: OutOption,
 ) -> None:
     """Revoke a site: unregister it; a connected site is cut off at its next call."""
-    from server.coordinator import revoke_site
+    from server.site_registry import revoke_site
 
     try:
         name, node_id = revoke_site(out, site)
@@ -208,7 +208,7 @@ def revoke_site_command(
 
 def list_sites_command(out: OutOption) -> None:
     """List the sites registered with the running coordinator and their status."""
-    from server.coordinator import list_sites
+    from server.site_registry import list_sites
 
     try:
         nodes = list_sites(out)

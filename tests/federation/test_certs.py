@@ -92,3 +92,12 @@ def test_loopback_tls_trusts_nothing_else(tmp_path) -> None:
     leaf.verify_directly_issued_by(x509.load_pem_x509_certificate(ca.read_bytes()))
     with pytest.raises(certs.KeyExistsError):
         certs.loopback_tls(tmp_path / "lb")
+
+
+def test_registering_a_file_that_is_no_public_key_names_it(tmp_path) -> None:
+    not_a_key = tmp_path / "site.toml"
+    not_a_key.write_text('# a site file\nname = "a"\n')
+    (tmp_path / "fed").mkdir()
+    result = run("sites", "register", str(not_a_key), "--out", str(tmp_path / "fed"))
+    assert result.exit_code == 2
+    assert "is not an OpenSSH public key" in " ".join(result.output.split())
