@@ -149,10 +149,15 @@ class WeightLedger:
         self.policy = policy
         self.caps: dict[int, float] = {}
 
+    def known_cap(self, node: int, *, joined: float | None) -> float | None:
+        """The most ``node`` may weigh: its join-time count, else its first accepted claim
+        (None before either exists)."""
+        return float(joined) if joined else self.caps.get(node)
+
     def weight(self, node: int, claimed: float | None, *, joined: float | None) -> float:
         if self.policy.equal_weights:
             return 1.0
         if claimed is None or not math.isfinite(claimed) or claimed <= 0:
             return 0.0
-        cap = self.caps.setdefault(node, joined if joined else claimed)
+        cap = self.caps.setdefault(node, self.known_cap(node, joined=joined) or claimed)
         return min(float(claimed), cap)

@@ -94,12 +94,12 @@ def check_rule(strategy: GroupedStrategy) -> None:
     problems = []
     if type(strategy).reduce_group is not GroupedStrategy.reduce_group:
         problems.append(f"{type(strategy).__name__} reduces single updates (median, trimmed mean)")
-    if getattr(strategy, "central_dp", None) is not None:
+    if strategy.central_dp is not None:
         problems.append("client-dp-noise clips each site's change at the server")
-    policy = getattr(strategy, "policy", None)
-    if policy is not None and (policy.norm_bound > 0 or policy.norm_ratio > 0):
+    policy = strategy.policy
+    if policy.norm_bound > 0 or policy.norm_ratio > 0:
         problems.append("update-norm-bound/-ratio check each site's change")
-    if policy is not None and policy.max_site_share < 1 and not policy.equal_weights:
+    if policy.max_site_share < 1 and not policy.equal_weights:
         problems.append("max-site-share reweights single sites after training")
     if problems:
         raise ConfigError(
@@ -305,12 +305,8 @@ class SecureAggregator:
         """The example count the server allows ``node`` (None if it knows none yet)."""
         st = self.strategy
         site = st.sites.get(node)
-        policy = getattr(st, "policy", None)
-        if site is not None and policy is not None and hasattr(site, "example_cap"):
-            if joined := site.example_cap(policy.local_steps):
-                return float(joined)
-        ledger = getattr(st, "_train_weights", None)
-        return ledger.caps.get(node) if ledger is not None else None
+        joined = site.example_cap(st.policy.local_steps) if site is not None else None
+        return st._train_weights.known_cap(node, joined=joined)
 
     def _require(self, active: list[int], stage: str) -> None:
         if self.round is not None and len(active) < self.round.threshold:
@@ -351,8 +347,7 @@ class SecureAggregator:
             site = st.site_name(node)
             claim = float(reply.content[wire.METRICS][st.weighted_by_key])
             record.weights[site] = min(claim, proto.caps[node])
-            if ledger := getattr(st, "_train_weights", None):  # first claim: the site's cap
-                ledger.caps.setdefault(node, min(claim, proto.caps[node]))
+            st._train_weights.caps.setdefault(node, min(claim, proto.caps[node]))  # 1st claim
             record.bytes_received[site] = arrays_nbytes(reply.content[wire.SHARED_ARRAYS])
             record.train_metrics[site] = {
                 k: float(v)
