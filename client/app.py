@@ -26,13 +26,23 @@ from flwr.clientapp import ClientApp
 from flwr.common.constant import ErrorCode
 
 from client import secagg
-from client.site import PrivacyBudgetSpent, SiteError, SiteRunner, describe_site
+from client.site import (
+    PrivacyBudgetSpent,
+    SentReply,
+    SiteError,
+    SiteRunner,
+    bytes_per_group,
+    describe_site,
+)
 from umedpt.config import SiteConfig, load_site_config
 from umedpt_fl import wire
 from umedpt_fl.processes import follow_supervisor
 from umedpt_fl.settings import THREADS_ENV, RunSettings, settings_for_app
 
 SITE_CONFIG_NODE_KEY = "site-config"
+# Optional: the coordinator's HOST:PORT, only so the site's log can name it (a ClientApp
+# is not told where its SuperNode connects).
+COORDINATOR_NODE_KEY = "coordinator"
 
 app = ClientApp()
 
@@ -88,6 +98,16 @@ def metric_reply(
     return Message(content, reply_to=message)
 
 
+def sent_metrics(reply: Message) -> dict[str, float]:
+    """The scalars a reply carries, as the site's log records them."""
+    return dict(reply.content[wire.METRICS])
+
+
+def coordinator(context: Context) -> str | None:
+    value = context.node_config.get(COORDINATOR_NODE_KEY)
+    return str(value) if value else None
+
+
 def error_reply(message: Message, reason: str) -> Message:
     """A reply that carries no content, only why the site did not do what it was asked."""
     return Message(
@@ -118,7 +138,18 @@ def train(message: Message, context: Context) -> Message:
         return error_reply(message, str(exc))
     # Exactly the keys received, in the same order: heads never leave the site.
     arrays = ArrayRecord({k: outcome.shared[k] for k in message.content[wire.SHARED_ARRAYS].keys()})
-    return metric_reply(message, outcome.metrics, outcome.num_examples, arrays)
+    reply = metric_reply(message, outcome.metrics, outcome.num_examples, arrays)
+    sizes = {key: len(array.data) for key, array in arrays.items()}  # as serialised for sending
+    sent = SentReply(
+        kind="train",
+        server_round=int(config[wire.SERVER_ROUND]),
+        groups=bytes_per_group(sizes),
+        metrics=sent_metrics(reply),
+        train_seconds=outcome.train_seconds,
+        steps=outcome.steps,
+    )
+    runner.log_sent(sent, coordinator=coordinator(context))
+    return reply
 
 
 @app.evaluate()
@@ -126,7 +157,12 @@ def evaluate(message: Message, context: Context) -> Message:
     config = message.content[wire.CONFIG]
     runner = site_runner(context, message)
     metrics, count = runner.evaluate_round(shared_from(message), int(config[wire.SERVER_ROUND]))
-    return metric_reply(message, metrics, count)
+    reply = metric_reply(message, metrics, count)
+    runner.log_sent(
+        SentReply("evaluate", int(config[wire.SERVER_ROUND]), {}, sent_metrics(reply)),
+        coordinator=coordinator(context),
+    )
+    return reply
 
 
 # -- secure aggregation (client/secagg.py): its four stages as named message types; the

@@ -10,17 +10,24 @@ The site keeps its heads, optimizer and data-order state on its own disk, one fo
 per completed round under ``<state_dir>/runs/<run-key>/``: a SuperNode restart (which
 loses Flower's in-memory ``context.state``) resumes where the site was, and a round
 that is repeated after a server restart starts from exactly the same local state.
+
+Flower starts a new process for every message, so the decoded data is kept on the site's
+disk too (``<state_dir>/cache/``, :mod:`umedpt.data.cache`): only the first round decodes
+the images. And every reply is logged in plain words and appended to
+``<state_dir>/sent.jsonl``: the site's own record of what it sent, and when.
 """
 
 from __future__ import annotations
 
 import functools
+import json
 import re
 import shutil
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from logging import INFO
+from datetime import UTC, datetime
+from logging import INFO, WARNING
 from pathlib import Path
 
 import torch
@@ -28,11 +35,14 @@ from flwr.common.logger import log as flower_log
 
 from umedpt import contract
 from umedpt.checkpoint import load_trainer_state, load_weights, save_checkpoint
-from umedpt.config import SiteConfig, load_site_config
+from umedpt.config import SiteConfig, TaskConfig, load_site_config
+from umedpt.data.cache import site_cache_dir
+from umedpt.data.loading import load_task
 from umedpt.device import resolve_device
+from umedpt.errors import ConfigError
+from umedpt.export.provenance import TRAIN_IMAGES
 from umedpt.model import UMedPTModel
 from umedpt.models.presets import model_config
-from umedpt.pretrain import load_runs
 from umedpt.privacy import LEDGER_FILE, BudgetExhaustedError, PrivacyBudget, PrivacyLedger
 from umedpt.tasks import get_task_type
 from umedpt.training.trainer import MultiTaskTrainer, TaskRun, TrainConfig, sample_rate
@@ -41,6 +51,8 @@ from umedpt_fl.settings import RunSettings
 
 ROUND_DIR = re.compile(r"^round-(\d+)$")
 KEEP_ROUNDS = 2
+SENT_LOG = "sent.jsonl"  # in the site's state folder: one JSON object per reply sent
+PROGRESS_EVERY_SECONDS = 10.0  # a long data load logs how far it is at most this often
 
 
 class SiteError(RuntimeError):
@@ -53,19 +65,77 @@ class PrivacyBudgetSpent(SiteError):
 
 @dataclass
 class RoundOutcome:
-    """What a site sends back after training: shared weights (keys as received) and scalars."""
+    """What a site sends back after training: shared weights (keys as received) and scalars.
+
+    ``train_seconds`` and ``steps`` are for the site's own log: under DP the time stays home.
+    """
 
     shared: dict[str, torch.Tensor]
     metrics: dict[str, float]
     num_examples: int
+    train_seconds: float = 0.0
+    steps: int = 0
 
 
 @functools.lru_cache(maxsize=64)
 def _cached_runs(site_file: str, modified: float) -> tuple[TaskRun, ...]:
     # Cached per process: a simulation worker serves many rounds of many sites (Ray gives
-    # each message to whichever worker is free), and reading every image again each round
-    # would dominate the round's time.
-    return tuple(load_runs(load_site_config(site_file).tasks))
+    # each message to whichever worker is free). Across processes (a deployed site gets a
+    # new one per message), the site's disk cache saves the decoding.
+    site = load_site_config(site_file)
+    return tuple(_load_run(site, task) for task in site.tasks)
+
+
+def _load_run(site: SiteConfig, task: TaskConfig) -> TaskRun:
+    """Load one task through the site's disk cache, saying so in the site's log."""
+    flower_log(
+        INFO, "site %s: loading task %s (%s, %s)", site.name, task.name, task.format, task.path
+    )
+    loaded = load_task(task, cache_dir=site_cache_dir(site), on_progress=_ProgressLog(site, task))
+    counts = ", ".join(f"{len(v)} {k}" for k, v in loaded.data.splits.items())
+    if loaded.from_cache:
+        how = f"from the cache {loaded.cache_file}"
+    elif loaded.cache_file is not None:
+        how = f"decoded; cached in {loaded.cache_file} for the next rounds"
+    else:
+        how = "decoded (no cache: see the warning above)"
+    skipped = f", {len(loaded.data.skipped)} skipped" if loaded.data.skipped else ""
+    flower_log(
+        INFO,
+        "site %s: task %s: %s samples%s in %.1f s, %s",
+        site.name,
+        task.name,
+        counts,
+        skipped,
+        loaded.seconds,
+        how,
+    )
+    if not loaded.data.splits.get("train"):
+        raise ConfigError(
+            task.source, f"{task.field_prefix}.split", f"task '{task.name}' has no training samples"
+        )
+    return TaskRun(task, loaded.data)
+
+
+class _ProgressLog:
+    """Logs a long data load's progress at most every ``PROGRESS_EVERY_SECONDS``."""
+
+    def __init__(self, site: SiteConfig, task: TaskConfig) -> None:
+        self.site, self.task = site, task
+        self.last = time.monotonic()
+
+    def __call__(self, done: int, total: int) -> None:
+        now = time.monotonic()
+        if now - self.last >= PROGRESS_EVERY_SECONDS and done < total:
+            self.last = now
+            flower_log(
+                INFO,
+                "site %s: task %s: decoded %d of %d samples",
+                self.site.name,
+                self.task.name,
+                done,
+                total,
+            )
 
 
 RUN_KEY = re.compile(r"^[A-Za-z0-9_-]{1,64}\Z")
@@ -98,6 +168,41 @@ def describe_site(site: SiteConfig) -> dict[str, str]:
             wire.TaskDescriptor(name, t.name, t.primary_metric) for name, t in types.items()
         ),
     }
+
+
+@dataclass(frozen=True)
+class SentReply:
+    """One reply as it leaves the site, for the site's log and ``sent.jsonl``."""
+
+    kind: str  # "train" | "evaluate"
+    server_round: int
+    groups: dict[str, int]  # parameter group -> bytes of its arrays in the reply
+    metrics: dict[str, float]  # every scalar in the reply
+    train_seconds: float | None = None  # measured here; under DP it is not in ``metrics``
+    steps: int = 0
+
+
+def bytes_per_group(sizes: Mapping[str, int]) -> dict[str, int]:
+    """Bytes per parameter group (``encoder``, ``blocks.<b>``) from bytes per array key."""
+    groups: dict[str, int] = {}
+    for key, size in sizes.items():
+        group = contract.group_of(key)
+        groups[group] = groups.get(group, 0) + size
+    return groups
+
+
+def format_bytes(size: int) -> str:
+    if size >= 100_000:
+        return f"{size / 1e6:.1f} MB"
+    return f"{size / 1e3:.1f} kB"
+
+
+def _number(value: object) -> str:
+    return f"{value:.4g}" if isinstance(value, int | float) else str(value)
+
+
+def _join(names: Sequence[str]) -> str:
+    return ", ".join(names) if names else "none"
 
 
 class SiteRunner:
@@ -204,6 +309,13 @@ class SiteRunner:
             try:  # before anything else: a site over its budget does not train
                 self.budget.check(self.settings.local_steps)
             except BudgetExhaustedError as exc:
+                flower_log(
+                    WARNING,
+                    "site %s: round %d: not trained; only the reason is sent: %s",
+                    self.site.name,
+                    server_round,
+                    exc,
+                )
                 raise PrivacyBudgetSpent(f"site '{self.site.name}': {exc}") from exc
         restored = self.restore(server_round)
         keys = self.load_shared(shared)
@@ -239,9 +351,13 @@ class SiteRunner:
         else:
             for task, loss in report.losses.items():
                 metrics[wire.task_metric(task, wire.TRAIN_LOSS)] = loss
+            for run in self.runs:  # for the model card; under DP the dataset size stays home
+                images = float(len(run.data["train"]))
+                metrics[wire.task_metric(run.config.name, TRAIN_IMAGES)] = images
         self._save(server_round)
         state = self.model.state_dict()
-        return RoundOutcome({k: state[k].detach().cpu() for k in keys}, metrics, num_examples)
+        shared_out = {k: state[k].detach().cpu() for k in keys}
+        return RoundOutcome(shared_out, metrics, num_examples, seconds, report.steps)
 
     def evaluate_round(
         self, shared: Mapping[str, torch.Tensor], server_round: int
@@ -256,3 +372,70 @@ class SiteRunner:
                 metrics[wire.task_metric(task, name)] = float(value)
         count = sum(len(r.data.splits.get("val", [])) for r in self.runs)
         return metrics, max(count, 1)
+
+    # -- the site's own log of what it sent ---------------------------------------------
+    def log_sent(self, reply: SentReply, *, coordinator: str | None = None) -> str:
+        """Say in plain words what ``reply`` carries, and append it to ``sent.jsonl``.
+
+        Logged before the reply leaves (Flower sends it when the handler returns). Returns
+        the line. A ``sent.jsonl`` that cannot be written is only warned about.
+        """
+        epsilon, delta = self._privacy_spent(reply)
+        to = f"the coordinator at {coordinator}" if coordinator else "the coordinator"
+        scalars = (
+            f"{len(reply.metrics)} scalars ("
+            + ", ".join(f"{k} {_number(v)}" for k, v in reply.metrics.items())
+            + ")"
+        )
+        tasks = _join([r.name for r in self.runs])
+        if reply.kind == "train":
+            sent = _join([f"{g} ({format_bytes(n)})" for g, n in reply.groups.items()])
+            line = (
+                f"round {reply.server_round}: trained tasks {tasks} for {reply.steps} steps in "
+                f"{reply.train_seconds or 0.0:.1f} s; sent {sent} and {scalars} to {to}"
+            )
+        else:
+            count = int(reply.metrics.get(wire.NUM_EXAMPLES, 0))
+            line = (
+                f"round {reply.server_round}: evaluated tasks {tasks} on {count} validation "
+                f"samples; sent no weights, only {scalars}, to {to}"
+            )
+        if epsilon is not None and self.site.privacy is not None:
+            line += (
+                f"; privacy spent so far: epsilon {epsilon:.2f} of "
+                f"{self.site.privacy.target_epsilon:g} (delta {delta:g})"
+            )
+        flower_log(INFO, "site %s: %s", self.site.name, line)
+        self._append_sent(reply, epsilon, delta, coordinator)
+        return line
+
+    def _privacy_spent(self, reply: SentReply) -> tuple[float | None, float | None]:
+        if self.budget is None:
+            return None, None
+        if wire.DP_EPSILON in reply.metrics:  # what the reply itself says
+            return reply.metrics[wire.DP_EPSILON], reply.metrics.get(wire.DP_DELTA)
+        return self.budget.ledger.epsilon, self.budget.config.target_delta
+
+    def _append_sent(
+        self, reply: SentReply, epsilon: float | None, delta: float | None, to: str | None
+    ) -> None:
+        entry = {
+            "time": datetime.now(UTC).isoformat(timespec="seconds"),
+            "site": self.site.name,
+            "run_key": self.settings.run_key or "default",
+            "round": reply.server_round,
+            "kind": reply.kind,
+            "to": to,
+            "groups": reply.groups,
+            "metrics": reply.metrics,
+            "train_seconds": reply.train_seconds,
+            "epsilon": epsilon,
+            "delta": delta,
+        }
+        path = self.site.state_dir / SENT_LOG
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with path.open("a", encoding="utf-8") as fh:
+                fh.write(json.dumps(entry) + "\n")
+        except OSError as exc:
+            flower_log(WARNING, "site %s: could not append to %s: %s", self.site.name, path, exc)

@@ -9,7 +9,18 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from umedpt.cli import BAD_INPUT_ERRORS, ExitCode, console, fail, setup_logging
+from umedpt.cli import (
+    BAD_INPUT_ERRORS,
+    ExitCode,
+    TrackingExperiment,
+    TrackingOption,
+    TrackingUri,
+    console,
+    fail,
+    print_tracking_hint,
+    setup_logging,
+)
+from umedpt.tracking import TrackingKind, check_tracking
 from umedpt_fl.options import (
     ClientDpClip,
     ClientDpNoise,
@@ -114,6 +125,9 @@ def server_command(
     seed: Seed = 0,
     lr: Lr = None,
     resume: Resume = False,
+    tracking: TrackingOption = TrackingKind.TENSORBOARD,
+    tracking_uri: TrackingUri = None,
+    tracking_experiment: TrackingExperiment = "umedpt-fl",
     verbose: Verbose = False,
 ) -> None:
     """Start the coordinator (a Flower SuperLink with persistent state) and run the federation.
@@ -148,8 +162,10 @@ def server_command(
             secagg_allow_unshared_blocks=secagg_allow_unshared_blocks, min_sites=min_sites,
             wait_for_sites=wait_for_sites, round_timeout=round_timeout,
             node_wait_timeout=node_wait_timeout, preset=preset, encoder=encoder, seed=seed, lr=lr,
-            out_dir=str(out.resolve()), resume=resume,
+            out_dir=str(out.resolve()), resume=resume, tracking=tracking,
+            tracking_uri=tracking_uri or "", tracking_experiment=tracking_experiment,
         )  # fmt: skip
+        check_tracking(settings.tracking_config())
     except BAD_INPUT_ERRORS as exc:
         raise fail(str(exc)) from exc
     try:
@@ -161,6 +177,7 @@ def server_command(
     except FlowerProcessError as exc:
         raise fail(str(exc), ExitCode.RUN_FAILED) from exc
     print_summary(json.loads((out / "report.json").read_text()))
+    print_tracking_hint(tracking, out)
 
 
 # -- `umedpt-fl sites`: who may join, told to the running coordinator ---------------------

@@ -1,4 +1,9 @@
-"""The federation's round loop on the server: initial weights, strategy, checkpoints, report."""
+"""The federation's round loop on the server: initial weights, strategy, checkpoints, report.
+
+After every round (``on_round_end``) the round's record goes to the checkpoint, report.json,
+the run's tracker (TensorBoard, MLflow or none; :mod:`umedpt.tracking`) and the log: one
+progress line, and one plain-words line per site that joined, dropped out or was rejected.
+"""
 
 from __future__ import annotations
 
@@ -15,7 +20,15 @@ from flwr.common.logger import log
 from flwr.serverapp import Grid
 
 from server.lock import SERVERAPP_LOCK, folder_lock
-from server.report import primary_metrics, strategy_sections, write_plot, write_report
+from server.report import (
+    describe_site,
+    primary_metrics,
+    round_scalars,
+    site_event_lines,
+    strategy_sections,
+    write_plot,
+    write_report,
+)
 from server.state import (
     GLOBAL_CHECKPOINT,
     SERVER_STATE,
@@ -30,6 +43,7 @@ from umedpt.checkpoint import save_weights
 from umedpt.model import UMedPTModel
 from umedpt.models.presets import model_config
 from umedpt.tasks import shared_blocks
+from umedpt.tracking import TENSORBOARD_DIR, GuardedTracker, NullTracker, Tracker, create_tracker
 from umedpt_fl import wire
 from umedpt_fl.settings import RunSettings
 
@@ -45,8 +59,45 @@ def initial_weights(settings: RunSettings) -> ArrayRecord:
     return ArrayRecord(model.shared_state_dict())
 
 
+# Model cards an export may have written into the output folder, logged when present.
+MODEL_CARDS = ("model-card", "MODEL_CARD.md", "model-card.md", "model_card.json")
+
+
 def _round_dict(record: RoundRecord) -> dict[str, Any]:
     return asdict(record)
+
+
+def open_tracker(settings: RunSettings, out: Path) -> Tracker:
+    """The run's tracker, guarded: a backend that fails mid-run must not stop the rounds.
+
+    One that cannot start (no MLflow in this process, a store that refuses) raises: the
+    run fails before its first round, saying why.
+    """
+    config = settings.tracking_config(run_name=f"{out.name}-{settings.run_key}")
+    return GuardedTracker(create_tracker(config, log_dir=out / TENSORBOARD_DIR))
+
+
+def final_artifacts(out: Path) -> list[Path]:
+    """What a tracker keeps of a finished run: report.json, the plot, the global
+    checkpoint and any model card, those that exist."""
+    names = ("report.json", "metrics.png", GLOBAL_CHECKPOINT, *MODEL_CARDS)
+    return [out / name for name in names if (out / name).exists()]
+
+
+class SiteLog:
+    """The coordinator's per-round lines about sites (who joined, dropped, was rejected)."""
+
+    def __init__(self) -> None:
+        self.announced: set[int] = set()  # node ids already said to have joined
+        self.previous: dict[str, Any] | None = None
+
+    def lines(self, strategy: GroupedStrategy, record: dict[str, Any]) -> list[str]:
+        new = {n: s for n, s in strategy.sites.items() if n not in self.announced}
+        self.announced |= set(new)
+        joined = {s.name: describe_site(n, s.details) for n, s in new.items()}
+        lines = site_event_lines(record, joined=joined, previous=self.previous)
+        self.previous = record
+        return lines
 
 
 def run_federation(grid: Grid, settings: RunSettings) -> dict[str, Any]:
@@ -104,11 +155,17 @@ def _run_federation(grid: Grid, settings: RunSettings) -> dict[str, Any]:
             "global_shared_bytes": model_bytes,
             "rounds": history,
             **strategy_sections(strategy),
+            "tracking": tracker.where,
             "seconds": time.time() - started,
         }
 
+    tracker: Tracker = NullTracker()
+    site_log = SiteLog()
+
     def on_round_end(server_round: int, new_arrays: ArrayRecord, record: RoundRecord) -> None:
         history.append(_round_dict(record))
+        for line in site_log.lines(strategy, history[-1]):
+            log(INFO, line)
         current = report("running")
         save_server_state(
             state_dir,
@@ -120,10 +177,13 @@ def _run_federation(grid: Grid, settings: RunSettings) -> dict[str, Any]:
             ),
         )
         write_report(out, current)
+        tracker.log_scalars(server_round, round_scalars(history[-1]))
         log(INFO, progress_line(server_round, settings.num_server_rounds, record, current["sites"]))
 
     status = "failed"
     try:
+        tracker = open_tracker(settings, out)
+        log(INFO, "tracking: %s", tracker.where)
         if start_round > settings.num_server_rounds:
             log(WARNING, "all %d rounds are already done", settings.num_server_rounds)
             result_arrays = arrays
@@ -152,17 +212,24 @@ def _run_federation(grid: Grid, settings: RunSettings) -> dict[str, Any]:
         )
         status = "completed"
     except RoundFailedError as exc:
+        if strategy.rounds:  # the failed round never reached on_round_end
+            failed = _round_dict(strategy.rounds[max(strategy.rounds)])
+            for line in site_log.lines(strategy, failed):
+                log(INFO, line)
         log(WARNING, "federation failed: %s", exc)
         raise
     finally:
         final = report(status)
         write_report(out, final)
         write_plot(out, final)
+        for path in final_artifacts(out):
+            tracker.log_artifact(path)
+        tracker.close()
     return final
 
 
 def progress_line(server_round: int, total: int, record: RoundRecord, sites: dict[str, Any]) -> str:
-    """'round 3/5 (12.1 s): site-a cls/accuracy=0.81 | site-b ...'."""
+    """'round 3/5 (12.1 s, 2/2 sites replied): site-a cls/accuracy=0.81 | site-b ...'."""
     primaries = primary_metrics(sites)
     parts = []
     for site, metrics in sorted(record.eval_metrics.items()):
@@ -170,4 +237,9 @@ def progress_line(server_round: int, total: int, record: RoundRecord, sites: dic
         shown = [f"{key}={metrics[key]:.3f}" for key in keys if key in metrics]
         parts.append(f"{site} " + " ".join(shown))
     rejected = f"; rejected {len(record.rejected)}" if record.rejected else ""
-    return f"round {server_round}/{total} ({record.seconds:.1f} s): " + " | ".join(parts) + rejected
+    replied = f"{len(record.train_metrics)}/{len(record.bytes_sent)} sites replied"
+    return (
+        f"round {server_round}/{total} ({record.seconds:.1f} s, {replied}): "
+        + " | ".join(parts)
+        + rejected
+    )

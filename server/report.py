@@ -1,8 +1,10 @@
-"""The run's report: report.json, a metrics-over-rounds plot and per-site tables."""
+"""The run's report: report.json, a metrics-over-rounds plot, per-site tables, and per
+round the coordinator's log lines and the tracker's scalars (both from the round's record)."""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -74,7 +76,8 @@ def write_plot(out_dir: Path, report: dict[str, Any]) -> Path | None:
         axes.set_xlabel("round")
         axes.set_ylim(0, 1)
         axes.grid(alpha=0.3)
-        axes.legend(fontsize=8, loc="lower right")
+        if axes.lines:  # a site that named no tasks has nothing to label
+            axes.legend(fontsize=8, loc="lower right")
     figure.suptitle("validation metric per site over rounds (global encoder + local heads)")
     figure.tight_layout()
     path = out_dir / "metrics.png"
@@ -107,3 +110,82 @@ def strategy_sections(strategy: Any) -> dict[str, Any]:
         "name_conflicts": strategy.name_conflicts(),
         "client_dp": strategy.client_dp_summary(),
     }
+
+
+# -- per round: the tracker's scalars and the coordinator's log ---------------------------
+def round_scalars(record: Mapping[str, Any]) -> dict[str, float]:
+    """The values a tracker logs for one round (a ``RoundRecord`` as a dict).
+
+    Tags: ``round/seconds``, ``round/sites_replied`` (accepted training replies),
+    ``round/sites_rejected``, ``round/bytes_sent``/``round/bytes_received`` (totals),
+    ``bytes/sent/<site>`` (training and evaluation payloads), ``bytes/received/<site>``,
+    ``site/<site>/<task>/<metric>`` (validation metrics and ``train-loss``),
+    ``seconds/train/<site>``, ``privacy/epsilon/<site>``, ``privacy/delta/<site>``
+    (sample-level DP) and ``privacy/client-epsilon/<group>`` (client-level DP).
+    """
+    train = record.get("train_metrics", {})
+    sent = record.get("bytes_sent", {})
+    sent_eval = record.get("bytes_sent_for_evaluation", {})
+    received = record.get("bytes_received", {})
+    scalars: dict[str, float] = {
+        "round/seconds": float(record.get("seconds", 0.0)),
+        "round/sites_replied": float(len(train)),
+        "round/sites_rejected": float(len({site for site, _ in record.get("rejected", [])})),
+        "round/bytes_sent": float(sum(sent.values()) + sum(sent_eval.values())),
+        "round/bytes_received": float(sum(received.values())),
+    }
+    for site in sorted(set(sent) | set(sent_eval)):
+        scalars[f"bytes/sent/{site}"] = float(sent.get(site, 0) + sent_eval.get(site, 0))
+    for site, size in sorted(received.items()):
+        scalars[f"bytes/received/{site}"] = float(size)
+    for metrics_by_site in (train, record.get("eval_metrics", {})):
+        for site, metrics in sorted(metrics_by_site.items()):
+            for key, value in metrics.items():
+                if wire.split_task_metric(key):
+                    scalars[f"site/{site}/{key}"] = float(value)
+    for site, metrics in sorted(train.items()):
+        if wire.TRAIN_SECONDS in metrics:
+            scalars[f"seconds/train/{site}"] = float(metrics[wire.TRAIN_SECONDS])
+        if wire.DP_EPSILON in metrics:
+            scalars[f"privacy/epsilon/{site}"] = float(metrics[wire.DP_EPSILON])
+        if wire.DP_DELTA in metrics:
+            scalars[f"privacy/delta/{site}"] = float(metrics[wire.DP_DELTA])
+    for group, facts in sorted(record.get("client_dp", {}).items()):
+        if "epsilon" in facts:
+            scalars[f"privacy/client-epsilon/{group}"] = float(facts["epsilon"])
+    return scalars
+
+
+def site_event_lines(
+    record: Mapping[str, Any],
+    *,
+    joined: Mapping[str, str],
+    previous: Mapping[str, Any] | None,
+) -> list[str]:
+    """The coordinator's plain-words lines for one round: who joined, dropped, was rejected.
+
+    ``joined`` is {site: what it said about itself} for sites first seen in this round;
+    ``previous`` the record of the round before (None for the first this process ran).
+    A site asked to train in ``previous`` but not in this round is no longer connected
+    (dropped); a site that was asked and stayed silent is rejected with the reason
+    "no reply before the round timeout".
+    """
+    n = record["round"]
+    lines = [f"round {n}: site {site} joined ({about})" for site, about in sorted(joined.items())]
+    if previous is not None:
+        asked = set(record.get("bytes_sent", {}))
+        for site in sorted(set(previous.get("bytes_sent", {})) - asked):
+            lines.append(
+                f"round {n}: site {site} dropped out: no longer connected "
+                f"(it took part in round {previous['round']})"
+            )
+    for site, reason in record.get("rejected", []):
+        lines.append(f"round {n}: site {site} rejected: {reason}")
+    return lines
+
+
+def describe_site(node_id: int, details: Mapping[str, str]) -> str:
+    """'node 12; tasks lesions (classification), organs (segmentation)'."""
+    described = wire.decode_tasks(details.get(wire.TASKS, ""))
+    tasks = ", ".join(f"{t.name} ({t.type})" for t in described)
+    return f"node {node_id}; tasks {tasks}" if tasks else f"node {node_id}"

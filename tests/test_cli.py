@@ -93,7 +93,8 @@ def test_help_lists_every_registered_command_and_version_prints() -> None:
     for name, _ in COMMANDS:
         assert name in result.output
     assert {name for name, _ in COMMANDS} == {
-        "simulate", "server", "client", "check-site", "pretrain", "demo-data",
+        "simulate", "server", "client", "check-site", "pretrain", "evaluate", "export",
+        "demo-data",
     }  # fmt: skip
     version = runner.invoke(app, ["--version"])
     assert version.exit_code == 0 and version.output.strip() == f"umedpt-fl {__version__}"

@@ -21,6 +21,7 @@ from rich.table import Table
 from umedpt.device import Device
 from umedpt.errors import UmedptError
 from umedpt.models.presets import PRESETS
+from umedpt.tracking import TrackingKind
 
 console = Console()
 
@@ -44,6 +45,30 @@ def fail(message: str, code: int = ExitCode.BAD_INPUT) -> typer.Exit:
 
 
 PresetName = StrEnum("PresetName", {name: name for name in PRESETS.names()})
+
+# Run tracking, shared by `pretrain`, `simulate` and `server` (see docs/tracking.md).
+TrackingOption = Annotated[
+    TrackingKind,
+    typer.Option(
+        "--tracking",
+        help="Where scalars go: TensorBoard event files in OUT/tensorboard, an MLflow run "
+        "(needs the 'tracking' extra and a tracking URI), or none.",
+    ),
+]
+TrackingUri = Annotated[
+    str | None, typer.Option(help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI).")
+]
+TrackingExperiment = Annotated[str, typer.Option(help="MLflow experiment of the run.")]
+
+
+def print_tracking_hint(kind: TrackingKind, out: Path) -> None:
+    """Say where the run's charts are (TensorBoard: the command that shows them)."""
+    from umedpt.tracking import TENSORBOARD_DIR
+
+    if kind == TrackingKind.TENSORBOARD:
+        console.print(f"charts: tensorboard --logdir {out / TENSORBOARD_DIR}", highlight=False)
+    elif kind == TrackingKind.MLFLOW:
+        console.print("charts: in the MLflow run named after the output folder", highlight=False)
 
 
 def setup_logging(verbose: bool) -> None:
@@ -102,14 +127,25 @@ def pretrain_command(
     eval_every: Annotated[
         int | None, typer.Option(help="Steps between validations (default: one epoch).")
     ] = None,
+    tracking: TrackingOption = TrackingKind.TENSORBOARD,
+    tracking_uri: TrackingUri = None,
+    tracking_experiment: TrackingExperiment = "umedpt-fl",
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
     """Centralized UMedPT multi-task pretraining of all listed sites' tasks in one process."""
     from umedpt.config import load_site_config
     from umedpt.pretrain import PretrainConfig, pretrain
+    from umedpt.tracking import TrackingConfig, check_tracking
 
     setup_logging(verbose)
     try:
+        tracking_config = TrackingConfig(
+            kind=tracking.value,
+            uri=tracking_uri or "",
+            experiment=tracking_experiment,
+            run_name=out.resolve().name,
+        )
+        check_tracking(tracking_config)
         sites = [load_site_config(p) for p in site]
         config = PretrainConfig(
             preset=str(preset),
@@ -144,12 +180,20 @@ def pretrain_command(
                     )
                 )
 
-            result = pretrain(sites, config, out, on_progress=on_progress, on_eval=on_eval)
+            result = pretrain(
+                sites,
+                config,
+                out,
+                on_progress=on_progress,
+                on_eval=on_eval,
+                tracking=tracking_config,
+            )
     except BAD_INPUT_ERRORS as exc:
         raise fail(str(exc)) from exc
     console.print(
         f"done: {result.steps} steps in {result.seconds:.1f} s; checkpoint in {out / 'checkpoint'}"
     )
+    print_tracking_hint(tracking, out)
 
 
 def check_site_command(
@@ -157,25 +201,56 @@ def check_site_command(
     preview: Annotated[
         Path | None, typer.Option(help="Preview PNG path (default: next to the config).")
     ] = None,
+    cache: Annotated[
+        bool,
+        typer.Option(
+            "--cache/--no-cache",
+            help="Keep the decoded data in the site's state folder (<state_dir>/cache), where "
+            "`client` finds it, and read it back while the files are unchanged.",
+        ),
+    ] = True,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
     """Validate a site's config and data, print a summary and write a preview grid."""
     import json
 
     from umedpt.config import load_site_config
-    from umedpt.data.loading import load_task_data
+    from umedpt.data.cache import site_cache_dir
+    from umedpt.data.loading import LoadedTask, load_task
     from umedpt.data.preview import summarize, write_preview
 
     setup_logging(verbose)
+
+    def load_with_progress(task, cache_dir: Path | None) -> LoadedTask:  # a bar while decoding
+        with Progress(
+            TextColumn(f"[bold]loading {escape(task.name)}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            console=console,
+            transient=True,
+            disable=not console.is_terminal,
+        ) as progress:
+            bar = progress.add_task("load", total=None)
+            return load_task(
+                task,
+                cache_dir=cache_dir,
+                on_progress=lambda done, total: progress.update(bar, completed=done, total=total),
+            )
+
     try:
         config = load_site_config(site)
         console.print(
             f"site [bold]{config.name}[/] ({config.file}), state folder {config.state_dir}"
         )
         for task in config.tasks:
-            data = load_task_data(task)
+            loaded = load_with_progress(task, site_cache_dir(config) if cache else None)
+            data = loaded.data
             summary = summarize(task, data)
             console.print(f"\n[bold]task {task.name}[/] ({task.type}, {task.format}, {task.path})")
+            counts = ", ".join(f"{len(v)} {k}" for k, v in data.splits.items())
+            how = "read from the cache" if loaded.from_cache else "loaded"
+            console.print(f"{how} {counts} samples in {loaded.seconds:.1f} s", highlight=False)
             console.print_json(json.dumps(summary, default=str))
             target = preview or config.file.with_name(f"{config.name}-preview.png")
             if len(config.tasks) > 1:
@@ -185,3 +260,44 @@ def check_site_command(
     except BAD_INPUT_ERRORS as exc:
         raise fail(str(exc)) from exc
     console.print("\n[green]site OK[/]")
+
+
+def export_command(
+    checkpoint: Annotated[
+        Path,
+        typer.Argument(help="Checkpoint folder (a federation's global/, pretrain's checkpoint/)."),
+    ],
+    out: Annotated[Path, typer.Option(help="Folder to write the timm encoder and its card into.")],
+    report: Annotated[
+        Path | None,
+        typer.Option(help="The run's report.json (default: beside a federation's global/)."),
+    ] = None,
+    evaluation: Annotated[
+        list[Path] | None,
+        typer.Option("--evaluation", help="A `umedpt-fl evaluate` output folder (repeatable)."),
+    ] = None,
+    image_size: Annotated[
+        int | None, typer.Option(help="Input side in pixels (default: from the checkpoint).")
+    ] = None,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+) -> None:
+    """Export the encoder in timm's folder format (local-dir:) with a model card."""
+    from umedpt.export.exporter import export_checkpoint
+    from umedpt.export.timm_folder import ExportMismatchError
+
+    setup_logging(verbose)
+    try:
+        result = export_checkpoint(
+            checkpoint, out, report=report, evaluations=evaluation or (), image_size=image_size
+        )
+    except BAD_INPUT_ERRORS as exc:
+        raise fail(str(exc)) from exc
+    except ExportMismatchError as exc:
+        raise fail(str(exc), ExitCode.RUN_FAILED) from exc
+    console.print(f"wrote {result.folder} ({result.timm.architecture}, checked feature maps)")
+    console.print(
+        f'load it: timm.create_model("local-dir:{result.folder}", pretrained=True, '
+        "features_only=True)"
+    )
+    for fact in result.card["unknown"]:
+        console.print(f"[yellow]unknown, and said so on the card:[/] {escape(fact)}")

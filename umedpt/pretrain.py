@@ -17,6 +17,7 @@ from umedpt.device import resolve_device
 from umedpt.errors import ConfigError
 from umedpt.model import UMedPTModel, count_parameters
 from umedpt.models.presets import model_config
+from umedpt.tracking import TENSORBOARD_DIR, GuardedTracker, Tracker, TrackingConfig, create_tracker
 from umedpt.training.seeding import seed_everything
 from umedpt.training.trainer import MultiTaskTrainer, TaskRun, TaskStep, TrainConfig
 
@@ -87,6 +88,23 @@ def steps_per_epoch(runs: Sequence[TaskRun]) -> int:
     return max(len(r.data["train"]) // min(r.config.batch_size, len(r.data["train"])) for r in runs)
 
 
+def eval_scalars(entry: dict[str, Any], owners: dict[str, str]) -> dict[str, float]:
+    """The tracker's values of one validation, tagged like a federation's rounds.
+
+    ``site/<site>/<task>/<metric>`` for validation metrics and ``.../train-loss`` for the
+    mean training loss since the last validation, so TensorBoard can overlay a
+    centralized baseline and a federated run; plus ``train/epoch`` and ``train/seconds``.
+    ``owners`` maps each task to its site.
+    """
+    scalars = {"train/epoch": float(entry["epoch"]), "train/seconds": float(entry["seconds"])}
+    for task, loss in entry["train_loss"].items():
+        scalars[f"site/{owners[task]}/{task}/train-loss"] = float(loss)
+    for task, metrics in entry["val"].items():
+        for name, value in metrics.items():
+            scalars[f"site/{owners[task]}/{task}/{name}"] = float(value)
+    return scalars
+
+
 @dataclass
 class PretrainResult:
     out_dir: Path
@@ -106,8 +124,14 @@ def pretrain(
     *,
     on_progress: Callable[[int, int, dict[str, float]], None] | None = None,
     on_eval: Callable[[dict[str, Any]], None] | None = None,
+    tracking: TrackingConfig = TrackingConfig(),
 ) -> PretrainResult:
-    """Train every task of ``sites`` together; validate and checkpoint under ``out_dir``."""
+    """Train every task of ``sites`` together; validate and checkpoint under ``out_dir``.
+
+    Every validation's scalars also go to the tracker ``tracking`` asks for (default:
+    TensorBoard event files in ``out_dir/tensorboard``); at the end it keeps the checkpoint
+    and metrics.jsonl.
+    """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     device = resolve_device(config.device)
@@ -136,33 +160,44 @@ def pretrain(
         "kind": "centralized",
         "site_files": {t.name: str(t.source) for t in tasks},
         "config": asdict(config),
+        "images": {r.config.name: len(r.data["train"]) for r in runs},  # for the model card
     }
     result = PretrainResult(out, total)
+    owners = {task.name: site.name for site in sites for task in site.tasks}
     start = time.perf_counter()
     metrics_file = out / "metrics.jsonl"
     metrics_file.write_text("")
+    tracker: Tracker = GuardedTracker(create_tracker(tracking, log_dir=out / TENSORBOARD_DIR))
     done = 0
-    while done < total:
-        chunk = min(eval_every, total - done)
-        report = trainer.train_steps(chunk, on_step=_progress_callback(on_progress, done, total))
-        done += chunk
-        entry = {
-            "step": done,
-            "epoch": done / epoch_steps,
-            "train_loss": report.losses,
-            "val": trainer.evaluate("val"),
-            "seconds": time.perf_counter() - start,
-        }
-        result.history.append(entry)
-        with metrics_file.open("a") as fh:
-            fh.write(json.dumps(entry) + "\n")
-        save_checkpoint(
-            out / "checkpoint",
-            model,
-            meta={**meta, "step": done, "val": entry["val"]},
-            trainer_state=trainer.state_dict(),
-        )
-        if on_eval:
-            on_eval(entry)
+    try:
+        while done < total:
+            chunk = min(eval_every, total - done)
+            on_step = _progress_callback(on_progress, done, total)
+            report = trainer.train_steps(chunk, on_step=on_step)
+            done += chunk
+            entry = {
+                "step": done,
+                "epoch": done / epoch_steps,
+                "train_loss": report.losses,
+                "val": trainer.evaluate("val"),
+                "seconds": time.perf_counter() - start,
+            }
+            result.history.append(entry)
+            with metrics_file.open("a") as fh:
+                fh.write(json.dumps(entry) + "\n")
+            save_checkpoint(
+                out / "checkpoint",
+                model,
+                meta={**meta, "step": done, "val": entry["val"]},
+                trainer_state=trainer.state_dict(),
+            )
+            tracker.log_scalars(done, eval_scalars(entry, owners))
+            if on_eval:
+                on_eval(entry)
+    finally:
+        for artifact in (out / "checkpoint", metrics_file):
+            if artifact.exists():
+                tracker.log_artifact(artifact)
+        tracker.close()
     result.seconds = time.perf_counter() - start
     return result

@@ -24,9 +24,11 @@ from umedpt.cli import (  # noqa: E402
     check_site_command,
     console,
     demo_data_command,
+    export_command,
     fail,
     pretrain_command,
 )
+from umedpt.evaluation.cli import evaluate_command  # noqa: E402
 from umedpt_fl.simulate_command import simulate_command  # noqa: E402
 
 COMMANDS: tuple[tuple[str, Callable[..., Any]], ...] = (
@@ -35,7 +37,9 @@ COMMANDS: tuple[tuple[str, Callable[..., Any]], ...] = (
     ("client", client_command),
     ("check-site", check_site_command),
     ("pretrain", pretrain_command),
+    ("evaluate", evaluate_command),
     ("demo-data", demo_data_command),
+    ("export", export_command),
 )
 
 

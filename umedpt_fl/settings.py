@@ -17,6 +17,7 @@ from enum import StrEnum
 from typing import Any
 
 from umedpt.errors import ConfigError
+from umedpt.tracking import TrackingConfig, TrackingKind
 
 SOURCE = "run config"
 # Set by `umedpt-fl simulate`: Flower's in-process simulation gives apps an empty run
@@ -72,6 +73,10 @@ class RunSettings:
     secagg_clipping_range: float = 8.0  # values are clipped to +-this before quantisation
     secagg_quantization_range: int = 4194304  # quantisation levels over the clipping range
     secagg_allow_unshared_blocks: bool = False  # leave blocks of one site out (else refuse)
+    # -- run tracking (umedpt.tracking), done by the server -----------------------------
+    tracking: str = TrackingKind.TENSORBOARD.value  # tensorboard | mlflow | none
+    tracking_uri: str = ""  # MLflow tracking URI; "" = $MLFLOW_TRACKING_URI
+    tracking_experiment: str = "umedpt-fl"  # MLflow experiment
 
     def __post_init__(self) -> None:
         positive = ("num_server_rounds", "local_steps", "eval_every", "min_sites")
@@ -111,6 +116,9 @@ class RunSettings:
             raise ConfigError(
                 SOURCE, "weighting", f"must be one of {valid}, got {self.weighting!r}"
             )
+        if self.tracking not in {k.value for k in TrackingKind}:
+            valid = ", ".join(k.value for k in TrackingKind)
+            raise ConfigError(SOURCE, "tracking", f"must be one of {valid}, got {self.tracking!r}")
         if not 0 <= self.trim_beta < 0.5:
             raise ConfigError(SOURCE, "trim-beta", f"must be in [0, 0.5), got {self.trim_beta}")
         if self.proximal_mu < 0 or self.server_lr <= 0 or self.lr < 0:
@@ -139,6 +147,15 @@ class RunSettings:
     def sites_to_wait_for(self) -> int:
         """How many sites must be connected before a round starts."""
         return max(self.min_sites, self.wait_for_sites)
+
+    def tracking_config(self, run_name: str = "") -> TrackingConfig:
+        """The server's tracker for this run (see :mod:`umedpt.tracking`)."""
+        return TrackingConfig(
+            kind=self.tracking,
+            uri=self.tracking_uri,
+            experiment=self.tracking_experiment,
+            run_name=run_name,
+        )
 
     def site_config_list(self) -> list[str]:
         return [p for p in self.site_configs.split(",") if p]

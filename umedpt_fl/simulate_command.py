@@ -12,9 +12,20 @@ from typing import Annotated
 
 import typer
 
-from umedpt.cli import BAD_INPUT_ERRORS, ExitCode, console, fail, setup_logging
+from umedpt.cli import (
+    BAD_INPUT_ERRORS,
+    ExitCode,
+    TrackingExperiment,
+    TrackingOption,
+    TrackingUri,
+    console,
+    fail,
+    print_tracking_hint,
+    setup_logging,
+)
 from umedpt.config import SiteConfig, load_site_config
 from umedpt.errors import ConfigError
+from umedpt.tracking import TrackingKind, check_tracking
 from umedpt_fl.options import (
     ClientDpClip,
     ClientDpNoise,
@@ -91,6 +102,9 @@ def simulate_command(
     seed: Seed = 0,
     lr: Lr = None,
     resume: Resume = False,
+    tracking: TrackingOption = TrackingKind.TENSORBOARD,
+    tracking_uri: TrackingUri = None,
+    tracking_experiment: TrackingExperiment = "umedpt-fl",
     cpus_per_site: Annotated[
         float, typer.Option(help="CPU cores reserved per simulated site.")
     ] = 1.0,
@@ -121,8 +135,10 @@ def simulate_command(
             min_sites=min_sites or len(sites),
             round_timeout=round_timeout,
             preset=preset, encoder=encoder, seed=seed, lr=lr, out_dir=str(out.resolve()),
-            resume=resume, state_root=str((out / "sites").resolve()),
+            resume=resume, state_root=str((out / "sites").resolve()), tracking=tracking,
+            tracking_uri=tracking_uri or "", tracking_experiment=tracking_experiment,
         )  # fmt: skip
+        check_tracking(settings.tracking_config())
     except BAD_INPUT_ERRORS as exc:
         raise fail(str(exc)) from exc
     try:
@@ -147,3 +163,4 @@ def simulate_command(
         f"report: {out / 'report.json'}, plot: {out / 'metrics.png'}, global weights: "
         f"{out / 'global'}, site heads: {out / 'sites'}/<site>/runs/*/latest-heads"
     )
+    print_tracking_hint(tracking, out)

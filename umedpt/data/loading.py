@@ -7,7 +7,9 @@ skipped, listed in ``TaskData.skipped`` and summarised in one warning. Nothing i
 silently.
 
 The image is read and resized here, the same for every task type; its targets (labels,
-masks, boxes, ...) are the task type's business (``TaskType.load_targets``).
+masks, boxes, ...) are the task type's business (``TaskType.load_targets``). Given a cache
+folder, a load of unchanged files reads the decoded samples back (``umedpt.data.cache``): the
+listing and the checks of what the reader sees still run, the decoding does not.
 """
 
 from __future__ import annotations
@@ -15,10 +17,14 @@ from __future__ import annotations
 import logging
 import time
 import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
 from umedpt.config import TaskConfig
+from umedpt.data.cache import CachedData, TaskCache, cache_key
 from umedpt.data.images import ImageSource, resize_image
 from umedpt.data.readers import Problems, read_records
 from umedpt.data.samples import Record, Sample, TaskData
@@ -33,14 +39,76 @@ _LISTED = 3  # skipped files named in the summary warning
 _LISTED_DROPPED_FILES = 10  # files named in a dropped-parts warning
 
 
-def load_task_data(task: TaskConfig) -> TaskData:
-    """Read, split, decode, validate and resize every sample of ``task``."""
+ProgressFn = Callable[[int, int], None]  # (samples done, samples in total)
+
+
+@dataclass(frozen=True)
+class LoadedTask:
+    """A task's data and how it was obtained (for the progress lines of check-site and client)."""
+
+    data: TaskData
+    seconds: float
+    from_cache: bool  # read from ``cache_file`` instead of decoded
+    cache_file: Path | None  # None without a cache folder (or when it could not be written)
+
+
+def load_task_data(
+    task: TaskConfig, *, cache_dir: Path | None = None, on_progress: ProgressFn | None = None
+) -> TaskData:
+    """Read, split, decode, validate and resize every sample of ``task``.
+
+    With ``cache_dir``, the decoded samples are kept there (:mod:`umedpt.data.cache`) and a
+    later load of unchanged files reads them back instead of decoding every image again.
+    """
+    return load_task(task, cache_dir=cache_dir, on_progress=on_progress).data
+
+
+def load_task(
+    task: TaskConfig, *, cache_dir: Path | None = None, on_progress: ProgressFn | None = None
+) -> LoadedTask:
+    """:func:`load_task_data`, also saying how long it took and whether the cache served it."""
     start = time.perf_counter()
     task_type = get_task_type(task.type)
     problems = Problems(task)
     records = read_records(task, problems)
+    cache = None
+    if cache_dir is not None:
+        cache = TaskCache(cache_dir, task, cache_key(task, records, problems.skipped))
+    cached = cache.read() if cache is not None else None
+    from_cache = cached is not None
+    if cached is not None:
+        if on_progress is not None:
+            on_progress(len(records), len(records))
+    else:
+        cached = _decode(task, task_type, records, problems, on_progress)
+        if cache is not None and not cache.write(cached):
+            cache = None
+    data = cached.data
+    _warn_dropped(task, cached.dropped)
+    _warn_skipped(task, data.skipped)
+    seconds = time.perf_counter() - start
+    logger.info(
+        "task '%s': %s %s samples in %.2f s (%d skipped)",
+        task.name,
+        "read from the cache" if from_cache else "loaded",
+        "/".join(f"{len(v)} {k}" for k, v in data.splits.items()),
+        seconds,
+        len(data.skipped),
+    )
+    return LoadedTask(data, seconds, from_cache, cache.file if cache is not None else None)
+
+
+def _decode(
+    task: TaskConfig,
+    task_type: TaskType,
+    records: list[Record],
+    problems: Problems,
+    on_progress: ProgressFn | None,
+) -> CachedData:
+    """Decode every record, split by split; a bad sample raises or is reported to ``problems``."""
     by_split = assign_splits(records, task.split)
     splits: dict[str, list[Sample]] = {}
+    done = 0
     with ImageSource() as source:
         context = LoadContext(task, source)
         for split, split_records in by_split.items():
@@ -50,17 +118,11 @@ def load_task_data(task: TaskConfig) -> TaskData:
                     samples.append(load_sample(rec, task_type, context))
                 except DataError as exc:
                     problems.report(exc.source, exc.problem)
+                done += 1
+                if on_progress is not None:
+                    on_progress(done, len(records))
             splits[split] = samples
-    _warn_dropped(task, context.dropped)
-    _warn_skipped(task, problems.skipped)
-    logger.info(
-        "task '%s': loaded %s samples in %.2f s (%d skipped)",
-        task.name,
-        "/".join(f"{len(v)} {k}" for k, v in splits.items()),
-        time.perf_counter() - start,
-        len(problems.skipped),
-    )
-    return TaskData(splits=splits, skipped=list(problems.skipped))
+    return CachedData(TaskData(splits=splits, skipped=list(problems.skipped)), context.dropped)
 
 
 def load_sample(rec: Record, task_type: TaskType, context: LoadContext) -> Sample:

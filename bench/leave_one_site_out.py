@@ -1,0 +1,303 @@
+"""Leave-one-site-out transfer: does an encoder pretrained on three sites save labels on the fourth?
+
+The project's headline result. For each of the four ``../shared/data`` sites as the target,
+encoders are pretrained on the other three -- federated (FedAvg, the real ClientApp in
+process), centralized (``umedpt.pretrain`` on all three) and each site alone -- with the same
+number of steps per task, then ``umedpt.evaluation`` trains fresh heads on 1/10/100% of the
+held-out site's training labels (frozen and finetune, 3 seeds, plus the random baseline of
+the same architecture) and scores its test split once.
+
+Every pretraining run and every evaluation cell is cached under ``--work``; a rerun skips
+what is done, so the benchmark can be run in pieces and still end as one table. Rows go to
+``bench/results/leave-one-site-out.json`` (a list of ``{target, encoder, mode, fraction,
+seed, metric, value}``) beside a ``.md`` with labels saved, federated - centralized and
+federated - best site-alone per target, and what is still missing.
+
+    PYTHONPATH=. python3 bench/leave_one_site_out.py            # hours on 2 cores; resumable
+    PYTHONPATH=. python3 bench/leave_one_site_out.py --targets pbc_blood_cells --quick
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from bench.common import (
+    REPO_ROOT,
+    add_sites_arg,
+    bench_parser,
+    md_table,
+    site_files,
+    start_run,
+    write_json,
+)
+from bench.simtools import federate_in_process
+from umedpt.config import SiteConfig, load_site_config
+from umedpt.evaluation import EvalProtocol, load_target, parse_encoders, run_evaluation
+from umedpt.evaluation.summary import summarize
+from umedpt.pretrain import PretrainConfig, pretrain
+
+log = logging.getLogger("bench.leave_one_site_out")
+
+NAME = "leave-one-site-out"
+FEDERATED, CENTRALIZED, SITE_ALONE, RANDOM = "federated", "centralized", "site-alone", "random"
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = bench_parser(
+        __doc__, preset="tiny", threads=1, quick="2 rounds x 5 steps, 1 seed, 1/100%"
+    )
+    add_sites_arg(parser)
+    parser.add_argument("--targets", nargs="*", default=None, help="site names (default: all)")
+    parser.add_argument("--rounds", type=int, default=10)
+    parser.add_argument("--local-steps", type=int, default=15)
+    parser.add_argument("--fractions", default="1,10,100")
+    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--eval-steps", type=int, default=200, help="most steps of one cell")
+    parser.add_argument("--eval-min-steps", type=int, default=100)
+    parser.add_argument(
+        "--work", type=Path, default=REPO_ROOT / "bench" / ".work" / NAME, help="cache folder"
+    )
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.rounds, args.local_steps, args.seeds, args.fractions = 2, 5, 1, "1,100"
+        args.eval_steps, args.eval_min_steps = 20, 10
+    return args
+
+
+def pretrain_encoders(target: SiteConfig, others: list[SiteConfig], args, work: Path) -> list[str]:
+    """Pretrain (or find cached) every encoder for ``target``; ``LABEL=DIR`` specs."""
+    steps = args.rounds * args.local_steps
+    specs = []
+    fed = work / FEDERATED
+    if not (fed / "global" / "checkpoint.json").is_file():
+        log.info("%s: federated pretraining on %s", target.name, [s.name for s in others])
+        report = federate_in_process(
+            [s.file for s in others],
+            fed,
+            num_server_rounds=args.rounds,
+            local_steps=args.local_steps,
+            eval_every=args.rounds,
+            preset=args.preset,
+            seed=args.seed,
+        )
+        if report["status"] != "completed":
+            raise RuntimeError(f"{target.name}: the federated pretraining failed: {report}")
+    specs.append(f"{FEDERATED}={fed / 'global'}")
+    # A site alone trains the same run whichever site is held out: one cache per site.
+    arms = [(CENTRALIZED, others, work / CENTRALIZED)] + [
+        (f"{SITE_ALONE}:{s.name}", [s], work.parent / f"{SITE_ALONE}-{s.name}") for s in others
+    ]
+    for label, sites, folder in arms:
+        if not (folder / "done.json").is_file():
+            log.info("%s: %s pretraining on %s", target.name, label, [s.name for s in sites])
+            start = time.perf_counter()
+            config = PretrainConfig(
+                preset=args.preset, steps=steps, eval_every=steps, seed=args.seed, device="cpu"
+            )
+            result = pretrain(sites, config, folder)
+            write_json(
+                folder / "done.json",
+                {
+                    "steps": steps,
+                    "seconds": time.perf_counter() - start,
+                    "val": result.final_metrics,
+                },
+            )
+        specs.append(f"{label}={folder / 'checkpoint'}")
+    return specs
+
+
+def evaluate_target(target: SiteConfig, specs: list[str], args, work: Path) -> dict[str, Any]:
+    protocol = EvalProtocol(
+        fractions=tuple(float(f) for f in args.fractions.split(",")),
+        seeds=args.seeds,
+        max_steps=args.eval_steps,
+        min_steps=args.eval_min_steps,
+    )
+    loaded = load_target(target.tasks[0])
+    encoders = parse_encoders(specs, preset=args.preset)
+
+    def progress(done: int, total: int, result: Any) -> None:
+        if result is not None:
+            log.info(
+                "%s: cell %d/%d (%s %s %g%% seed %d, %.0f s)",
+                target.name,
+                done,
+                total,
+                result.encoder,
+                result.mode,
+                result.fraction,
+                result.seed,
+                result.seconds,
+            )
+
+    return run_evaluation(loaded, encoders, protocol, work / "eval", device="cpu", on_cell=progress)
+
+
+def rows_of(target: str, results: dict[str, Any]) -> list[dict[str, Any]]:
+    metric = results["metric"]
+    return [
+        {
+            "target": target,
+            "encoder": cell["encoder"],
+            "mode": cell["mode"],
+            "fraction": cell["fraction"],
+            "seed": cell["seed"],
+            "metric": metric,
+            "value": cell["metrics"].get(metric),
+        }
+        for cell in results["cells"]
+    ]
+
+
+def collect(work: Path, targets: list[str]) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Every finished cell of every target (from the cached results), and each summary."""
+    rows, summaries = [], {}
+    for name in targets:
+        path = work / name / "eval" / "results.json"
+        if path.is_file():
+            results = json.loads(path.read_text())
+            rows += rows_of(name, results)
+            summaries[name] = summarize(results)
+    return rows, summaries
+
+
+def render_markdown(meta: dict[str, Any], summaries: dict[str, Any]) -> str:
+    lines = [
+        "# Leave-one-site-out transfer (tiny preset, 64 px, CPU)",
+        "",
+        f"Pretraining: {meta['rounds']} rounds x {meta['local_steps']} local steps "
+        f"(= {meta['rounds'] * meta['local_steps']} steps per task in every arm), seed "
+        f"{meta['seed']}. Evaluation: fractions {meta['fractions']} %, {meta['seeds']} seeds, "
+        f"{meta['eval_min_steps']}..{meta['eval_steps']} steps per cell, frozen and finetune "
+        "(protocol in docs/evaluation.md). Rows: `leave-one-site-out.json`.",
+        "",
+        f"Targets finished: {meta['finished']}; missing: {meta['missing'] or 'none'}. "
+        f"Wall time of the last invocation: {meta['seconds'] / 60:.0f} min.",
+        "",
+    ]
+    for target, summary in summaries.items():
+        metric = summary["primary_metric"]
+        lines += [f"## target {target} ({metric})", ""]
+        means = {(r["encoder"], r["mode"], r["fraction"]): r for r in summary["rows"]}
+        header = [
+            "encoder",
+            "mode",
+            *[f"{f:g}%" for f in sorted({r["fraction"] for r in summary["rows"]})],
+        ]
+        fractions = sorted({r["fraction"] for r in summary["rows"]})
+        table = []
+        for encoder, mode in dict.fromkeys((r["encoder"], r["mode"]) for r in summary["rows"]):
+            table.append(
+                [
+                    encoder,
+                    mode,
+                    *[
+                        f"{m['mean']:.3f} ± {m['sd']:.3f}"
+                        if (m := means.get((encoder, mode, f)))
+                        else "-"
+                        for f in fractions
+                    ],
+                ]
+            )
+        lines += [md_table(header, table), ""]
+        diffs = []
+        for mode in dict.fromkeys(r["mode"] for r in summary["rows"]):
+            for f in fractions:
+                fed = means.get((FEDERATED, mode, f))
+                cen = means.get((CENTRALIZED, mode, f))
+                alone = [
+                    m
+                    for (e, md, fr), m in means.items()
+                    if e.startswith(SITE_ALONE) and md == mode and fr == f
+                ]
+                best = max(alone, key=lambda m: m["mean"]) if alone else None
+                diffs.append(
+                    [
+                        mode,
+                        f"{f:g}%",
+                        f"{fed['mean'] - cen['mean']:+.3f}" if fed and cen else "-",
+                        f"{fed['mean'] - best['mean']:+.3f} ({best['encoder']})"
+                        if fed and best
+                        else "-",
+                    ]
+                )
+        lines += [
+            md_table(
+                ["mode", "fraction", "federated - centralized", "federated - best site-alone"],
+                diffs,
+            ),
+            "",
+        ]
+        saved = [
+            [
+                e["encoder"],
+                e["mode"],
+                "no baseline yet"
+                if e["baseline_mean"] is None
+                else "not reached"
+                if e["fraction"] is None
+                else f"{e['fraction']:g}%",
+                "-" if e["fraction"] is None else f"{100 - e['fraction']:g}%",
+            ]
+            for e in summary["labels_saved"]
+        ]
+        lines += [
+            "Labels saved (reaches the random baseline's mean at 100%):",
+            "",
+            md_table(["encoder", "mode", "reaches it at", "labels saved"], saved),
+            "",
+        ]
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = parse_args(argv)
+    start = start_run(args)
+    sites = [load_site_config(f) for f in site_files(args)]
+    by_name = {s.name: s for s in sites}
+    unknown = sorted(set(args.targets or []) - set(by_name))
+    if unknown:
+        raise SystemExit(f"--targets {unknown}: not among the sites {sorted(by_name)}")
+    targets = [by_name[n] for n in args.targets] if args.targets else sites  # in the order given
+    for target in targets:
+        others = [s for s in sites if s.name != target.name]
+        work = args.work / target.name
+        work.mkdir(parents=True, exist_ok=True)
+        specs = pretrain_encoders(target, others, args, work)
+        evaluate_target(target, specs, args, work)
+        write_outputs(args, sites, start)
+    write_outputs(args, sites, start)
+
+
+def write_outputs(args: argparse.Namespace, sites: list[SiteConfig], start: float) -> None:
+    names = [s.name for s in sites]
+    rows, summaries = collect(args.work, names)
+    expected_per_target = (len(sites) - 1 + 2) * 2 * len(args.fractions.split(",")) * args.seeds
+    finished = [n for n in names if sum(r["target"] == n for r in rows) >= expected_per_target]
+    meta = {
+        "rounds": args.rounds,
+        "local_steps": args.local_steps,
+        "seed": args.seed,
+        "fractions": args.fractions,
+        "seeds": args.seeds,
+        "eval_steps": args.eval_steps,
+        "eval_min_steps": args.eval_min_steps,
+        "finished": finished,
+        "missing": [n for n in names if n not in finished],
+        "seconds": time.perf_counter() - start,
+    }
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / f"{NAME}.json").write_text(json.dumps(rows, indent=1) + "\n")
+    (args.out / f"{NAME}.md").write_text(render_markdown(meta, summaries))
+    log.info("wrote %d rows; finished %s, missing %s", len(rows), finished, meta["missing"])
+
+
+if __name__ == "__main__":
+    main()

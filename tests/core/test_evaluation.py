@@ -1,0 +1,222 @@
+"""`umedpt-fl evaluate`: stratified subsets, encoder specs, the grid, resume and the summary."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from tests.helpers import MAKERS, make_task
+from umedpt.checkpoint import save_checkpoint
+from umedpt.data.samples import Sample
+from umedpt.evaluation import (
+    EncoderSpecError,
+    EvalProtocol,
+    EvaluationMismatch,
+    Target,
+    parse_encoders,
+    run_evaluation,
+    stratified_subset,
+)
+from umedpt.evaluation.summary import labels_saved
+from umedpt.model import UMedPTModel
+from umedpt.models.presets import model_config
+from umedpt_fl.cli import app
+
+# Two frozen cells (features computed once), and one cell per mode: seconds, not minutes.
+FROZEN = EvalProtocol(fractions=(50.0, 100.0), modes=("frozen",), seeds=1, max_steps=2,
+                      min_steps=2, evals=1)  # fmt: skip
+BOTH = EvalProtocol(fractions=(100.0,), seeds=1, max_steps=2, min_steps=2, evals=1)
+
+
+def _labelled(counts: dict[int, int]) -> list[Sample]:
+    image = torch.zeros(3, 8, 8, dtype=torch.uint8)
+    return [Sample(image, f"{c}-{i}", label=c) for c, n in counts.items() for i in range(n)]
+
+
+def _target(task_type: str, n_train: int = 8, n_val: int = 4, n_test: int = 4) -> Target:
+    generator = torch.Generator().manual_seed(0)
+    maker = MAKERS[task_type][0]
+    splits = {"train": maker(n_train, generator), "val": maker(n_val, generator)}
+    splits["test"] = maker(n_test, generator)
+    return Target(make_task("target", task_type, batch_size=4), splits)
+
+
+def _checkpoint(folder: Path, seed: int = 3) -> Path:
+    config = model_config("tiny")
+    model = UMedPTModel(config, [make_task("pre", "classification")], seed=seed)
+    return save_checkpoint(folder, model, meta={"kind": "test"})
+
+
+# -- subsets -------------------------------------------------------------------------------
+def test_subset_keeps_class_proportions_and_every_class() -> None:
+    samples = _labelled({0: 80, 1: 15, 2: 5})
+    subset = stratified_subset(samples, 10.0, seed=0)
+    counts = Counter(samples[i].label for i in subset)
+    assert len(subset) == 10
+    assert counts == {0: 8, 1: 1, 2: 1}  # largest remainder, and no class left out
+    assert stratified_subset(samples, 10.0, seed=0) == subset
+    assert stratified_subset(samples, 10.0, seed=1) != subset
+    assert stratified_subset(samples, 100.0, seed=4) == list(range(100))
+
+
+def test_subset_strata_for_masks_and_boxes() -> None:
+    for task_type in ("segmentation", "detection", "multilabel"):
+        samples = MAKERS[task_type][0](20, torch.Generator().manual_seed(0))
+        subset = stratified_subset(samples, 25.0, seed=2)
+        assert len(subset) == 5 and len(set(subset)) == 5
+
+
+# -- encoder specs -------------------------------------------------------------------------
+def test_encoder_specs_add_the_random_baseline_and_load_weights(tmp_path) -> None:
+    folder = _checkpoint(tmp_path / "run" / "global")
+    specs = parse_encoders([str(folder)])
+    assert [s.label for s in specs] == ["run/global", "random"]
+    assert specs[1].config == specs[0].config
+    loaded = specs[0].build().state_dict()
+    expected = UMedPTModel(model_config("tiny"), [make_task("pre", "classification")], seed=3)
+    for key, value in expected.encoder.state_dict().items():
+        torch.testing.assert_close(loaded[key], value)
+    fresh = specs[1].build().state_dict()
+    assert any(not torch.equal(fresh[k], v) for k, v in expected.encoder.state_dict().items())
+
+
+def test_encoder_spec_errors_name_the_problem(tmp_path, monkeypatch) -> None:
+    with pytest.raises(EncoderSpecError, match="not a umedpt-fl checkpoint"):
+        parse_encoders([str(tmp_path)])
+    folder = _checkpoint(tmp_path / "a")
+    with pytest.raises(EncoderSpecError, match="labels must be unique"):
+        parse_encoders([f"x={folder}", f"x={folder}"])
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "empty-hub"))
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-hub"))
+    (spec, _random) = parse_encoders(["imagenet:resnet18"])
+    with pytest.raises(EncoderSpecError, match="no local pretrained weights"):
+        spec.build()
+
+
+# -- the grid ------------------------------------------------------------------------------
+@pytest.mark.parametrize("task_type", ["classification", "multilabel", "segmentation", "detection"])
+def test_every_task_type_evaluates_frozen_and_finetuned(tmp_path, task_type) -> None:
+    results = run_evaluation(_target(task_type), parse_encoders([]), BOTH, tmp_path)
+    cells = results["cells"]
+    assert len(cells) == 2  # random x (frozen, finetune) x 100% x 1 seed
+    assert {c["subset_size"] for c in cells} == {8}
+    metric = results["metric"]
+    assert all(metric in c["metrics"] for c in cells)
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert {r["mode"] for r in summary["rows"]} == {"frozen", "finetune"}
+    assert (tmp_path / "metric-vs-fraction.png").stat().st_size > 0
+
+
+def test_frozen_mode_leaves_the_encoder_untouched(tmp_path) -> None:
+    folder = _checkpoint(tmp_path / "ckpt")
+    (spec, _random) = parse_encoders([str(folder)])
+    before = {k: v.clone() for k, v in spec.build().state_dict().items()}
+    protocol = EvalProtocol(fractions=(100.0,), modes=("frozen",), seeds=1, max_steps=3,
+                            min_steps=3)  # fmt: skip
+    results = run_evaluation(_target("classification"), [spec], protocol, tmp_path / "out")
+    assert len(results["cells"]) == 1
+    after = spec.build().state_dict()  # the checkpoint on disk is never written
+    assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_a_rerun_resumes_and_recomputes_a_lost_cell_identically(tmp_path) -> None:
+    target = _target("classification")
+    specs = parse_encoders([])
+    first = run_evaluation(target, specs, BOTH, tmp_path)
+    path = tmp_path / "results.json"
+    saved = json.loads(path.read_text())
+    lost = saved["cells"].pop(1)  # the finetune cell: the encoder trains too
+    assert lost["mode"] == "finetune"
+    path.write_text(json.dumps(saved))
+    seen: list[tuple[int, int]] = []
+    second = run_evaluation(
+        target, specs, BOTH, tmp_path, on_cell=lambda d, t, r: seen.append((d, t))
+    )
+    assert seen == [(1, 2), (2, 2)]  # one cell found done, one trained again
+    again = next(c for c in second["cells"] if c["mode"] == lost["mode"]
+                 and c["fraction"] == lost["fraction"])  # fmt: skip
+    assert again["metrics"] == lost["metrics"]  # the seed controls everything
+    assert len(second["cells"]) == len(first["cells"])
+
+
+def test_a_folder_of_another_protocol_is_refused(tmp_path) -> None:
+    target = _target("classification")
+    first = run_evaluation(target, parse_encoders([]), FROZEN, tmp_path)
+    assert {c["subset_size"] for c in first["cells"]} == {4, 8}
+    other = EvalProtocol(fractions=(50.0, 100.0), modes=("frozen",), seeds=1, max_steps=3,
+                         min_steps=2, evals=1)  # fmt: skip
+    with pytest.raises(EvaluationMismatch, match="another protocol"):
+        run_evaluation(target, parse_encoders([]), other, tmp_path)
+
+
+def test_labels_saved_is_the_smallest_fraction_reaching_random_at_full_data() -> None:
+    encoders = {
+        "pre": {"kind": "checkpoint", "model": {"m": 1}},
+        "random": {"kind": "random", "model": {"m": 1}},
+    }
+    rows = [
+        {"encoder": e, "mode": "frozen", "fraction": f, "mean": m, "sd": 0.0, "n": 3}
+        for e, f, m in [("pre", 1.0, 0.5), ("pre", 10.0, 0.72), ("pre", 100.0, 0.9),
+                        ("random", 1.0, 0.3), ("random", 10.0, 0.5), ("random", 100.0, 0.7)]
+    ]  # fmt: skip
+    saved = {(e["encoder"], e["mode"]): e for e in labels_saved(rows, encoders)}
+    assert saved[("pre", "frozen")]["fraction"] == 10.0
+    assert saved[("random", "frozen")]["fraction"] == 100.0
+    rows[1]["mean"] = 0.69
+    saved = {(e["encoder"], e["mode"]): e for e in labels_saved(rows, encoders)}
+    assert saved[("pre", "frozen")]["fraction"] == 100.0
+
+
+# -- the command ---------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def demo_site(tmp_path_factory) -> Path:
+    from umedpt.data.demo import write_demo_federation
+
+    files = write_demo_federation(tmp_path_factory.mktemp("demo"), seed=0)
+    return next(f for f in files if f.stem == "clinic-a")
+
+
+def test_the_command_writes_results_summary_and_plot(tmp_path, demo_site) -> None:
+    folder = _checkpoint(tmp_path / "pre" / "checkpoint")
+    args = ["evaluate", "--target", str(demo_site), "--encoder", f"mine={folder}",
+            "--out", str(tmp_path / "eval"), "--fractions", "100", "--seeds", "1",
+            "--steps", "2", "--min-steps", "2", "--mode", "frozen"]  # fmt: skip
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert "Labels saved" in result.output
+    cells = json.loads((tmp_path / "eval" / "results.json").read_text())["cells"]
+    assert {(c["encoder"], c["fraction"]) for c in cells} == {("mine", 100.0), ("random", 100.0)}
+    assert "| mine |" in (tmp_path / "eval" / "summary.md").read_text()
+
+
+def test_a_target_the_readers_refuse_fails_before_training(tmp_path, demo_site) -> None:
+    bad = tmp_path / "bad.toml"
+    bad.write_text(demo_site.read_text().replace('path = "', 'path = "missing-'))
+    result = CliRunner().invoke(
+        app, ["evaluate", "--target", str(bad), "--out", str(tmp_path / "eval")]
+    )
+    assert result.exit_code == 2
+    assert "missing-" in result.output
+    assert not (tmp_path / "eval" / "results.json").exists()
+
+
+def test_imagenet_weights_come_from_a_local_file_only(tmp_path, monkeypatch) -> None:
+    import timm
+    from timm.models import get_pretrained_cfg
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    url = get_pretrained_cfg("resnet18").url
+    weights = tmp_path / "torch" / "hub" / "checkpoints" / url.rsplit("/", 1)[1]
+    weights.parent.mkdir(parents=True)
+    torch.manual_seed(7)
+    reference = timm.create_model("resnet18", pretrained=False)
+    torch.save(reference.state_dict(), weights)
+    (spec, random_baseline) = parse_encoders(["imagenet:resnet18"])
+    assert random_baseline.label == "random" and random_baseline.config == spec.config
+    built = spec.build().model.state_dict()
+    torch.testing.assert_close(built["conv1.weight"], reference.state_dict()["conv1.weight"])

@@ -1,0 +1,143 @@
+"""A site's own log: what each reply carried, in plain words and in ``<state_dir>/sent.jsonl``;
+and its decoded data, kept on its disk so a new ClientApp process does not decode it again."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
+
+import client.site as site_module
+import umedpt_fl.inprocess  # noqa: F401  (sets the task identity messages need outside a run)
+from client.app import COORDINATOR_NODE_KEY, SITE_CONFIG_NODE_KEY
+from client.app import app as client_app
+from client.site import SENT_LOG, SentReply, SiteRunner
+from umedpt.config import load_site_config
+from umedpt.data.cache import site_cache_dir
+from umedpt_fl import wire
+from umedpt_fl.settings import RunSettings
+
+PRIVACY = "\n[privacy]\ntarget_epsilon = 8.0\ntarget_delta = 1e-5\nmax_grad_norm = 1.0\n"
+
+
+def own_site(demo_site: Path, state: Path, *, privacy: bool = False) -> Path:
+    """A copy of a demo site file (beside it: same data) with a state folder of its own."""
+    text = demo_site.read_text()
+    name = load_site_config(demo_site).name
+    text = text.replace(f'state_dir = "state/{name}"', f'state_dir = "{state}"')
+    if privacy:
+        text = text.replace("[[tasks]]", PRIVACY + "\n[[tasks]]", 1)
+    path = demo_site.parent / f"{name}-log-{state.parent.name}.toml"
+    path.write_text(text)
+    return path
+
+
+@pytest.fixture
+def site_log() -> Iterator[Callable[[], list[str]]]:
+    """The lines the site logs through Flower's logger (what `umedpt-fl client` shows)."""
+    lines: list[str] = []
+    handler = logging.Handler(logging.INFO)
+    handler.emit = lambda record: lines.append(record.getMessage())  # type: ignore[method-assign]
+    logger = logging.getLogger("flwr")
+    level = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    yield lambda: list(lines)
+    logger.removeHandler(handler)
+    logger.setLevel(level)
+
+
+def sent_entries(state: Path) -> list[dict]:
+    return [json.loads(line) for line in (state / SENT_LOG).read_text().splitlines()]
+
+
+def ask(kind: str, node: int, shared: dict, server_round: int) -> Message:
+    """A server's train or evaluate message, as the ServerApp sends it."""
+    config = ConfigRecord({wire.SERVER_ROUND: server_round, wire.RUN_KEY: "r"})
+    content = RecordDict({wire.CONFIG: config, wire.SHARED_ARRAYS: ArrayRecord(shared)})
+    return Message(content, dst_node_id=node, message_type=kind)
+
+
+def test_every_reply_is_logged_with_what_it_carried(demo_sites, tmp_path, site_log) -> None:
+    state = tmp_path / "state"
+    site_file = own_site(demo_sites[0], state)
+    settings = RunSettings(local_steps=1, seed=3, state_root=str(tmp_path / "runs"))
+    node = {SITE_CONFIG_NODE_KEY: str(site_file), COORDINATOR_NODE_KEY: "fed.example.org:9093"}
+    context = Context(1, 7, node, RecordDict(), settings.to_run_config())
+    shared = SiteRunner(load_site_config(site_file), settings).model.shared_state_dict()
+    replies = [client_app(ask(kind, 7, shared, 1), context) for kind in ("train", "evaluate")]
+
+    entries = sent_entries(state)
+    assert [(e["kind"], e["round"], e["run_key"]) for e in entries] == [
+        ("train", 1, "r"),
+        ("evaluate", 1, "r"),
+    ]
+    for reply, entry in zip(replies, entries, strict=True):
+        assert not reply.has_error()
+        assert entry["metrics"] == dict(reply.content[wire.METRICS])
+        assert entry["to"] == "fed.example.org:9093"
+        assert entry["epsilon"] is None and entry["delta"] is None  # no [privacy] table
+    arrays = replies[0].content[wire.SHARED_ARRAYS]
+    groups = entries[0]["groups"]
+    assert sum(groups.values()) == sum(len(a.data) for a in arrays.values())  # as sent
+    assert set(groups) == {"encoder", "blocks.classification"}
+    assert entries[0]["train_seconds"] > 0
+    assert entries[1]["groups"] == {}
+
+    lines = site_log()
+    trained = [line for line in lines if "round 1: trained" in line]
+    assert len(trained) == 1
+    assert "trained tasks lesions for 1 steps in" in trained[0]
+    mb = groups["encoder"] / 1e6
+    assert f"sent encoder ({mb:.1f} MB), blocks.classification (" in trained[0]
+    assert trained[0].endswith("to the coordinator at fed.example.org:9093")
+    assert any("round 1: evaluated tasks lesions on " in line and "sent no weights" in line
+               for line in lines)  # fmt: skip
+
+
+def test_a_new_process_reads_the_decoded_data_from_the_sites_disk(
+    demo_sites, tmp_path, site_log
+) -> None:
+    state = tmp_path / "state"
+    site = load_site_config(own_site(demo_sites[1], state))
+    settings = RunSettings(local_steps=1, seed=1, state_root=str(tmp_path / "runs"), run_key="r")
+    site_module._cached_runs.cache_clear()
+    first = SiteRunner(site, settings)
+    assert site_cache_dir(site) == state / "cache"
+    assert [p.suffix for p in site_cache_dir(site).iterdir()] == [".safetensors"]
+    site_module._cached_runs.cache_clear()  # the next message's process
+    second = SiteRunner(site, settings)
+    loads = [line for line in site_log() if "samples in" in line]
+    assert len(loads) == 2
+    assert "decoded; cached in" in loads[0] and "from the cache" in loads[1]
+    assert [len(r.data["train"]) for r in first.runs] == [len(r.data["train"]) for r in second.runs]
+    assert any("loading task" in line for line in site_log())
+
+
+def test_a_dp_site_logs_the_privacy_it_has_spent(demo_sites, tmp_path, site_log) -> None:
+    state = tmp_path / "state"
+    site = load_site_config(own_site(demo_sites[3], state, privacy=True))
+    settings = RunSettings(
+        local_steps=1, num_server_rounds=2, seed=1, state_root=str(tmp_path / "runs"), run_key="r"
+    )
+    runner = SiteRunner(site, settings)
+    assert runner.budget is not None
+    spent = runner.budget.record(1, 1)  # what train_round records once the update exists
+    metrics = {wire.DP_EPSILON: spent.epsilon, wire.DP_DELTA: spent.delta, wire.NUM_EXAMPLES: 3}
+    line = runner.log_sent(SentReply("train", 1, {"encoder": 2_000_000}, metrics, 0.25, 1))
+    assert line.startswith("round 1: trained tasks stripes for 1 steps in 0.2 s; ")
+    assert "sent encoder (2.0 MB) and 3 scalars" in line and "to the coordinator;" in line
+    assert line.endswith(f"privacy spent so far: epsilon {spent.epsilon:.2f} of 8 (delta 1e-05)")
+    evaluated = runner.log_sent(SentReply("evaluate", 1, {}, {wire.NUM_EXAMPLES: 4}))
+    assert "on 4 validation samples" in evaluated
+    assert evaluated.endswith(f"epsilon {spent.epsilon:.2f} of 8 (delta 1e-05)")  # none spent
+    assert [(e["kind"], e["epsilon"], e["delta"]) for e in sent_entries(state)] == [
+        ("train", spent.epsilon, 1e-5),
+        ("evaluate", spent.epsilon, 1e-5),
+    ]
+    assert sent_entries(state)[0]["train_seconds"] == 0.25  # kept at home, in its own log
+    assert site_log()[-2:] == [f"site clinic-d: {line}", f"site clinic-d: {evaluated}"]
