@@ -37,9 +37,11 @@ from bench.common import (
     write_json,
 )
 from bench.simtools import federate_in_process
+from umedpt.checkpoint import read_meta, read_model_config
 from umedpt.config import SiteConfig, load_site_config
 from umedpt.evaluation import EvalProtocol, load_target, parse_encoders, run_evaluation
 from umedpt.evaluation.summary import summarize
+from umedpt.models.presets import model_config
 from umedpt.pretrain import PretrainConfig, pretrain
 
 log = logging.getLogger("bench.leave_one_site_out")
@@ -64,6 +66,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--work", type=Path, default=REPO_ROOT / "bench" / ".work" / NAME, help="cache folder"
     )
     args = parser.parse_args(argv)
+    if args.quick and args.work == REPO_ROOT / "bench" / ".work" / NAME:
+        args.work = args.work.with_name(f"{NAME}-quick")  # never mixed with the real run
     if args.quick:
         args.rounds, args.local_steps, args.seeds, args.fractions = 2, 5, 1, "1,100"
         args.eval_steps, args.eval_min_steps = 20, 10
@@ -75,7 +79,9 @@ def pretrain_encoders(target: SiteConfig, others: list[SiteConfig], args, work: 
     steps = args.rounds * args.local_steps
     specs = []
     fed = work / FEDERATED
-    if not (fed / "global" / "checkpoint.json").is_file():
+    if (fed / "global" / "checkpoint.json").is_file():
+        check_budget(fed / "global", args)
+    else:
         log.info("%s: federated pretraining on %s", target.name, [s.name for s in others])
         report = federate_in_process(
             [s.file for s in others],
@@ -94,7 +100,9 @@ def pretrain_encoders(target: SiteConfig, others: list[SiteConfig], args, work: 
         (f"{SITE_ALONE}:{s.name}", [s], work.parent / f"{SITE_ALONE}-{s.name}") for s in others
     ]
     for label, sites, folder in arms:
-        if not (folder / "done.json").is_file():
+        if (folder / "done.json").is_file():
+            check_budget(folder, args)
+        else:
             log.info("%s: %s pretraining on %s", target.name, label, [s.name for s in sites])
             start = time.perf_counter()
             config = PretrainConfig(
@@ -111,6 +119,24 @@ def pretrain_encoders(target: SiteConfig, others: list[SiteConfig], args, work: 
             )
         specs.append(f"{label}={folder / 'checkpoint'}")
     return specs
+
+
+def check_budget(folder: Path, args: argparse.Namespace) -> None:
+    """A cached encoder must come from this run's budget and preset."""
+    steps = args.rounds * args.local_steps
+    if (folder / "done.json").is_file():  # a pretrain arm
+        found = json.loads((folder / "done.json").read_text())["steps"]
+        checkpoint = folder / "checkpoint"
+    else:  # the federated arm's global/
+        settings = read_meta(folder)["settings"]
+        found = settings["num-server-rounds"] * settings["local-steps"]
+        checkpoint = folder
+    architecture = read_model_config(checkpoint).to_dict()
+    if found != steps or architecture != model_config(args.preset).to_dict():
+        raise SystemExit(
+            f"{folder}: cached from another budget ({found} steps per task, now {steps}) or "
+            f"preset (now {args.preset}); use another --work"
+        )
 
 
 def evaluate_target(target: SiteConfig, specs: list[str], args, work: Path) -> dict[str, Any]:
@@ -279,7 +305,8 @@ def main(argv: Sequence[str] | None = None) -> None:
 def write_outputs(args: argparse.Namespace, sites: list[SiteConfig], start: float) -> None:
     names = [s.name for s in sites]
     rows, summaries = collect(args.work, names)
-    expected_per_target = (len(sites) - 1 + 2) * 2 * len(args.fractions.split(",")) * args.seeds
+    # federated, centralized, each other site alone, random; x 2 modes x fractions x seeds
+    expected_per_target = (len(sites) + 2) * 2 * len(args.fractions.split(",")) * args.seeds
     finished = [n for n in names if sum(r["target"] == n for r in rows) >= expected_per_target]
     meta = {
         "rounds": args.rounds,

@@ -123,8 +123,43 @@ def describe(message: Message, context: Context) -> Message:
     return Message(RecordDict({wire.SITE_INFO: info}), reply_to=message)
 
 
-@app.train()
-def train(message: Message, context: Context) -> Message:
+@dataclasses.dataclass(frozen=True)
+class TrainedReply:
+    """A train reply not yet sent, with what the site's log needs to describe it."""
+
+    message: Message
+    runner: SiteRunner
+    train_seconds: float = 0.0
+    steps: int = 0
+
+    def log_as_sent(self, sent: Message, context: Context) -> Message:
+        """Log ``sent`` (the reply exactly as it leaves: plain, masked or an error) and
+        return it."""
+        if sent.has_error():
+            self.runner.log_refused(int(self.config[wire.SERVER_ROUND]), str(sent.error.reason))
+            return sent
+        arrays = sent.content[wire.SHARED_ARRAYS]
+        sizes = {key: len(array.data) for key, array in arrays.items()}  # as serialised
+        self.runner.log_sent(
+            SentReply(
+                kind="train",
+                server_round=int(self.config[wire.SERVER_ROUND]),
+                groups=bytes_per_group(sizes),
+                metrics=sent_metrics(sent),
+                train_seconds=self.train_seconds,
+                steps=self.steps,
+            ),
+            coordinator=coordinator(context),
+        )
+        return sent
+
+    @property
+    def config(self) -> Any:
+        return self.message.content[wire.CONFIG]
+
+
+def train_reply(message: Message, context: Context) -> tuple[Message, TrainedReply]:
+    """Train one round; the plain reply (or an error reply), not yet logged."""
     config = message.content[wire.CONFIG]
     runner = site_runner(context, message)
     try:
@@ -135,21 +170,17 @@ def train(message: Message, context: Context) -> Message:
         )
     except PrivacyBudgetSpent as exc:
         # An error reply, not a crash: the server rejects it naming the site and the reason.
-        return error_reply(message, str(exc))
+        return error_reply(message, str(exc)), TrainedReply(message, runner)
     # Exactly the keys received, in the same order: heads never leave the site.
     arrays = ArrayRecord({k: outcome.shared[k] for k in message.content[wire.SHARED_ARRAYS].keys()})
     reply = metric_reply(message, outcome.metrics, outcome.num_examples, arrays)
-    sizes = {key: len(array.data) for key, array in arrays.items()}  # as serialised for sending
-    sent = SentReply(
-        kind="train",
-        server_round=int(config[wire.SERVER_ROUND]),
-        groups=bytes_per_group(sizes),
-        metrics=sent_metrics(reply),
-        train_seconds=outcome.train_seconds,
-        steps=outcome.steps,
-    )
-    runner.log_sent(sent, coordinator=coordinator(context))
-    return reply
+    return reply, TrainedReply(message, runner, outcome.train_seconds, outcome.steps)
+
+
+@app.train()
+def train(message: Message, context: Context) -> Message:
+    reply, trained = train_reply(message, context)
+    return trained.log_as_sent(reply, context)
 
 
 @app.evaluate()
@@ -167,4 +198,4 @@ def evaluate(message: Message, context: Context) -> Message:
 
 # -- secure aggregation (client/secagg.py): its four stages as named message types; the
 # masked stage runs `train` above and masks its reply.
-secagg.register(app, train)
+secagg.register(app, train_reply)

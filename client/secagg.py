@@ -14,7 +14,7 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from logging import WARNING
-from typing import Any, cast
+from typing import Any, Protocol, cast
 
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, RecordDict
@@ -47,7 +47,16 @@ from flwr.supercore.primitives.asymmetric import (
 from umedpt_fl import secagg, wire
 
 STATE = "secagg-state"  # ConfigRecord in context.state: this round's keys and shares
-Handler = Callable[[Message, Context], Message]
+
+
+class SentLogger(Protocol):
+    """What stage 2 needs of a trained reply: to log the reply as it finally leaves."""
+
+    def log_as_sent(self, sent: Message, context: Context) -> Message: ...
+
+
+# The site's training: the plain reply (or an error reply) and its logger.
+TrainReply = Callable[[Message, Context], tuple[Message, SentLogger]]
 
 
 class SecAggError(RuntimeError):
@@ -266,8 +275,8 @@ def unmask(message: Message, context: Context) -> Message:
     return _reply(message, {secagg.SHARE_OWNERS: owners, secagg.SHARES: shares})
 
 
-def register(app: ClientApp, train: Handler) -> None:
-    """Route the four stages on ``app``; stage 2 runs ``train`` and masks its reply."""
+def register(app: ClientApp, train_reply: TrainReply) -> None:
+    """Route the four stages on ``app``; stage 2 runs ``train_reply`` and masks its reply."""
 
     @app.query(secagg.SETUP)
     def _setup(message: Message, context: Context) -> Message:
@@ -281,7 +290,9 @@ def register(app: ClientApp, train: Handler) -> None:
     def _collect(message: Message, context: Context) -> Message:
         # The stage first: a message out of order must not train (nor spend privacy budget).
         SiteSecrets.load(context).expect(secagg.SHARE_KEYS, secagg.COLLECT)
-        return masked_reply(message, context, train(message, context))
+        reply, trained = train_reply(message, context)
+        # Logged as it leaves: the masked arrays (or the error), not the plain update.
+        return trained.log_as_sent(masked_reply(message, context, reply), context)
 
     @app.query(secagg.UNMASK)
     def _unmask(message: Message, context: Context) -> Message:

@@ -47,6 +47,7 @@ from umedpt.privacy import LEDGER_FILE, BudgetExhaustedError, PrivacyBudget, Pri
 from umedpt.tasks import get_task_type
 from umedpt.training.trainer import MultiTaskTrainer, TaskRun, TrainConfig, sample_rate
 from umedpt_fl import wire
+from umedpt_fl.secagg import WEIGHT_PREFIX as SECAGG_WEIGHT_PREFIX
 from umedpt_fl.settings import RunSettings
 
 ROUND_DIR = re.compile(r"^round-(\d+)$")
@@ -180,13 +181,18 @@ class SentReply:
     metrics: dict[str, float]  # every scalar in the reply
     train_seconds: float | None = None  # measured here; under DP it is not in ``metrics``
     steps: int = 0
+    reason: str | None = None  # why nothing was trained (kind "refused")
 
 
 def bytes_per_group(sizes: Mapping[str, int]) -> dict[str, int]:
-    """Bytes per parameter group (``encoder``, ``blocks.<b>``) from bytes per array key."""
+    """Bytes per parameter group (``encoder``, ``blocks.<b>``) from bytes per array key
+    (a masked reply's per-group weight counts towards its group)."""
     groups: dict[str, int] = {}
     for key, size in sizes.items():
-        group = contract.group_of(key)
+        if key.startswith(SECAGG_WEIGHT_PREFIX):
+            group = key.removeprefix(SECAGG_WEIGHT_PREFIX)
+        else:
+            group = contract.group_of(key)
         groups[group] = groups.get(group, 0) + size
     return groups
 
@@ -409,6 +415,13 @@ class SiteRunner:
         self._append_sent(reply, epsilon, delta, coordinator)
         return line
 
+    def log_refused(self, server_round: int, reason: str) -> None:
+        """Record in ``sent.jsonl`` a round the site refused (only the reason was sent; the
+        log already said why)."""
+        refused = SentReply("refused", server_round, {}, {}, reason=reason)
+        epsilon, delta = self._privacy_spent(refused)
+        self._append_sent(refused, epsilon, delta, None)
+
     def _privacy_spent(self, reply: SentReply) -> tuple[float | None, float | None]:
         if self.budget is None:
             return None, None
@@ -429,6 +442,7 @@ class SiteRunner:
             "groups": reply.groups,
             "metrics": reply.metrics,
             "train_seconds": reply.train_seconds,
+            "reason": reply.reason,
             "epsilon": epsilon,
             "delta": delta,
         }

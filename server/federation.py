@@ -43,7 +43,14 @@ from umedpt.checkpoint import save_weights
 from umedpt.model import UMedPTModel
 from umedpt.models.presets import model_config
 from umedpt.tasks import shared_blocks
-from umedpt.tracking import TENSORBOARD_DIR, GuardedTracker, NullTracker, Tracker, create_tracker
+from umedpt.tracking import (
+    TENSORBOARD_DIR,
+    GuardedTracker,
+    NullTracker,
+    Tracker,
+    TrackingKind,
+    create_tracker,
+)
 from umedpt_fl import wire
 from umedpt_fl.settings import RunSettings
 
@@ -59,8 +66,7 @@ def initial_weights(settings: RunSettings) -> ArrayRecord:
     return ArrayRecord(model.shared_state_dict())
 
 
-# Model cards an export may have written into the output folder, logged when present.
-MODEL_CARDS = ("model-card", "MODEL_CARD.md", "model-card.md", "model_card.json")
+EXPORT_DIR = "export"  # <out>/export/: the finished run's model card (MLflow tracking only)
 
 
 def _round_dict(record: RoundRecord) -> dict[str, Any]:
@@ -78,10 +84,25 @@ def open_tracker(settings: RunSettings, out: Path) -> Tracker:
 
 
 def final_artifacts(out: Path) -> list[Path]:
-    """What a tracker keeps of a finished run: report.json, the plot, the global
-    checkpoint and any model card, those that exist."""
-    names = ("report.json", "metrics.png", GLOBAL_CHECKPOINT, *MODEL_CARDS)
+    """What a tracker keeps of a finished run: report.json, the plot and the global
+    checkpoint, those that exist."""
+    names = ("report.json", "metrics.png", GLOBAL_CHECKPOINT)
     return [out / name for name in names if (out / name).exists()]
+
+
+def fresh_model_card(out: Path) -> list[Path]:
+    """Export this run's ``global/`` with its report into ``<out>/export`` and return the
+    card's files. Written now, from this run, so that no card of an earlier run is logged;
+    a failed export costs the card only (logged), never the run."""
+    from umedpt.export.exporter import export_checkpoint
+    from umedpt.export.model_card import CARD_JSON
+
+    try:
+        export_checkpoint(out / GLOBAL_CHECKPOINT, out / EXPORT_DIR, report=out / "report.json")
+    except Exception as exc:  # the run is done; a card that cannot be made is not fatal
+        log(WARNING, "no model card for the tracker: the export failed: %s", exc)
+        return []
+    return [out / EXPORT_DIR / "README.md", out / EXPORT_DIR / CARD_JSON]
 
 
 class SiteLog:
@@ -222,7 +243,10 @@ def _run_federation(grid: Grid, settings: RunSettings) -> dict[str, Any]:
         final = report(status)
         write_report(out, final)
         write_plot(out, final)
-        for path in final_artifacts(out):
+        artifacts = final_artifacts(out)
+        if status == "completed" and settings.tracking == TrackingKind.MLFLOW.value:
+            artifacts += fresh_model_card(out)
+        for path in artifacts:
             tracker.log_artifact(path)
         tracker.close()
     return final

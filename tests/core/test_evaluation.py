@@ -22,6 +22,7 @@ from umedpt.evaluation import (
     run_evaluation,
     stratified_subset,
 )
+from umedpt.evaluation.probe import CellTrainer, Probe
 from umedpt.evaluation.summary import labels_saved
 from umedpt.model import UMedPTModel
 from umedpt.models.presets import model_config
@@ -91,11 +92,17 @@ def test_encoder_spec_errors_name_the_problem(tmp_path, monkeypatch) -> None:
     folder = _checkpoint(tmp_path / "a")
     with pytest.raises(EncoderSpecError, match="labels must be unique"):
         parse_encoders([f"x={folder}", f"x={folder}"])
-    monkeypatch.setenv("HF_HOME", str(tmp_path / "empty-hub"))
-    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-hub"))
-    (spec, _random) = parse_encoders(["imagenet:resnet18"])
+    no_local_weights(monkeypatch, tmp_path)
     with pytest.raises(EncoderSpecError, match="no local pretrained weights"):
-        spec.build()
+        parse_encoders(["imagenet:resnet18"])
+
+
+def no_local_weights(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Empty Hugging Face and torch hub caches, whatever this machine has cached."""
+    import huggingface_hub
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hf"))
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
 
 
 # -- the grid ------------------------------------------------------------------------------
@@ -112,16 +119,19 @@ def test_every_task_type_evaluates_frozen_and_finetuned(tmp_path, task_type) -> 
     assert (tmp_path / "metric-vs-fraction.png").stat().st_size > 0
 
 
-def test_frozen_mode_leaves_the_encoder_untouched(tmp_path) -> None:
-    folder = _checkpoint(tmp_path / "ckpt")
-    (spec, _random) = parse_encoders([str(folder)])
-    before = {k: v.clone() for k, v in spec.build().state_dict().items()}
-    protocol = EvalProtocol(fractions=(100.0,), modes=("frozen",), seeds=1, max_steps=3,
-                            min_steps=3)  # fmt: skip
-    results = run_evaluation(_target("classification"), [spec], protocol, tmp_path / "out")
-    assert len(results["cells"]) == 1
-    after = spec.build().state_dict()  # the checkpoint on disk is never written
-    assert all(torch.equal(before[k], after[k]) for k in before)
+@pytest.mark.parametrize("mode", ["frozen", "finetune"])
+def test_only_finetune_changes_the_encoder(mode) -> None:
+    target = _target("classification")
+    (spec,) = parse_encoders([])
+    encoder = spec.build()
+    before = {k: v.clone() for k, v in encoder.state_dict().items()}
+    probe = Probe(encoder, target.task, spec.config, seed=0)
+    protocol = EvalProtocol(fractions=(100.0,), seeds=1, max_steps=3, min_steps=3, evals=1)
+    trainer = CellTrainer(target.task, protocol, "balanced_accuracy", torch.device("cpu"))
+    trainer.run(probe, mode, target.splits, range(8), seed=0, fraction=100.0,
+                encoder_label="random")  # fmt: skip
+    changed = [k for k, v in encoder.state_dict().items() if not torch.equal(before[k], v)]
+    assert (changed == []) == (mode == "frozen")
 
 
 def test_a_rerun_resumes_and_recomputes_a_lost_cell_identically(tmp_path) -> None:
@@ -209,7 +219,7 @@ def test_imagenet_weights_come_from_a_local_file_only(tmp_path, monkeypatch) -> 
     import timm
     from timm.models import get_pretrained_cfg
 
-    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    no_local_weights(monkeypatch, tmp_path)
     url = get_pretrained_cfg("resnet18").url
     weights = tmp_path / "torch" / "hub" / "checkpoints" / url.rsplit("/", 1)[1]
     weights.parent.mkdir(parents=True)

@@ -120,6 +120,9 @@ def test_a_password_in_the_uri_is_refused(monkeypatch) -> None:
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: object())
     with pytest.raises(TrackingError, match="MLFLOW_TRACKING_PASSWORD"):
         check_tracking(TrackingConfig(kind="mlflow", uri="https://me:secret@mlflow.example.org"))
+    for uri in ("https://TOKEN@mlflow.example.org", "https://mlflow.example.org/?token=x"):
+        with pytest.raises(TrackingError, match="MLFLOW_TRACKING_PASSWORD"):
+            check_tracking(TrackingConfig(kind="mlflow", uri=uri))
 
 
 class Broken:

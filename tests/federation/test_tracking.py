@@ -103,8 +103,8 @@ def test_mlflow_gets_every_round_and_the_final_files(tmp_path, monkeypatch) -> N
     from mlflow.tracking import MlflowClient
 
     out = tmp_path / "run"
-    (out / "model-card").mkdir(parents=True)  # as `umedpt-fl export` would leave it
-    (out / "model-card" / "README.md").write_text("# model card\n")
+    (out / "export").mkdir(parents=True)  # a stale card of an earlier run: never logged
+    (out / "export" / "model_card.json").write_text('{"stale": true}')
     settings = RunSettings(
         num_server_rounds=2, out_dir=str(out), tracking="mlflow", tracking_uri=uri
     )
@@ -121,7 +121,9 @@ def test_mlflow_gets_every_round_and_the_final_files(tmp_path, monkeypatch) -> N
     ]
     assert run.data.metrics["bytes/received/b"] == report["rounds"][-1]["bytes_received"]["b"]
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
-    assert {"report.json", "global", "model-card"} <= artifacts
+    assert {"report.json", "global", "README.md", "model_card.json"} <= artifacts
+    card = json.loads((out / "export" / "model_card.json").read_text())
+    assert "stale" not in card and card["training"]["rounds"] == 2
     assert json.loads((out / "report.json").read_text())["status"] == "completed"
 
 

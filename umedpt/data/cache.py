@@ -32,10 +32,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import PIL
 import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
+import umedpt
 from umedpt.config import SiteConfig, TaskConfig
 from umedpt.data.samples import Record, Sample, TaskData
 from umedpt.data.targets import Dropped
@@ -77,6 +79,9 @@ def cache_key(
     digest = hashlib.sha256()
     settings = {
         "format": CACHE_FORMAT,
+        # decoding changes with the code and the image library, not only with the data
+        "umedpt": umedpt.__version__,
+        "pillow": PIL.__version__,
         "type": task.type,
         "data_format": task.format,
         "path": str(task.path),
@@ -154,7 +159,10 @@ class TaskCache:
         temp = self.folder / f".{self.file.name}.{os.getpid()}.{uuid.uuid4().hex}.tmp"
         try:
             tensors, meta = _encode(cached, self.key)
-            self.folder.mkdir(parents=True, exist_ok=True)
+            # Created 0700 and the file 0600: other accounts never read decoded patient images,
+            # not even while the file is being written.
+            self.folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+            self.folder.chmod(0o700)
             save_file(tensors, str(temp), metadata={_META_KEY: json.dumps(meta)})
             temp.chmod(0o600)  # decoded patient images: readable by the site's account only
             os.replace(temp, self.file)

@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
+from types import MappingProxyType
 from urllib.parse import urlparse
 
 import torch
@@ -99,7 +100,11 @@ def _parse_one(value: str, preset: str) -> EncoderSpec:
         name = source.removeprefix(IMAGENET_PREFIX)
         if not name:
             raise EncoderSpecError(f"--encoder {value!r}: say which timm model: imagenet:<name>")
-        return EncoderSpec(label or source, source, model_config(preset).with_encoder(name))
+        local_weights_file(name)  # missing weights fail now, before any cell trains
+        # timm's own architecture for its weights (not the preset's kwargs, even when the
+        # preset uses the same model name with other widths).
+        config = replace(model_config(preset), encoder=name, encoder_kwargs=MappingProxyType({}))
+        return EncoderSpec(label or source, source, config)
     folder = Path(source).expanduser()
     try:
         config = checkpoint.read_model_config(folder)

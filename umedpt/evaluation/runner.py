@@ -57,6 +57,8 @@ class Target:
             "type": self.task.type,
             "classes": list(self.task.classes),
             "image_size": self.task.image_size,
+            "batch_size": self.task.batch_size,
+            "split": asdict(self.task.split),
             "sizes": {s: len(self.splits[s]) for s in SPLITS},
         }
 
@@ -117,7 +119,12 @@ def run_evaluation(
     task_type = get_task_type(target.task.type)
     metric = summary_metric(target.task.type, task_type.primary_metric, protocol.metric)
     results = _load_or_start(out, target, metric, protocol, encoders)
-    done = {CellResult(**c).key for c in results["cells"]}
+    try:
+        done = {CellResult(**c).key for c in results["cells"]}
+    except TypeError as exc:
+        raise EvaluationMismatch(
+            f"{out / RESULTS_FILE}: cells of another umedpt-fl version ({exc}); use a new --out"
+        ) from exc
     cells = plan_cells(encoders, protocol)
     pending = [c for c in cells if c.key not in done]
     if on_cell:
@@ -207,10 +214,11 @@ def _load_or_start(
             )
     for label, described in fresh["encoders"].items():
         before = existing["encoders"].get(label)
-        if before is not None and before["source"] != described["source"]:
+        if before is not None and before != described:
             raise EvaluationMismatch(
-                f"{path}: encoder label {label!r} was {before['source']}, now "
-                f"{described['source']}; give the new one another label (LABEL=DIR)"
+                f"{path}: encoder label {label!r} was {before['source']} "
+                f"({before['model']['encoder']}), now {described['source']} "
+                f"({described['model']['encoder']}); give the new one another label (LABEL=SPEC)"
             )
         existing["encoders"][label] = described
     existing["protocol"] = fresh["protocol"]

@@ -123,13 +123,16 @@ def base_state_dict(
 
 
 def resolve_input_size(config: ModelConfig, image_sizes: Sequence[int]) -> int | None:
-    """The image side the encoder was trained at: the preset's ``img_size``, else the tasks'."""
+    """The image side the encoder was trained at: the tasks' (images are resized to it),
+    else the preset's ``img_size`` (a federation's ``global/`` records no tasks)."""
+    if image_sizes:
+        return max(image_sizes)
     size = config.encoder_kwargs.get("img_size")
     if isinstance(size, int):
         return size
     if isinstance(size, list | tuple) and size:
         return int(size[0])
-    return max(image_sizes) if image_sizes else None
+    return None
 
 
 def write_timm_folder(

@@ -43,9 +43,11 @@ def check_tracking(config: TrackingConfig) -> None:
             f"--tracking mlflow needs a tracking URI: pass --tracking-uri (e.g. "
             f"http://mlflow.example.org:5000 or sqlite:///mlflow.db) or set {MLFLOW_URI_ENV}"
         )
-    if urlsplit(uri).password:
+    parts = urlsplit(uri)
+    if parts.username or parts.password or parts.query:
         raise TrackingError(
-            "the tracking URI holds a password, which would be written to report.json and the "
+            "the tracking URI holds a user name, password or query (where tokens hide), which "
+            "would be written to report.json and the "
             "run config; give the URI without it and set MLFLOW_TRACKING_USERNAME and "
             "MLFLOW_TRACKING_PASSWORD (or MLFLOW_TRACKING_TOKEN) instead"
         )
