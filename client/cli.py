@@ -40,7 +40,8 @@ def client_command(
     """Join a federation as this site. Data, heads and local state never leave this machine."""
     from client.supernode import LOG_NAME, SuperNodeOptions, run_supernode
     from umedpt.config import load_site_config
-    from umedpt.data.loading import load_task_data
+    from umedpt.data.cache import site_cache_dir
+    from umedpt.data.loading import load_task
     from umedpt_fl.processes import FlowerProcessError
 
     setup_logging(verbose)
@@ -48,9 +49,12 @@ def client_command(
         config = load_site_config(site)
         if not skip_check:  # fail here, with the file named, rather than in round 1
             for task in config.tasks:
-                data = load_task_data(task)
-                counts = {split: len(samples) for split, samples in data.splits.items()}
-                console.print(f"task {task.name}: {counts}")
+                # Through the site's disk cache: round 1 then reads what this check decoded.
+                console.print(f"task {task.name}: reading {task.path} ...")
+                loaded = load_task(task, cache_dir=site_cache_dir(config))
+                counts = {split: len(samples) for split, samples in loaded.data.splits.items()}
+                how = "from the cache" if loaded.from_cache else "decoded"
+                console.print(f"task {task.name}: {counts} ({how}, {loaded.seconds:.1f} s)")
         options = SuperNodeOptions(
             server=server, site_config=config.file, insecure=insecure,
             root_certificates=root_certificates, port=port, auth_key=auth_key,

@@ -40,7 +40,8 @@ class ExitCode(IntEnum):
 
 def fail(message: str, code: int = ExitCode.BAD_INPUT) -> typer.Exit:
     """Print ``message`` as an error; raise the result to exit with ``code``."""
-    console.print(f"[bold red]error:[/] {escape(message)}", highlight=False)
+    # soft_wrap: never break a path or field name across lines, whatever the terminal width
+    console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
     return typer.Exit(int(code))
 
 

@@ -35,17 +35,22 @@ from umedpt.checkpoint import load_model
 from umedpt_fl import certs
 from umedpt_fl.inprocess import ClientAppGrid
 from umedpt_fl.processes import flower_tool
-from umedpt_fl.settings import RunSettings
+from umedpt_fl.settings import THREADS_ENV, RunSettings
 
 pytestmark = pytest.mark.slow
 
-ROUNDS = ["--rounds", "2", "--local-steps", "1", "--eval-every", "2"]
+# The tiny preset's blocks over timm's smallest test encoder: about 1 MB of weights a message
+# instead of 22 MB, which roughly halves what these process tests cost; what they check
+# (processes, resume, authentication) does not depend on the encoder.
+ENCODER = "test_efficientnet"
+ROUNDS = ["--rounds", "2", "--local-steps", "1", "--eval-every", "2", "--encoder", ENCODER]
 
 
 def in_process_reference(sites, out) -> dict[str, torch.Tensor]:
     """The same federation (sites, seed, rounds) without processes, uninterrupted."""
     settings = RunSettings(
         num_server_rounds=2, local_steps=1, eval_every=2, min_sites=2, out_dir=str(out),
+        encoder=ENCODER,
         site_configs=",".join(str(s) for s in sites), state_root=str(out / "sites"),
     )  # fmt: skip
     nodes = {100 + i: {"partition-id": i} for i in range(len(sites))}
@@ -67,13 +72,18 @@ def outsider_lists_runs(tmp_path, port: int, ca) -> subprocess.CompletedProcess:
     )
 
 
-def test_tls_federation_survives_a_stopped_and_a_killed_coordinator(demo_sites, tmp_path) -> None:
+def test_tls_federation_survives_a_stopped_and_a_killed_coordinator(
+    demo_sites, tmp_path, monkeypatch
+) -> None:
     """Over TLS with SuperNode authentication: only registered sites join, a site with
     another CA or an unregistered key is refused with the reason, and the Control API is
     not reachable on the public port; a second coordinator on the folder or port is
     refused naming the PID; SIGTERM and kill -9 of the coordinator leave no process; two
     resumes (registrations kept) end with the weights of an uninterrupted run.
     """
+    # One torch thread in the deployed sites and in the in-process reference alike: the
+    # thread count changes float reduction order, and the weights are compared at 1e-5.
+    monkeypatch.setenv(THREADS_ENV, "1")
     pki = tmp_path / "pki"
     certs.init_ca(pki)
     public = certs.issue_coordinator_cert(pki, ["localhost", "127.0.0.1"])
@@ -174,6 +184,7 @@ def test_a_killed_site_misses_its_round_and_rejoins_from_its_saved_state(
     coordinator = server(
         out, port, "--min-sites", "1", "--wait-for-sites", "2", "--round-timeout", "90",
         "--insecure", "--rounds", "3", "--local-steps", "1", "--eval-every", "3",
+        "--encoder", ENCODER,
         log=tmp_path / "server.log",
     )  # fmt: skip
     steady = client(demo_sites[1], port, "--insecure", log=tmp_path / "steady.log")
