@@ -100,6 +100,40 @@ def _die_with(parent: int) -> Callable[[], None]:
     return setup
 
 
+# A few lines of Python, in a session of their own, that outlive us: once our process is
+# gone (its parent changes, even after kill -9) they SIGKILL the child's whole process group,
+# i.e. every process Flower started under it (it starts its app processes with plain Popen).
+# PDEATHSIG reaches the child alone; an app process Flower was still starting would
+# otherwise be left to Flower's own parent monitor, which can hang in its graceful exit.
+_REAPER = """
+import os, signal, sys, time
+group, parent = int(sys.argv[1]), int(sys.argv[2])
+while True:
+    time.sleep(0.2)
+    try:
+        os.killpg(group, 0)
+    except ProcessLookupError:
+        sys.exit(0)
+    if os.getppid() != parent:
+        try:
+            os.killpg(group, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        sys.exit(0)
+"""
+
+
+def _start_reaper(group: int, env: dict[str, str]) -> None:
+    subprocess.Popen(
+        [sys.executable, "-c", _REAPER, str(group), str(os.getpid())],
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+
+
 def start(
     command: Sequence[str],
     *,
@@ -116,7 +150,7 @@ def start(
             output = files.enter_context(open(log_file, "ab"))  # the child keeps its copy
         else:
             output = subprocess.DEVNULL
-        return subprocess.Popen(
+        child = subprocess.Popen(
             list(command),
             env=env,
             cwd=cwd,
@@ -125,6 +159,8 @@ def start(
             start_new_session=True,
             preexec_fn=_die_with(os.getpid()),  # noqa: PLW1509 - no threads start children here
         )
+    _start_reaper(child.pid, env)  # the child leads its own session: its pid is the group
+    return child
 
 
 def stop(process: subprocess.Popen, *, grace: float = 10.0) -> None:
