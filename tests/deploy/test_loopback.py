@@ -31,13 +31,13 @@ from tests.federation.loopback import (
     assert_nothing_left,
     free_port,
     logs,
+    outsider_lists_runs,
     stop_all,
     wait_for,
 )
 from tests.processes import tagged_env, tagged_processes_after
 from umedpt.data.demo import write_demo_federation
 from umedpt_fl import certs
-from umedpt_fl.processes import flower_tool
 
 pytestmark = pytest.mark.slow
 
@@ -220,17 +220,3 @@ def test_rendered_commands_federate_through_the_committed_nginx_config(tmp_path:
         assert (tmp_path / site / "state" / "supernode.log").stat().st_size > 0
     assert_nothing_left(commands)
     assert not tagged_processes_after(nginx.tag), "nginx outlived the test"
-
-
-def outsider_lists_runs(tmp_path: Path, port: int, ca: Path) -> subprocess.CompletedProcess:
-    """`flwr ls` through nginx, as anyone who trusts our CA could try it."""
-    home = tmp_path / "outsider-home"
-    home.mkdir(exist_ok=True)
-    (home / "config.toml").write_text(
-        f'[superlink]\ndefault = "public"\n[superlink.public]\n'
-        f'address = "127.0.0.1:{port}"\nroot-certificates = "{ca}"\n'
-    )
-    env = {**os.environ, "FLWR_HOME": str(home), "FLWR_TELEMETRY_ENABLED": "0"}
-    return subprocess.run(
-        [flower_tool("flwr"), "ls", "public"], env=env, capture_output=True, text=True, timeout=60
-    )

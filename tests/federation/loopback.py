@@ -18,6 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from tests.processes import tagged_env, tagged_processes_after
+from umedpt_fl.processes import flower_tool
 
 
 def free_port() -> int:
@@ -108,3 +109,17 @@ def assert_nothing_left(commands: list[Command]) -> None:
     """No process of any of ``commands`` is still running (each checked by its tag)."""
     for command in commands:
         assert not tagged_processes_after(command.tag), command.log.name
+
+
+def outsider_lists_runs(tmp_path: Path, port: int, ca: Path) -> subprocess.CompletedProcess:
+    """`flwr ls` through the public port, as anyone who trusts our CA could try it."""
+    home = tmp_path / "outsider-home"
+    home.mkdir(exist_ok=True)
+    (home / "config.toml").write_text(
+        f'[superlink]\ndefault = "public"\n[superlink.public]\n'
+        f'address = "127.0.0.1:{port}"\nroot-certificates = "{ca}"\n'
+    )
+    env = {**os.environ, "FLWR_HOME": str(home), "FLWR_TELEMETRY_ENABLED": "0"}
+    return subprocess.run(
+        [flower_tool("flwr"), "ls", "public"], env=env, capture_output=True, text=True, timeout=60
+    )

@@ -7,9 +7,7 @@ Every check of leftover processes looks only at the processes of the command in 
 from __future__ import annotations
 
 import json
-import os
 import signal
-import subprocess
 
 import httpx
 import pytest
@@ -26,6 +24,7 @@ from tests.federation.loopback import (
     completed_round,
     free_port,
     logs,
+    outsider_lists_runs,
     server,
     stop_all,
     wait_for,
@@ -34,7 +33,6 @@ from tests.processes import tagged_processes, tagged_processes_after
 from umedpt.checkpoint import load_model
 from umedpt_fl import certs
 from umedpt_fl.inprocess import ClientAppGrid
-from umedpt_fl.processes import flower_tool
 from umedpt_fl.settings import THREADS_ENV, RunSettings
 
 pytestmark = pytest.mark.slow
@@ -61,20 +59,6 @@ def in_process_reference(sites, out) -> dict[str, torch.Tensor]:
 def app_processes(tag: str) -> dict[int, str]:
     """A site's ``flwr-clientapp`` processes (one per message it is working on)."""
     return {pid: cmd for pid, cmd in tagged_processes(tag).items() if "flwr-clientapp" in cmd}
-
-
-def outsider_lists_runs(tmp_path, port: int, ca) -> subprocess.CompletedProcess:
-    """`flwr ls` through the public port, as anyone who trusts our CA could try it."""
-    home = tmp_path / "outsider-home"
-    home.mkdir(exist_ok=True)
-    (home / "config.toml").write_text(
-        f'[superlink]\ndefault = "public"\n[superlink.public]\n'
-        f'address = "127.0.0.1:{port}"\nroot-certificates = "{ca}"\n'
-    )
-    env = {**os.environ, "FLWR_HOME": str(home), "FLWR_TELEMETRY_ENABLED": "0"}
-    return subprocess.run(
-        [flower_tool("flwr"), "ls", "public"], env=env, capture_output=True, text=True, timeout=60
-    )
 
 
 def test_tls_federation_survives_a_stopped_and_a_killed_coordinator(
