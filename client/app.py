@@ -119,7 +119,8 @@ def error_reply(message: Message, reason: str) -> Message:
 def describe(message: Message, context: Context) -> Message:
     """Tell the server the site's name and which shared blocks it trains."""
     follow_supervisor()
-    info = ConfigRecord(describe_site(site_config(context)))
+    share_blocks = settings_for_app(context.run_config).share_blocks
+    info = ConfigRecord(describe_site(site_config(context), share_blocks=share_blocks))
     return Message(RecordDict({wire.SITE_INFO: info}), reply_to=message)
 
 

@@ -153,18 +153,20 @@ def site_state_dir(site: SiteConfig, settings: RunSettings) -> Path:
     return root / "runs" / run_key
 
 
-def describe_site(site: SiteConfig) -> dict[str, str]:
+def describe_site(site: SiteConfig, *, share_blocks: bool = True) -> dict[str, str]:
     """What the server is told about a site: its name, shared blocks, tasks and the most
     examples one local step trains on (the server caps the site's claimed counts with it).
 
     Read from the site file alone: answering the server's query loads no data and builds
-    no model.
+    no model. Without ``share_blocks`` the site names no block, so the server sends and
+    aggregates its encoder only.
     """
     types = {t.name: get_task_type(t.type) for t in site.tasks}
+    blocks = sorted({t.block for t in types.values()}) if share_blocks else []
     return {
         wire.SITE_NAME: site.name,
         wire.EXAMPLES_PER_STEP: str(sum(t.batch_size for t in site.tasks)),
-        wire.BLOCKS_USED: ",".join(sorted({t.block for t in types.values()})),
+        wire.BLOCKS_USED: ",".join(blocks),
         wire.TASKS: wire.encode_tasks(
             wire.TaskDescriptor(name, t.name, t.primary_metric) for name, t in types.items()
         ),
@@ -235,9 +237,19 @@ class SiteRunner:
         self.trainer = MultiTaskTrainer(
             self.model,
             self.runs,
-            TrainConfig(lr=settings.lr or None, seed=settings.seed, device=resolve_device()),
+            TrainConfig(
+                lr=settings.lr or None,
+                seed=settings.seed,
+                device=resolve_device(),
+                schedule=settings.schedule,
+                total_steps=settings.num_server_rounds * settings.local_steps,
+            ),
             privacy=self.budget.dpsgd() if self.budget is not None else None,
         )
+        # What never leaves the site: its heads, and its blocks unless the run shares them.
+        self.local_groups = [f"{contract.HEADS}.{r.name}" for r in self.runs]
+        if not settings.share_blocks:
+            self.local_groups += [f"{contract.BLOCKS}.{b}" for b in self.model.blocks]
 
     @property
     def blocks(self) -> list[str]:
@@ -260,9 +272,8 @@ class SiteRunner:
             return 0
         latest = max(saved)
         folder = self._round_dirs()[latest]
-        heads = [f"{contract.HEADS}.{r.name}" for r in self.runs]
-        load_weights(self.model, folder, groups=heads)
-        restored = "heads"
+        load_weights(self.model, folder, groups=self.local_groups)
+        restored = "heads" if self.settings.share_blocks else "heads and blocks"
         if (state := load_trainer_state(folder)) is not None:
             self.trainer.load_state_dict(state)
             restored = "heads and optimizer state"
@@ -278,7 +289,7 @@ class SiteRunner:
         return latest
 
     def _save(self, server_round: int) -> None:
-        heads = [f"{contract.HEADS}.{r.name}" for r in self.runs]
+        heads = self.local_groups
         save_checkpoint(
             self.state_dir / f"round-{server_round:05d}",
             self.model,
@@ -297,9 +308,17 @@ class SiteRunner:
             shutil.rmtree(self._round_dirs()[old], ignore_errors=True)
 
     # -- shared weights ---------------------------------------------------------------
+    def shared_state(self) -> dict[str, torch.Tensor]:
+        """The weights this site exchanges with the server (its local groups left out)."""
+        local = set(self.local_groups)
+        return {
+            k: v for k, v in self.model.shared_state_dict().items()
+            if contract.group_of(k) not in local
+        }  # fmt: skip
+
     def load_shared(self, shared: Mapping[str, torch.Tensor]) -> list[str]:
         """Load the server's weights; they must be exactly this site's shared keys."""
-        if problem := contract.state_mismatch(shared, self.model.shared_state_dict()):
+        if problem := contract.state_mismatch(shared, self.shared_state()):
             raise SiteError(
                 f"site '{self.site.name}': the server sent weights that do not fit this site's "
                 f"model ({problem}); check that server and site use the same preset and encoder"
@@ -325,6 +344,7 @@ class SiteRunner:
                 raise PrivacyBudgetSpent(f"site '{self.site.name}': {exc}") from exc
         restored = self.restore(server_round)
         keys = self.load_shared(shared)
+        self.trainer.set_schedule_step((server_round - 1) * self.settings.local_steps)
         regularizer = None
         if proximal_mu > 0:
             anchor = [p.detach().clone() for p in self.model.shared_parameters()]

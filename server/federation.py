@@ -56,11 +56,12 @@ from umedpt_fl.settings import RunSettings
 
 
 def initial_weights(settings: RunSettings) -> ArrayRecord:
-    """The shared weights every site starts from: encoder plus every task type's block."""
+    """The shared weights every site starts from: the encoder, plus every task type's block
+    when the run shares blocks."""
     model = UMedPTModel(
         model_config(settings.preset, settings.encoder or None),
         [],
-        extra_blocks=shared_blocks(),
+        extra_blocks=shared_blocks() if settings.share_blocks else (),
         seed=settings.seed,
     )
     return ArrayRecord(model.shared_state_dict())

@@ -14,9 +14,10 @@ import typer
 
 from strategies import strategy_names
 from umedpt.cli import PresetName
-from umedpt_fl.settings import RunSettings, Weighting
+from umedpt_fl.settings import SCHEDULES, RunSettings, Weighting
 
 StrategyName = StrEnum("StrategyName", {name: name for name in strategy_names()})
+ScheduleName = StrEnum("ScheduleName", {name: name for name in SCHEDULES})
 
 Rounds = Annotated[int, typer.Option("--rounds", help="Federated rounds.")]
 LocalSteps = Annotated[int, typer.Option(help="Multi-task steps each site trains per round.")]
@@ -61,6 +62,21 @@ SecaggAllowUnsharedBlocks = Annotated[
         "--secagg-allow-unshared-blocks",
         help="Secure aggregation: leave blocks that one site trains out of the aggregate "
         "(default: refuse to start).",
+    ),
+]
+ScheduleOption = Annotated[
+    ScheduleName,
+    typer.Option(
+        help="Sites' learning-rate schedule over the whole federation's steps: constant after "
+        "the preset's warm-up, or cosine decay to 0 at the last round."
+    ),
+]
+ShareBlocks = Annotated[
+    bool,
+    typer.Option(
+        "--share-blocks/--no-share-blocks",
+        help="Aggregate the task-type blocks among the sites that use them, or keep each "
+        "site's blocks at home with its heads (only the encoder is aggregated).",
     ),
 ]
 Preset = Annotated[PresetName, typer.Option(help="Model preset.")]

@@ -25,6 +25,7 @@ SOURCE = "run config"
 # which inherit the environment) as JSON in this variable.
 RUN_CONFIG_ENV = "UMEDPT_FL_RUN_CONFIG"
 THREADS_ENV = "UMEDPT_FL_THREADS"  # torch threads per simulated site (its CPU share)
+SCHEDULES = ("constant", "cosine")  # the trainer's learning-rate schedules
 
 
 class Weighting(StrEnum):
@@ -54,6 +55,13 @@ class RunSettings:
     encoder: str = ""  # "" = the preset's encoder
     seed: int = 0
     lr: float = 0.0  # 0 = the preset's learning rate
+    # The sites' learning-rate schedule, on the federation's clock (round r trains steps
+    # (r-1)*L .. r*L-1 of num_server_rounds*L): "constant" after the preset's warm-up, or
+    # "cosine" decay to 0 at the last round.
+    schedule: str = "constant"
+    # Aggregate the shared blocks among the sites that use them (True), or only the encoder,
+    # each site keeping its blocks at home like its heads (False).
+    share_blocks: bool = True
     out_dir: str = "runs/federated"  # server side: report, checkpoints
     resume: bool = False
     site_configs: str = ""  # simulation: comma-separated site TOML paths, one per node
@@ -115,6 +123,10 @@ class RunSettings:
             valid = ", ".join(w.value for w in Weighting)
             raise ConfigError(
                 SOURCE, "weighting", f"must be one of {valid}, got {self.weighting!r}"
+            )
+        if self.schedule not in SCHEDULES:
+            raise ConfigError(
+                SOURCE, "schedule", f"must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}"
             )
         if self.tracking not in {k.value for k in TrackingKind}:
             valid = ", ".join(k.value for k in TrackingKind)

@@ -193,6 +193,23 @@ def test_cosine_learning_rate_reaches_zero_and_stays_there() -> None:
     assert factors == pytest.approx(expected, rel=1e-9, abs=1e-12)
 
 
+def test_a_schedule_position_set_from_outside_continues_from_there() -> None:
+    """A federated site jumps to its round's place on the federation's schedule."""
+    straight = _lr_factors_per_step(9, warmup_steps=2, schedule="cosine", total_steps=10)
+    trainer = build(tasks=[("cls", "classification")], lr=1e-3, head_lr=2e-3, warmup_steps=2,
+                    schedule="cosine", total_steps=10)  # fmt: skip
+    trainer.set_schedule_step(5)
+    jumped = []
+    for _ in range(4):
+        shared = trainer.shared_optimizer.param_groups[0]["lr"] / 1e-3
+        assert trainer.head_optimizers["cls"].param_groups[0]["lr"] / 2e-3 == pytest.approx(shared)
+        jumped.append(shared)
+        trainer.train_step()
+    assert jumped == pytest.approx(straight[5:9], rel=1e-12)
+    trainer.set_schedule_step(0)  # and back into the warm-up
+    assert trainer.shared_optimizer.param_groups[0]["lr"] == pytest.approx(0.5e-3)
+
+
 def test_evaluate_reports_loss_and_primary_metrics() -> None:
     results = build().evaluate("val")
     assert set(results) == {"cls", "seg", "det"}

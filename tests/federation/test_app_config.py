@@ -39,6 +39,8 @@ def test_generated_app_dir_round_trips_the_settings(tmp_path) -> None:
         ({"trim-beta": 0.5}, "trim-beta"),
         ({"local-steps": "many"}, "local-steps"),
         ({"resume": "maybe"}, "resume"),
+        ({"schedule": "step"}, "schedule"),
+        ({"share-blocks": "sometimes"}, "share-blocks"),
     ],
 )
 def test_bad_run_config_names_the_key(values, field) -> None:

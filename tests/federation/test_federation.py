@@ -15,7 +15,7 @@ from server.state import GLOBAL_CHECKPOINT
 from strategies import RoundFailedError
 from tests.federation.fakes import ClientAppGrid
 from umedpt import contract
-from umedpt.checkpoint import load_model, read_header, read_meta
+from umedpt.checkpoint import load_model, load_weights, read_header, read_meta
 from umedpt.config import load_site_config
 from umedpt.model import UMedPTModel
 from umedpt.models.presets import PRESETS
@@ -130,6 +130,36 @@ def test_one_site_one_round_equals_local_training(demo_sites, tmp_path) -> None:
     assert set(local) <= set(federated)
     for key, value in local.items():
         assert torch.allclose(value, federated[key], atol=1e-6), key
+
+
+def test_blocks_kept_at_home_on_one_schedule_equal_local_training(demo_sites, tmp_path) -> None:
+    """Without shared blocks only the encoder travels; each site restores its own blocks,
+    heads and optimizer state, and the cosine schedule runs over the whole federation:
+    one site, 3 rounds x 1 step is then exactly 3 local steps."""
+    site_file = demo_sites[1]
+    settings = settings_for(
+        [site_file], tmp_path / "run", num_server_rounds=3, share_blocks=False, schedule="cosine"
+    )
+    report, grid = federate(settings)
+    assert report["status"] == "completed"
+    for message in grid.sent:
+        if wire.SHARED_ARRAYS in message.content:
+            keys = message.content[wire.SHARED_ARRAYS].keys()
+            assert {contract.group_of(k) for k in keys} == {contract.ENCODER}
+    assert read_header(tmp_path / "run" / GLOBAL_CHECKPOINT)["groups"] == [contract.ENCODER]
+    (home,) = (tmp_path / "run" / "sites").glob("*/runs/*/latest-heads")
+    assert read_header(home)["groups"] == ["blocks.segmentation", "heads.blobs"]
+
+    site = load_site_config(site_file)
+    model = UMedPTModel(PRESETS.get("tiny"), site.tasks, seed=settings.seed)
+    config = TrainConfig(seed=settings.seed, schedule="cosine", total_steps=3)
+    MultiTaskTrainer(model, load_runs(site.tasks), config).train_steps(3)
+    federated = UMedPTModel(PRESETS.get("tiny"), site.tasks)
+    load_weights(federated, tmp_path / "run" / GLOBAL_CHECKPOINT, groups=[contract.ENCODER])
+    load_weights(federated, home, groups=["blocks.segmentation", "heads.blobs"])
+    expected, got = model.state_dict(), federated.state_dict()
+    for key in expected:
+        assert torch.allclose(expected[key], got[key], atol=1e-6), key
 
 
 def test_resume_matches_an_uninterrupted_run(demo_sites, tmp_path) -> None:

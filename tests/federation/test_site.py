@@ -57,6 +57,11 @@ def test_describing_a_site_reads_neither_data_nor_builds_a_model(demo_sites, mon
     ]
 
 
+def test_a_site_that_keeps_its_blocks_names_none(demo_sites) -> None:
+    info = describe_site(load_site_config(demo_sites[2]), share_blocks=False)
+    assert info[wire.BLOCKS_USED] == ""
+
+
 @pytest.mark.parametrize("text", ["a:b", "a::c", ""])
 def test_malformed_task_descriptors_are_skipped(text) -> None:
     assert wire.decode_tasks(text) == []

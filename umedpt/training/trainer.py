@@ -200,6 +200,21 @@ class MultiTaskTrainer:
             return 0.5 * (1 + math.cos(math.pi * progress))
         return 1.0
 
+    def set_schedule_step(self, step: int) -> None:
+        """Put every learning rate at schedule step ``step``.
+
+        A federated site trains round ``r`` as steps ``(r - 1) * L`` .. ``r * L - 1`` of one
+        schedule over the whole federation, whatever rounds it missed, so a warm-up never
+        restarts and a cosine ends at the federation's last step, not the site's.
+        """
+        factor = self._lr_factor(step)
+        for optimizer, scheduler in zip(
+            [self.shared_optimizer, *self.head_optimizers.values()], self.schedulers
+        ):
+            scheduler.last_epoch = step
+            for group, base_lr in zip(optimizer.param_groups, scheduler.base_lrs):
+                group["lr"] = base_lr * factor
+
     def _autocast(self) -> contextlib.AbstractContextManager[Any]:
         if self.device.type == "cuda" and self.config.mixed_precision:
             return torch.autocast("cuda", dtype=torch.bfloat16)

@@ -1,0 +1,350 @@
+"""Federated vs centralized vs site-alone on the pretraining tasks, several seeds: the recipe.
+
+Why: a hospital joins a federation only if the shared model does (nearly) what pooling the
+data would, and more than it could do alone. This benchmark measures a federated *recipe*
+(rounds x local steps, learning-rate schedule, aggregation rule, weighting, whether the
+task-type blocks are shared) against centralized multi-task training and each site alone,
+on the four ``../shared/data`` sites, with the same number of gradient steps per task and
+the same data in every arm, for several seeds:
+
+- federated: ``server.federation.run_federation`` with the real ClientApp, in process
+  (``bench.simtools.federate_in_process``; no Ray);
+- centralized: ``umedpt.pretrain`` on all four sites' tasks (one batch of every task per
+  step), with the recipe's learning-rate schedule over the same number of steps;
+- site-alone: ``umedpt.pretrain`` on one site, same steps and schedule.
+
+Every arm's final weights (no checkpoint selection) are scored on the validation split and,
+once, on the test split; the recipe was chosen on validation, so ``recipe.json`` reports the
+test split. Classification leads with balanced accuracy (accuracy beside it).
+
+Each (arm, seed) run is cached as JSON under ``--work/<recipe key>`` and the pretraining
+arms, which do not depend on the federation's settings, under ``--work/pretrain-<key>``: a
+rerun skips what is done, and several processes may share the work (``--arms``, ``--seeds``).
+
+    PYTHONPATH=. python3 bench/recipe.py                       # the default recipe, 3 seeds
+    PYTHONPATH=. python3 bench/recipe.py --local-steps 15 --schedule constant --name recipe-old
+    PYTHONPATH=. python3 bench/recipe.py --quick --out /tmp/bench
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import logging
+import os
+import shutil
+import statistics
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from bench.common import (
+    REPO_ROOT,
+    add_sites_arg,
+    bench_parser,
+    finish_run,
+    md_table,
+    site_files,
+    start_run,
+)
+from bench.simtools import federate_in_process
+from umedpt import contract
+from umedpt.checkpoint import load_model, load_weights, read_header
+from umedpt.config import SiteConfig, load_site_config
+from umedpt.model import UMedPTModel
+from umedpt.models.presets import model_config
+from umedpt.pretrain import PretrainConfig, load_runs, pretrain
+from umedpt.tasks import get_task_type
+from umedpt.training.trainer import MultiTaskTrainer, TaskRun, TrainConfig
+from umedpt_fl.settings import THREADS_ENV, RunSettings
+
+log = logging.getLogger("bench.recipe")
+
+FEDERATED, CENTRALIZED, SITE_ALONE = "federated", "centralized", "site-alone"
+ARMS = (FEDERATED, CENTRALIZED, SITE_ALONE)
+DEFAULTS = RunSettings()
+# The federation's settings a recipe consists of (RunSettings field names).
+RECIPE_FIELDS = ("local_steps", "schedule", "strategy", "weighting", "share_blocks", "proximal_mu")
+RECIPE_FIELDS += ("server_lr",)
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = bench_parser(
+        __doc__, name="recipe", threads=1, preset="tiny", quick="20 steps per task, 1 seed"
+    )
+    add_sites_arg(parser)
+    parser.add_argument("--steps", type=int, default=300, help="gradient steps per task")
+    parser.add_argument("--seeds", type=int, nargs="*", default=[0, 1, 2])
+    parser.add_argument("--arms", nargs="*", default=list(ARMS), choices=ARMS)
+    parser.add_argument("--lr", type=float, default=None, help="default: the preset's lr")
+    parser.add_argument("--local-steps", type=int, default=DEFAULTS.local_steps)
+    parser.add_argument("--schedule", default=DEFAULTS.schedule, choices=("constant", "cosine"))
+    parser.add_argument("--strategy", default=DEFAULTS.strategy)
+    parser.add_argument("--weighting", default=DEFAULTS.weighting)
+    parser.add_argument("--proximal-mu", type=float, default=DEFAULTS.proximal_mu)
+    parser.add_argument("--server-lr", type=float, default=DEFAULTS.server_lr)
+    parser.add_argument(
+        "--share-blocks", action=argparse.BooleanOptionalAction, default=DEFAULTS.share_blocks
+    )
+    parser.add_argument(
+        "--work", type=Path, default=REPO_ROOT / "bench" / ".work" / "recipe", help="cache folder"
+    )
+    parser.add_argument(
+        "--no-write", action="store_true", help="run the units only (another process writes)"
+    )
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.steps, args.seeds, args.local_steps = 20, [0], min(args.local_steps, 10)
+        if args.work == REPO_ROOT / "bench" / ".work" / "recipe":
+            args.work = args.work.with_name("recipe-quick")
+    if args.steps % args.local_steps:
+        parser.error("--steps must be a multiple of --local-steps (whole rounds)")
+    return args
+
+
+def recipe_of(args: argparse.Namespace) -> dict[str, Any]:
+    return {name: getattr(args, name) for name in RECIPE_FIELDS}
+
+
+def key_of(values: dict[str, Any]) -> str:
+    """A short, stable name for a set of settings (the cache folder of its runs)."""
+    text = json.dumps(values, sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:10]
+
+
+def pretrain_key(args: argparse.Namespace) -> dict[str, Any]:
+    """What the pretraining arms depend on (not the federation's own settings)."""
+    return {
+        "preset": args.preset,
+        "steps": args.steps,
+        "lr": args.lr,
+        "schedule": args.schedule,
+        "threads": args.threads,
+    }
+
+
+def federated_key(args: argparse.Namespace) -> dict[str, Any]:
+    return {**pretrain_key(args), **recipe_of(args)}
+
+
+def scored(model: UMedPTModel, runs: Sequence[TaskRun]) -> dict[str, dict[str, dict[str, float]]]:
+    """{split: {task: metrics}} of ``model`` on the val and test splits."""
+    trainer = MultiTaskTrainer(model, list(runs), TrainConfig(device="cpu"))
+    return {split: trainer.evaluate(split) for split in ("val", "test")}
+
+
+def federated_site_model(site: SiteConfig, run_dir: Path, preset: str) -> UMedPTModel:
+    """The global weights with the site's own heads (and, if kept at home, its blocks)."""
+    model = UMedPTModel(model_config(preset), site.tasks)
+    have = {contract.group_of(k) for k in model.state_dict()}
+    global_dir = run_dir / "global"
+    load_weights(
+        model, global_dir, groups=[g for g in read_header(global_dir)["groups"] if g in have]
+    )
+    (local,) = (run_dir / "sites" / site.name / "runs").glob("*/latest-heads")
+    load_weights(model, local, groups=read_header(local)["groups"])
+    return model
+
+
+def run_federated(files: Sequence[Path], seed: int, args: argparse.Namespace, folder: Path):
+    rounds = args.steps // args.local_steps
+    start = time.perf_counter()
+    report = federate_in_process(
+        files,
+        folder / "run",
+        num_server_rounds=rounds,
+        eval_every=rounds,
+        preset=args.preset,
+        seed=seed,
+        lr=args.lr or 0.0,
+        tracking="none",
+        **recipe_of(args),
+    )
+    seconds = time.perf_counter() - start
+    if report["status"] != "completed":
+        raise RuntimeError(f"federated seed {seed}: the run did not complete: {report['status']}")
+    metrics: dict[str, dict[str, dict[str, float]]] = {"val": {}, "test": {}}
+    for file in files:
+        site = load_site_config(file)
+        model = federated_site_model(site, folder / "run", args.preset)
+        for split, values in scored(model, load_runs(site.tasks)).items():
+            metrics[split].update(values)
+    return {"seconds": seconds, "rounds": rounds, **metrics}
+
+
+def run_pretrain(sites: Sequence[SiteConfig], seed: int, args: argparse.Namespace, folder: Path):
+    config = PretrainConfig(
+        preset=args.preset,
+        steps=args.steps,
+        eval_every=args.steps,
+        seed=seed,
+        device="cpu",
+        lr=args.lr,
+        schedule=args.schedule,
+    )
+    start = time.perf_counter()
+    pretrain(sites, config, folder / "run")
+    seconds = time.perf_counter() - start
+    model = load_model(folder / "run" / "checkpoint")
+    runs = load_runs([t for s in sites for t in s.tasks])
+    return {"seconds": seconds, **scored(model, runs)}
+
+
+def cached(path: Path, compute) -> dict[str, Any]:
+    """The unit's result from ``path``, or computed now and written there (atomically)."""
+    if path.is_file():
+        return json.loads(path.read_text())
+    result = compute(path.parent / path.stem)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(result, indent=1))
+    tmp.replace(path)
+    shutil.rmtree(path.parent / path.stem, ignore_errors=True)  # the run's weights: scored
+    return result
+
+
+def run_units(args: argparse.Namespace, files: list[Path], sites: list[SiteConfig]) -> dict:
+    fed_dir = args.work / f"federated-{key_of(federated_key(args))}"
+    pre_dir = args.work / f"pretrain-{key_of(pretrain_key(args))}"
+    for folder, settings in ((fed_dir, federated_key(args)), (pre_dir, pretrain_key(args))):
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "settings.json").write_text(json.dumps(settings, indent=1))
+    results: dict[str, Any] = {FEDERATED: {}, CENTRALIZED: {}, SITE_ALONE: {}}
+    for seed in args.seeds:
+        if FEDERATED in args.arms:
+            log.info("federated, seed %d", seed)
+            results[FEDERATED][seed] = cached(
+                fed_dir / f"seed{seed}.json", lambda d, s=seed: run_federated(files, s, args, d)
+            )
+        if CENTRALIZED in args.arms:
+            log.info("centralized, seed %d", seed)
+            results[CENTRALIZED][seed] = cached(
+                pre_dir / f"centralized-seed{seed}.json",
+                lambda d, s=seed: run_pretrain(sites, s, args, d),
+            )
+        if SITE_ALONE in args.arms:
+            merged: dict[str, Any] = {"seconds": 0.0, "val": {}, "test": {}}
+            for site in sites:
+                log.info("site alone: %s, seed %d", site.name, seed)
+                one = cached(
+                    pre_dir / f"alone-{site.name}-seed{seed}.json",
+                    lambda d, s=seed, site=site: run_pretrain([site], s, args, d),
+                )
+                merged["seconds"] += one["seconds"]
+                for split in ("val", "test"):
+                    merged[split].update(one[split])
+            results[SITE_ALONE][seed] = merged
+    return results
+
+
+def task_info(sites: Sequence[SiteConfig]) -> dict[str, dict[str, Any]]:
+    info = {}
+    for site in sites:
+        for task in site.tasks:
+            metric = get_task_type(task.type).primary_metric
+            info[task.name] = {"site": site.name, "type": task.type, "metric": metric}
+    return info
+
+
+def summarise(results: dict[str, Any], tasks: dict[str, Any], split: str) -> dict[str, Any]:
+    """``{task: {metric, arms: {arm: [one value per seed]}, accuracy?: {...}}}`` on ``split``."""
+    out: dict[str, Any] = {}
+    for task, info in tasks.items():
+        entry: dict[str, Any] = {"metric": info["metric"], "arms": {}}
+        for arm, by_seed in results.items():
+            seeds = sorted(by_seed, key=int)
+            entry["arms"][arm] = [by_seed[s][split][task][info["metric"]] for s in seeds]
+            if info["type"] == "classification":
+                accuracy = [by_seed[s][split][task]["accuracy"] for s in seeds]
+                entry.setdefault("accuracy", {})[arm] = accuracy
+        out[task] = entry
+    return out
+
+
+def mean_sd(values: Sequence[float]) -> str:
+    if not values:
+        return "-"
+    sd = statistics.stdev(values) if len(values) > 1 else 0.0
+    return f"{statistics.mean(values):.3f} ± {sd:.3f}"
+
+
+def render_markdown(result: dict[str, Any]) -> str:
+    budget = result["budget"]
+    lines = [
+        f"# Recipe: federated vs centralized vs site-alone ({result['label']})",
+        "",
+        f"Recipe: `{json.dumps(result['recipe'])}`. Budget: {budget['steps_per_task']} steps per "
+        f"task ({budget['rounds']} rounds x {budget['local_steps']} local steps), tiny preset "
+        f"(Swin, 64 px), lr {budget['lr']}, {budget['threads']} torch thread(s), seeds "
+        f"{budget['seeds']}. Final weights, **test split** (validation beside it in the JSON); "
+        "mean ± sd over seeds.",
+        "",
+    ]
+    header = ["task", "metric", *ARMS, "fed - cen (pts)", "fed - alone (pts)", "within 1 pt"]
+    rows = []
+    for task, entry in result["tasks"].items():
+        arms = entry["arms"]
+        fed, cen, alone = (statistics.mean(arms[a]) for a in ARMS)
+        rows.append(
+            [
+                task,
+                entry["metric"],
+                *(mean_sd(arms[a]) for a in ARMS),
+                f"{100 * (fed - cen):+.1f}",
+                f"{100 * (fed - alone):+.1f}",
+                "yes" if fed >= cen - 0.01 else "no",
+            ]
+        )
+    lines += [md_table(header, rows), ""]
+    acc_rows = [
+        [task, *(mean_sd(entry["accuracy"][a]) for a in ARMS)]
+        for task, entry in result["tasks"].items()
+        if "accuracy" in entry
+    ]
+    if acc_rows:
+        lines += ["Accuracy beside it (classification):", "", md_table(["task", *ARMS], acc_rows)]
+    seconds = result["seconds"]
+    lines += [
+        "",
+        "Wall time per seed (s, mean): "
+        + ", ".join(f"{arm} {statistics.mean(v):.0f}" for arm, v in seconds.items() if v),
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, Any] | None:
+    args = parse_args(argv)
+    start = start_run(args)
+    os.environ[THREADS_ENV] = str(args.threads)
+    files = site_files(args)
+    sites = [load_site_config(f) for f in files]
+    results = run_units(args, files, sites)
+    if args.no_write or set(args.arms) != set(ARMS):
+        return None
+    tasks = task_info(sites)
+    fields = {
+        "label": args.name,
+        "recipe": recipe_of(args),
+        "budget": {
+            "steps_per_task": args.steps,
+            "rounds": args.steps // args.local_steps,
+            "local_steps": args.local_steps,
+            "lr": args.lr or model_config(args.preset).lr,
+            "warmup_steps": model_config(args.preset).warmup_steps,
+            "preset": args.preset,
+            "threads": args.threads,
+            "seeds": args.seeds,
+        },
+        "tasks": summarise(results, tasks, "test"),
+        "validation": summarise(results, tasks, "val"),
+        "seconds": {
+            arm: [r["seconds"] for r in by_seed.values()] for arm, by_seed in results.items()
+        },
+    }
+    return finish_run(args, "recipe", fields, render_markdown, start=start)
+
+
+if __name__ == "__main__":
+    main()
