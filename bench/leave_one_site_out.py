@@ -20,10 +20,13 @@ federated - best site-alone per target, and what is still missing.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import fcntl
+import hashlib
 import json
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -43,11 +46,14 @@ from umedpt.evaluation import EvalProtocol, load_target, parse_encoders, run_eva
 from umedpt.evaluation.summary import summarize
 from umedpt.models.presets import model_config
 from umedpt.pretrain import PretrainConfig, pretrain
+from umedpt_fl.settings import SCHEDULES, RunSettings
 
 log = logging.getLogger("bench.leave_one_site_out")
 
 NAME = "leave-one-site-out"
 FEDERATED, CENTRALIZED, SITE_ALONE, RANDOM = "federated", "centralized", "site-alone", "random"
+DEFAULTS = RunSettings()  # the recipe `simulate` and `server` run by default
+DEFAULT_STEPS = 300  # steps per task: the budget bench/recipe.py measured the recipe at
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -56,27 +62,46 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     add_sites_arg(parser)
     parser.add_argument("--targets", nargs="*", default=None, help="site names (default: all)")
-    parser.add_argument("--rounds", type=int, default=10)
-    parser.add_argument("--local-steps", type=int, default=15)
+    parser.add_argument(
+        "--steps", type=int, default=DEFAULT_STEPS, help="pretraining steps per task, every arm"
+    )
+    # The federation's recipe: the defaults of `simulate` and `server` (RunSettings).
+    parser.add_argument("--local-steps", type=int, default=DEFAULTS.local_steps)
+    parser.add_argument("--schedule", default=DEFAULTS.schedule, choices=SCHEDULES)
+    parser.add_argument(
+        "--share-blocks", action=argparse.BooleanOptionalAction, default=DEFAULTS.share_blocks
+    )
     parser.add_argument("--fractions", default="1,10,100")
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--eval-steps", type=int, default=200, help="most steps of one cell")
     parser.add_argument("--eval-min-steps", type=int, default=100)
     parser.add_argument(
-        "--work", type=Path, default=REPO_ROOT / "bench" / ".work" / NAME, help="cache folder"
+        "--work",
+        type=Path,
+        default=None,
+        help=f"cache folder (default: bench/.work/{NAME}/<key of the pretraining settings>)",
     )
     args = parser.parse_args(argv)
-    if args.quick and args.work == REPO_ROOT / "bench" / ".work" / NAME:
-        args.work = args.work.with_name(f"{NAME}-quick")  # never mixed with the real run
     if args.quick:
-        args.rounds, args.local_steps, args.seeds, args.fractions = 2, 5, 1, "1,100"
+        args.steps, args.local_steps, args.seeds, args.fractions = 10, 5, 1, "1,100"
         args.eval_steps, args.eval_min_steps = 20, 10
+    if args.steps % args.local_steps:
+        parser.error("--steps must be a multiple of --local-steps (whole rounds)")
+    args.rounds = args.steps // args.local_steps
+    if args.work is None:  # one folder per pretraining recipe: cached encoders never mix
+        key = hashlib.sha256(json.dumps(pretraining_of(args), sort_keys=True).encode())
+        args.work = REPO_ROOT / "bench" / ".work" / NAME / key.hexdigest()[:10]
     return args
+
+
+def pretraining_of(args: argparse.Namespace) -> dict[str, Any]:
+    """Everything the cached encoders depend on."""
+    keys = ("preset", "seed", "steps", "local_steps", "schedule", "share_blocks", "quick")
+    return {k: getattr(args, k) for k in keys}
 
 
 def pretrain_encoders(target: SiteConfig, others: list[SiteConfig], args, work: Path) -> list[str]:
     """Pretrain (or find cached) every encoder for ``target``; ``LABEL=DIR`` specs."""
-    steps = args.rounds * args.local_steps
     specs = []
     fed = work / FEDERATED
     if (fed / "global" / "checkpoint.json").is_file():
@@ -91,6 +116,9 @@ def pretrain_encoders(target: SiteConfig, others: list[SiteConfig], args, work: 
             eval_every=args.rounds,
             preset=args.preset,
             seed=args.seed,
+            schedule=args.schedule,
+            share_blocks=args.share_blocks,
+            tracking="none",
         )
         if report["status"] != "completed":
             raise RuntimeError(f"{target.name}: the federated pretraining failed: {report}")
@@ -100,25 +128,46 @@ def pretrain_encoders(target: SiteConfig, others: list[SiteConfig], args, work: 
         (f"{SITE_ALONE}:{s.name}", [s], work.parent / f"{SITE_ALONE}-{s.name}") for s in others
     ]
     for label, sites, folder in arms:
-        if (folder / "done.json").is_file():
-            check_budget(folder, args)
-        else:
-            log.info("%s: %s pretraining on %s", target.name, label, [s.name for s in sites])
-            start = time.perf_counter()
-            config = PretrainConfig(
-                preset=args.preset, steps=steps, eval_every=steps, seed=args.seed, device="cpu"
-            )
-            result = pretrain(sites, config, folder)
-            write_json(
-                folder / "done.json",
-                {
-                    "steps": steps,
-                    "seconds": time.perf_counter() - start,
-                    "val": result.final_metrics,
-                },
-            )
+        with exclusive(folder):  # a site alone is shared by every target (and process)
+            pretrain_arm(target, label, sites, folder, args)
         specs.append(f"{label}={folder / 'checkpoint'}")
     return specs
+
+
+@contextlib.contextmanager
+def exclusive(folder: Path) -> Iterator[None]:
+    """Hold ``<folder>.lock`` while working on ``folder``: several processes may run this
+    benchmark on one cache (``--targets`` in different orders) without doing a unit twice."""
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    with open(folder.with_name(folder.name + ".lock"), "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def pretrain_arm(target: SiteConfig, label: str, sites, folder: Path, args) -> None:
+    """One centralized or site-alone encoder, unless it is cached."""
+    if (folder / "done.json").is_file():
+        check_budget(folder, args)
+        return
+    steps = args.rounds * args.local_steps
+    log.info("%s: %s pretraining on %s", target.name, label, [s.name for s in sites])
+    start = time.perf_counter()
+    config = PretrainConfig(
+        preset=args.preset,
+        steps=steps,
+        eval_every=steps,
+        seed=args.seed,
+        device="cpu",
+        schedule=args.schedule,
+    )
+    result = pretrain(sites, config, folder)
+    write_json(
+        folder / "done.json",
+        {"steps": steps, "seconds": time.perf_counter() - start, "val": result.final_metrics},
+    )
 
 
 def check_budget(folder: Path, args: argparse.Namespace) -> None:
@@ -199,7 +248,9 @@ def render_markdown(meta: dict[str, Any], summaries: dict[str, Any]) -> str:
         "# Leave-one-site-out transfer (tiny preset, 64 px, CPU)",
         "",
         f"Pretraining: {meta['rounds']} rounds x {meta['local_steps']} local steps "
-        f"(= {meta['rounds'] * meta['local_steps']} steps per task in every arm), seed "
+        f"(= {meta['rounds'] * meta['local_steps']} steps per task in every arm), "
+        f"{meta['schedule']} learning-rate schedule over those steps in every arm, blocks "
+        f"{'shared' if meta['share_blocks'] else 'kept at each site'} in the federation, seed "
         f"{meta['seed']}. Evaluation: fractions {meta['fractions']} %, {meta['seeds']} seeds, "
         f"{meta['eval_min_steps']}..{meta['eval_steps']} steps per cell, frozen and finetune "
         "(protocol in docs/evaluation.md). Rows: `leave-one-site-out.json`.",
@@ -292,12 +343,15 @@ def main(argv: Sequence[str] | None = None) -> None:
     if unknown:
         raise SystemExit(f"--targets {unknown}: not among the sites {sorted(by_name)}")
     targets = [by_name[n] for n in args.targets] if args.targets else sites  # in the order given
+    args.work.mkdir(parents=True, exist_ok=True)
+    write_json(args.work / "settings.json", pretraining_of(args))
     for target in targets:
         others = [s for s in sites if s.name != target.name]
         work = args.work / target.name
         work.mkdir(parents=True, exist_ok=True)
-        specs = pretrain_encoders(target, others, args, work)
-        evaluate_target(target, specs, args, work)
+        with exclusive(work):  # one process per target at a time
+            specs = pretrain_encoders(target, others, args, work)
+            evaluate_target(target, specs, args, work)
         write_outputs(args, sites, start)
     write_outputs(args, sites, start)
 
@@ -311,6 +365,11 @@ def write_outputs(args: argparse.Namespace, sites: list[SiteConfig], start: floa
     meta = {
         "rounds": args.rounds,
         "local_steps": args.local_steps,
+        "schedule": args.schedule,
+        "share_blocks": args.share_blocks,
+        "work": str(args.work.relative_to(REPO_ROOT))
+        if args.work.is_relative_to(REPO_ROOT)
+        else "",
         "seed": args.seed,
         "fractions": args.fractions,
         "seeds": args.seeds,

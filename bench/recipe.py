@@ -94,6 +94,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--no-write", action="store_true", help="run the units only (another process writes)"
     )
+    parser.add_argument(
+        "--screen",
+        action="store_true",
+        help="run nothing: tabulate every recipe cached in --work (validation split) "
+        "into --name (use --name recipe-screen)",
+    )
     args = parser.parse_args(argv)
     if args.quick:
         args.steps, args.seeds, args.local_steps = 20, [0], min(args.local_steps, 10)
@@ -314,9 +320,70 @@ def render_markdown(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def screen(args: argparse.Namespace, tasks: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """Every recipe cached under ``--work``, on the **validation** split (where levers are
+    chosen): per task, the federated mean over the seeds it has, and the centralized and
+    site-alone means over the same seeds with the same schedule and budget."""
+    entries = []
+    for folder in sorted(args.work.glob("federated-*")):
+        settings = json.loads((folder / "settings.json").read_text())
+        pre_keys = {k: settings[k] for k in ("preset", "steps", "lr", "schedule", "threads")}
+        pre_dir = args.work / f"pretrain-{key_of(pre_keys)}"
+        seeds = sorted(int(p.stem.removeprefix("seed")) for p in folder.glob("seed*.json"))
+        if not seeds:
+            continue
+        row: dict[str, Any] = {"settings": settings, "seeds": seeds, "tasks": {}}
+        for task, info in tasks.items():
+            metric = info["metric"]
+            arms: dict[str, list[float]] = {FEDERATED: [], CENTRALIZED: [], SITE_ALONE: []}
+            for seed in seeds:
+                fed = json.loads((folder / f"seed{seed}.json").read_text())
+                arms[FEDERATED].append(fed["val"][task][metric])
+                for arm, name in (
+                    (CENTRALIZED, f"centralized-seed{seed}"),
+                    (SITE_ALONE, f"alone-{info['site']}-seed{seed}"),
+                ):
+                    if (path := pre_dir / f"{name}.json").is_file():
+                        arms[arm].append(json.loads(path.read_text())["val"][task][metric])
+            row["tasks"][task] = {"metric": metric, "arms": arms}
+        entries.append(row)
+    return {"split": "val", "recipes": entries}
+
+
+def render_screen(result: dict[str, Any]) -> str:
+    lines = [
+        "# Recipe screen: the levers tried, on the validation split",
+        "",
+        "Federated mean (seeds) / centralized / site-alone, each with the same schedule and "
+        "budget; the final recipe's test-split numbers are in `recipe.md`. `-` = not run.",
+        "",
+    ]
+    tasks = list(result["recipes"][0]["tasks"]) if result["recipes"] else []
+    header = ["steps", "L", "schedule", "rule", "blocks", "seeds", *tasks]
+    rows = []
+    for entry in result["recipes"]:
+        st = entry["settings"]
+        cells = []
+        for task in tasks:
+            arms = entry["tasks"][task]["arms"]
+            cells.append(
+                " / ".join(f"{statistics.mean(arms[a]):.3f}" if arms[a] else "-" for a in ARMS)
+            )
+        rule = st["strategy"] + (f" mu={st['proximal_mu']}" if st["strategy"] == "fedprox" else "")
+        blocks = "shared" if st["share_blocks"] else "at home"
+        seeds = ",".join(map(str, entry["seeds"]))
+        rows.append([st["steps"], st["local_steps"], st["schedule"], rule, blocks, seeds, *cells])
+    lines += [md_table(header, rows), ""]
+    return "\n".join(lines)
+
+
 def main(argv: Sequence[str] | None = None) -> dict[str, Any] | None:
     args = parse_args(argv)
     start = start_run(args)
+    if args.screen:
+        sites = [load_site_config(f) for f in site_files(args)]
+        fields = screen(args, task_info(sites))
+        return finish_run(args, "recipe-screen", fields, render_screen, start=start)
     os.environ[THREADS_ENV] = str(args.threads)
     files = site_files(args)
     sites = [load_site_config(f) for f in files]
