@@ -1,5 +1,5 @@
 """Helpers for the federation benchmarks (``overhead.py``, ``scale.py``, ``wire.py``,
-``federated.py``).
+``recipe.py``, ``leave_one_site_out.py``).
 
 - ``federation_settings``: the RunSettings fields of a benchmark run writing under one folder.
 - ``federate_in_process``: one ``server.federation.run_federation`` with the real ClientApp in

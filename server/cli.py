@@ -100,9 +100,9 @@ def server_command(
             "sites only, see `umedpt-fl sites register`).",
         ),
     ] = False,
-    rounds: Rounds = 10,
-    local_steps: LocalSteps = 50,
-    eval_every: EvalEvery = 1,
+    rounds: Rounds = 100,
+    local_steps: LocalSteps = 5,
+    eval_every: EvalEvery = 5,
     strategy: Strategy = "fedavg",  # type: ignore[assignment]
     weighting: WeightingOption = "examples",  # type: ignore[assignment]
     proximal_mu: ProximalMu = 0.01,
@@ -126,8 +126,8 @@ def server_command(
     encoder: Encoder = None,
     seed: Seed = 0,
     lr: Lr = None,
-    schedule: ScheduleOption = "constant",  # type: ignore[assignment]
-    share_blocks: ShareBlocks = True,
+    schedule: ScheduleOption = "cosine",  # type: ignore[assignment]
+    share_blocks: ShareBlocks = False,
     resume: Resume = False,
     tracking: TrackingOption = TrackingKind.TENSORBOARD,
     tracking_uri: TrackingUri = None,

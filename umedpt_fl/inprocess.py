@@ -1,7 +1,7 @@
 """In-process Flower Grids: every message is answered in this process, one after another.
 
 ``ClientAppGrid`` delivers each message to the real ClientApp of its node, for
-deterministic experiments (bench/federated.py) and tests: the same ServerApp logic and
+deterministic experiments (bench/recipe.py) and tests: the same ServerApp logic and
 ClientApp code as a real federation, without Ray or network, recording every message
 both ways. Not for production: nodes run one after another.
 """

@@ -40,7 +40,7 @@ class RunSettings:
     """One federated run. Field ``foo_bar`` is run-config key ``foo-bar``."""
 
     num_server_rounds: int = 5
-    local_steps: int = 10
+    local_steps: int = 5  # few steps between averages: little client drift (results/recipe.md)
     eval_every: int = 1  # evaluate on the sites every N rounds (and after the last)
     strategy: str = "fedavg"  # a name in strategies.registry (fedavg, fedprox, fedadam, ...)
     weighting: str = Weighting.EXAMPLES.value
@@ -58,10 +58,10 @@ class RunSettings:
     # The sites' learning-rate schedule, on the federation's clock (round r trains steps
     # (r-1)*L .. r*L-1 of num_server_rounds*L): "constant" after the preset's warm-up, or
     # "cosine" decay to 0 at the last round.
-    schedule: str = "constant"
+    schedule: str = "cosine"
     # Aggregate the shared blocks among the sites that use them (True), or only the encoder,
     # each site keeping its blocks at home like its heads (False).
-    share_blocks: bool = True
+    share_blocks: bool = False
     out_dir: str = "runs/federated"  # server side: report, checkpoints
     resume: bool = False
     site_configs: str = ""  # simulation: comma-separated site TOML paths, one per node

@@ -79,9 +79,9 @@ def check_sites(files: list[Path]) -> list[SiteConfig]:
 def simulate_command(
     site: SiteFiles = None,
     out: Annotated[Path, typer.Option(help="Output folder.")] = Path("runs/simulation"),
-    rounds: Rounds = 6,
-    local_steps: LocalSteps = 15,
-    eval_every: EvalEvery = 1,
+    rounds: Rounds = 18,
+    local_steps: LocalSteps = 5,
+    eval_every: EvalEvery = 3,
     strategy: Strategy = "fedavg",  # type: ignore[assignment]
     weighting: WeightingOption = "examples",  # type: ignore[assignment]
     proximal_mu: ProximalMu = 0.01,
@@ -103,8 +103,8 @@ def simulate_command(
     encoder: Encoder = None,
     seed: Seed = 0,
     lr: Lr = None,
-    schedule: ScheduleOption = "constant",  # type: ignore[assignment]
-    share_blocks: ShareBlocks = True,
+    schedule: ScheduleOption = "cosine",  # type: ignore[assignment]
+    share_blocks: ShareBlocks = False,
     resume: Resume = False,
     tracking: TrackingOption = TrackingKind.TENSORBOARD,
     tracking_uri: TrackingUri = None,

@@ -144,7 +144,7 @@ def test_resnet18_pretrain_checkpoint_exports_with_its_image_counts(tmp_path) ->
         "config": {"steps": 10, "epochs": 3, "seed": 0},
         "step": 10,
         "images": {"xray": 321},
-        "val": {"xray": {"accuracy": 0.75}},
+        "val": {"xray": {"balanced_accuracy": 0.75}},
     }
     checkpoint = save_checkpoint(tmp_path / "pretrain" / "checkpoint", model, meta=meta)
     out = tmp_path / "hub"
@@ -282,7 +282,7 @@ def test_a_site_reports_its_image_counts_unless_it_trains_under_dp(tmp_path, pri
         site_file.write_text(text)
     settings = RunSettings(local_steps=1, num_server_rounds=1, state_root=str(tmp_path / "s"))
     site = SiteRunner(load_site_config(site_file), settings)
-    outcome = site.train_round(site.model.shared_state_dict(), 1)
+    outcome = site.train_round(site.shared_state(), 1)
     counts = {k: v for k, v in outcome.metrics.items() if k.endswith(f"/{TRAIN_IMAGES}")}
     if private:
         assert counts == {}

@@ -50,9 +50,10 @@ def global_weights(out: Path) -> dict[str, torch.Tensor]:
 
 @pytest.fixture(scope="module")
 def three_sites(demo_sites, tmp_path_factory) -> tuple[dict, ClientAppGrid, Path]:
-    """Classification, segmentation and detection sites, two rounds (shared by tests)."""
+    """Classification, segmentation and detection sites, two rounds, blocks shared (the
+    non-default routing: each block only to the sites that use it; shared by tests)."""
     out = tmp_path_factory.mktemp("three-sites")
-    report, grid = federate(settings_for(demo_sites[:3], out))
+    report, grid = federate(settings_for(demo_sites[:3], out, share_blocks=True))
     return report, grid, out
 
 
@@ -118,13 +119,16 @@ def test_outputs_report_plot_checkpoint_and_site_heads(three_sites) -> None:
 
 def test_one_site_one_round_equals_local_training(demo_sites, tmp_path) -> None:
     site_file = demo_sites[1]
-    settings = settings_for([site_file], tmp_path / "run", num_server_rounds=1, local_steps=2)
+    settings = settings_for(
+        [site_file], tmp_path / "run", num_server_rounds=1, local_steps=2, share_blocks=True
+    )
     federate(settings)
     federated = global_weights(tmp_path / "run")
 
     site = load_site_config(site_file)
     model = UMedPTModel(PRESETS.get("tiny"), site.tasks, seed=settings.seed)
-    trainer = MultiTaskTrainer(model, load_runs(site.tasks), TrainConfig(seed=settings.seed))
+    config = TrainConfig(seed=settings.seed, schedule=settings.schedule, total_steps=2)
+    trainer = MultiTaskTrainer(model, load_runs(site.tasks), config)
     trainer.train_steps(2)
     local = model.shared_state_dict()
     assert set(local) <= set(federated)
@@ -219,11 +223,11 @@ def test_mismatched_site_model_is_reported_with_the_site_name(demo_sites, tmp_pa
 
     settings = settings_for(demo_sites[:1], tmp_path / "run")
     runner = SiteRunner(load_site_config(demo_sites[0]), settings)
-    shared = runner.model.shared_state_dict()
+    shared = runner.shared_state()
     shared["encoder.extra"] = torch.zeros(1)
     with pytest.raises(SiteError, match="site 'clinic-a'.*unexpected"):
         runner.load_shared(shared)
-    bad_shape = runner.model.shared_state_dict()
+    bad_shape = runner.shared_state()
     key = next(iter(bad_shape))
     bad_shape[key] = torch.zeros(3)
     with pytest.raises(SiteError, match="has shape"):

@@ -22,7 +22,7 @@ def distance(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
 
 
 def test_the_proximal_term_keeps_shared_weights_near_the_global_ones(demo_sites, tmp_path) -> None:
-    start = runner_for(demo_sites[3], tmp_path / "init").model.shared_state_dict()
+    start = runner_for(demo_sites[3], tmp_path / "init").shared_state()
     plain = runner_for(demo_sites[3], tmp_path / "plain").train_round(start, 1)
     pulled = runner_for(demo_sites[3], tmp_path / "prox").train_round(start, 1, proximal_mu=1e4)
     assert distance(pulled.shared, start) < 0.5 * distance(plain.shared, start)
@@ -31,7 +31,7 @@ def test_the_proximal_term_keeps_shared_weights_near_the_global_ones(demo_sites,
 
 def test_only_the_last_two_rounds_of_local_state_are_kept(demo_sites, tmp_path) -> None:
     runner = runner_for(demo_sites[3], tmp_path, local_steps=1)
-    shared = runner.model.shared_state_dict()
+    shared = runner.shared_state()
     for server_round in range(1, 5):
         outcome = runner.train_round(shared, server_round)
         shared = outcome.shared

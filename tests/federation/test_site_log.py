@@ -65,10 +65,12 @@ def ask(kind: str, node: int, shared: dict, server_round: int) -> Message:
 def test_every_reply_is_logged_with_what_it_carried(demo_sites, tmp_path, site_log) -> None:
     state = tmp_path / "state"
     site_file = own_site(demo_sites[0], state)
-    settings = RunSettings(local_steps=1, seed=3, state_root=str(tmp_path / "runs"))
+    settings = RunSettings(
+        local_steps=1, seed=3, state_root=str(tmp_path / "runs"), share_blocks=True
+    )
     node = {SITE_CONFIG_NODE_KEY: str(site_file), COORDINATOR_NODE_KEY: "fed.example.org:9093"}
     context = Context(1, 7, node, RecordDict(), settings.to_run_config())
-    shared = SiteRunner(load_site_config(site_file), settings).model.shared_state_dict()
+    shared = SiteRunner(load_site_config(site_file), settings).shared_state()
     replies = [client_app(ask(kind, 7, shared, 1), context) for kind in ("train", "evaluate")]
 
     entries = sent_entries(state)

@@ -36,7 +36,7 @@ def runner(site_file, tmp_path, **settings) -> SiteRunner:
 
 def test_a_site_reports_its_epsilon_and_refuses_once_its_budget_is_spent(dp_site, tmp_path) -> None:
     site = runner(dp_site, tmp_path)
-    shared = site.model.shared_state_dict()
+    shared = site.shared_state()
     spent = []
     for server_round in (1, 2):
         outcome = runner(dp_site, tmp_path).train_round(shared, server_round)  # a fresh process
@@ -62,7 +62,7 @@ def test_the_ledger_spans_runs_and_no_server_can_hand_a_site_an_empty_one(
     dp_site, tmp_path
 ) -> None:
     first = runner(dp_site, tmp_path / "a", num_server_rounds=1, run_key="first")
-    shared = first.model.shared_state_dict()
+    shared = first.shared_state()
     spent_first = first.train_round(shared, 1).metrics[wire.DP_EPSILON]
     # Another run (another run key, another state root): the same ledger, which already
     # holds the first run's spend, so the new run plans more noise to stay within target.
@@ -93,7 +93,7 @@ def test_the_refusal_is_an_error_reply_the_server_rejects_with_the_reason(
     site = runner(dp_site, tmp_path, num_server_rounds=1)
     site.budget.record(1, 1)  # the whole budget is spent
     monkeypatch.setattr(app_module, "site_runner", lambda context, message: site)
-    shared = site.model.shared_state_dict()
+    shared = site.shared_state()
     content = RecordDict(
         {
             wire.CONFIG: ConfigRecord({wire.SERVER_ROUND: 2}),
