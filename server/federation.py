@@ -263,8 +263,5 @@ def progress_line(server_round: int, total: int, record: RoundRecord, sites: dic
         parts.append(f"{site} " + " ".join(shown))
     rejected = f"; rejected {len(record.rejected)}" if record.rejected else ""
     replied = f"{len(record.train_metrics)}/{len(record.bytes_sent)} sites replied"
-    return (
-        f"round {server_round}/{total} ({record.seconds:.1f} s, {replied}): "
-        + " | ".join(parts)
-        + rejected
-    )
+    evaluated = ": " + " | ".join(parts) if parts else " (not evaluated this round)"
+    return f"round {server_round}/{total} ({record.seconds:.1f} s, {replied}){evaluated}{rejected}"
