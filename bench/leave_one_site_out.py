@@ -25,6 +25,8 @@ import fcntl
 import hashlib
 import json
 import logging
+import os
+import shutil
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -58,7 +60,7 @@ DEFAULT_STEPS = 300  # steps per task: the budget bench/recipe.py measured the r
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = bench_parser(
-        __doc__, preset="tiny", threads=1, quick="2 rounds x 5 steps, 1 seed, 1/100%"
+        __doc__, preset="tiny", threads=1, quick="2 rounds x 5 steps, 1 seed, 1 and 100%%"
     )
     add_sites_arg(parser)
     parser.add_argument("--targets", nargs="*", default=None, help="site names (default: all)")
@@ -97,7 +99,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 def pretraining_of(args: argparse.Namespace) -> dict[str, Any]:
     """Everything the cached encoders depend on."""
     keys = ("preset", "seed", "steps", "local_steps", "schedule", "share_blocks", "quick")
-    return {k: getattr(args, k) for k in keys}
+    settings = {k: getattr(args, k) for k in keys}
+    if args.sites:  # other sites than bench/sites
+        settings["sites"] = [str(f) for f in site_files(args)]
+    return settings
 
 
 def pretrain_encoders(target: SiteConfig, others: list[SiteConfig], args, work: Path) -> list[str]:
@@ -107,6 +112,7 @@ def pretrain_encoders(target: SiteConfig, others: list[SiteConfig], args, work: 
     if (fed / "global" / "checkpoint.json").is_file():
         check_budget(fed / "global", args)
     else:
+        shutil.rmtree(fed, ignore_errors=True)  # what a killed run left: start afresh
         log.info("%s: federated pretraining on %s", target.name, [s.name for s in others])
         report = federate_in_process(
             [s.file for s in others],
@@ -344,7 +350,13 @@ def main(argv: Sequence[str] | None = None) -> None:
         raise SystemExit(f"--targets {unknown}: not among the sites {sorted(by_name)}")
     targets = [by_name[n] for n in args.targets] if args.targets else sites  # in the order given
     args.work.mkdir(parents=True, exist_ok=True)
-    write_json(args.work / "settings.json", pretraining_of(args))
+    saved = args.work / "settings.json"
+    if not saved.is_file():  # written whole, then renamed: another process may be reading
+        tmp = saved.with_suffix(f".{os.getpid()}.tmp")
+        write_json(tmp, pretraining_of(args))
+        tmp.replace(saved)
+    if json.loads(saved.read_text()) != pretraining_of(args):
+        raise SystemExit(f"{args.work}: caches encoders of other settings ({saved}); use another")
     for target in targets:
         others = [s for s in sites if s.name != target.name]
         work = args.work / target.name

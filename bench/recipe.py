@@ -29,6 +29,7 @@ rerun skips what is done, and several processes may share the work (``--arms``, 
 from __future__ import annotations
 
 import argparse
+import fcntl
 import hashlib
 import json
 import logging
@@ -122,13 +123,16 @@ def key_of(values: dict[str, Any]) -> str:
 
 def pretrain_key(args: argparse.Namespace) -> dict[str, Any]:
     """What the pretraining arms depend on (not the federation's own settings)."""
-    return {
+    key = {
         "preset": args.preset,
         "steps": args.steps,
         "lr": args.lr,
         "schedule": args.schedule,
         "threads": args.threads,
     }
+    if args.sites:  # other sites than bench/sites: other runs
+        key["sites"] = [str(f) for f in site_files(args)]
+    return key
 
 
 def federated_key(args: argparse.Namespace) -> dict[str, Any]:
@@ -199,9 +203,20 @@ def run_pretrain(sites: Sequence[SiteConfig], seed: int, args: argparse.Namespac
 
 
 def cached(path: Path, compute) -> dict[str, Any]:
-    """The unit's result from ``path``, or computed now and written there (atomically)."""
-    if path.is_file():
-        return json.loads(path.read_text())
+    """The unit's result from ``path``, or computed now and written there (atomically).
+
+    One process at a time computes a unit (a lock beside it); a unit a killed process left
+    half done is started afresh.
+    """
+    with open(path.with_suffix(".lock"), "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        if path.is_file():
+            return json.loads(path.read_text())
+        shutil.rmtree(path.parent / path.stem, ignore_errors=True)
+        return _compute(path, compute)
+
+
+def _compute(path: Path, compute) -> dict[str, Any]:
     result = compute(path.parent / path.stem)
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(result, indent=1))
@@ -328,6 +343,8 @@ def screen(args: argparse.Namespace, tasks: dict[str, dict[str, Any]]) -> dict[s
     for folder in sorted(args.work.glob("federated-*")):
         settings = json.loads((folder / "settings.json").read_text())
         pre_keys = {k: settings[k] for k in ("preset", "steps", "lr", "schedule", "threads")}
+        if "sites" in settings:
+            pre_keys["sites"] = settings["sites"]
         pre_dir = args.work / f"pretrain-{key_of(pre_keys)}"
         seeds = sorted(int(p.stem.removeprefix("seed")) for p in folder.glob("seed*.json"))
         if not seeds:
@@ -354,8 +371,9 @@ def render_screen(result: dict[str, Any]) -> str:
     lines = [
         "# Recipe screen: the levers tried, on the validation split",
         "",
-        "Federated mean (seeds) / centralized / site-alone, each with the same schedule and "
-        "budget; the final recipe's test-split numbers are in `recipe.md`. `-` = not run.",
+        "Federated mean over its seeds / centralized / site-alone over the same seeds, each "
+        "with the same schedule and budget (n = seeds per arm where they differ); the final "
+        "recipe's test-split numbers are in `recipe.md`. `-` = not run.",
         "",
     ]
     tasks = list(result["recipes"][0]["tasks"]) if result["recipes"] else []
@@ -366,8 +384,11 @@ def render_screen(result: dict[str, Any]) -> str:
         cells = []
         for task in tasks:
             arms = entry["tasks"][task]["arms"]
+            counts = [len(arms[a]) for a in ARMS]
+            spread = f" (n {'/'.join(map(str, counts))})" if len(set(counts)) > 1 else ""
             cells.append(
                 " / ".join(f"{statistics.mean(arms[a]):.3f}" if arms[a] else "-" for a in ARMS)
+                + spread
             )
         rule = st["strategy"] + (f" mu={st['proximal_mu']}" if st["strategy"] == "fedprox" else "")
         blocks = "shared" if st["share_blocks"] else "at home"

@@ -34,7 +34,7 @@ import torch
 from flwr.common.logger import log as flower_log
 
 from umedpt import contract
-from umedpt.checkpoint import load_trainer_state, load_weights, save_checkpoint
+from umedpt.checkpoint import load_trainer_state, load_weights, read_header, save_checkpoint
 from umedpt.config import SiteConfig, TaskConfig, load_site_config
 from umedpt.data.cache import site_cache_dir
 from umedpt.data.loading import load_task
@@ -272,11 +272,18 @@ class SiteRunner:
             return 0
         latest = max(saved)
         folder = self._round_dirs()[latest]
-        load_weights(self.model, folder, groups=self.local_groups)
-        restored = "heads" if self.settings.share_blocks else "heads and blocks"
+        # The local groups this round saved (a round saved while blocks were shared, before
+        # an upgrade, holds heads only: the blocks then come from the server's weights).
+        saved_groups = set(read_header(folder)["groups"])
+        groups = [g for g in self.local_groups if g in saved_groups]
+        load_weights(self.model, folder, groups=groups)
+        parts = ["heads"] + (
+            ["blocks"] if any(g.startswith(contract.BLOCKS) for g in groups) else []
+        )
         if (state := load_trainer_state(folder)) is not None:
             self.trainer.load_state_dict(state)
-            restored = "heads and optimizer state"
+            parts.append("optimizer state")
+        restored = ", ".join(parts[:-1]) + " and " + parts[-1] if len(parts) > 1 else parts[0]
         # Flower's logger: it prints in a ClientApp process, so the site's log shows it.
         flower_log(
             INFO,
@@ -347,10 +354,12 @@ class SiteRunner:
         self.trainer.set_schedule_step((server_round - 1) * self.settings.local_steps)
         regularizer = None
         if proximal_mu > 0:
-            anchor = [p.detach().clone() for p in self.model.shared_parameters()]
+            # Only the weights the server sent have a global value to stay near.
+            sent = set(keys)
+            params = [p for n, p in self.model.named_parameters() if n in sent]
+            anchor = [p.detach().clone() for p in params]
 
             def regularizer() -> torch.Tensor:  # FedProx: (mu/2) ||w - w_global||^2
-                params = self.model.shared_parameters()
                 return 0.5 * proximal_mu * sum(((p - a) ** 2).sum() for p, a in zip(params, anchor))
 
         tic = time.perf_counter()

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import time
 import uuid
+from collections.abc import Mapping
 from dataclasses import asdict
 from logging import INFO, WARNING
 from pathlib import Path
@@ -133,6 +134,28 @@ def run_federation(grid: Grid, settings: RunSettings) -> dict[str, Any]:
         return _run_federation(grid, settings)
 
 
+# Settings a run cannot change when it resumes: what travels, and the sites' schedule.
+FIXED_ON_RESUME = ("share-blocks", "schedule", "local-steps", "preset", "encoder")
+
+
+def check_resumable(saved: Mapping[str, Any], settings: RunSettings, out: Path) -> None:
+    """Refuse to resume a run with settings that change what its saved state means.
+
+    A run saved with its blocks shared holds them in its global weights and not in the sites'
+    saved rounds (and the other way round); a changed schedule or step count would move every
+    site's learning rate mid-run. ``--rounds`` may grow (the cosine then stretches to the new
+    last round).
+    """
+    now = settings.to_run_config()
+    changed = [k for k in FIXED_ON_RESUME if k in saved and saved[k] != now[k]]
+    if changed:
+        diffs = ", ".join(f"{k} {saved[k]!r} (now {now[k]!r})" for k in changed)
+        raise RunExistsError(
+            f"{out}: the run there was started with {diffs}; resume it with the same settings, "
+            "or start a new run in another --out"
+        )
+
+
 def _run_federation(grid: Grid, settings: RunSettings) -> dict[str, Any]:
     out = Path(settings.out_dir)
     state_dir = out / SERVER_STATE
@@ -143,6 +166,7 @@ def _run_federation(grid: Grid, settings: RunSettings) -> dict[str, Any]:
     history: list[dict[str, Any]] = []
     if settings.resume and has_server_state(state_dir):
         weights, strategy_state, progress = load_server_state(state_dir)
+        check_resumable(progress.settings, settings, out)
         arrays = ArrayRecord(weights)
         strategy.load_state_arrays(strategy_state)
         run_key = progress.run_key

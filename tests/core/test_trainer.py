@@ -193,9 +193,9 @@ def test_cosine_learning_rate_reaches_zero_and_stays_there() -> None:
     assert factors == pytest.approx(expected, rel=1e-9, abs=1e-12)
 
 
-def test_a_schedule_position_set_from_outside_continues_from_there() -> None:
-    """A federated site jumps to its round's place on the federation's schedule."""
-    straight = _lr_factors_per_step(9, warmup_steps=2, schedule="cosine", total_steps=10)
+def test_a_late_joiner_follows_the_federations_decay_but_warms_up_its_own_steps() -> None:
+    """A federated site jumps to its round's place on the federation's cosine; a trainer
+    that has not trained yet still warms up (its optimizer state is fresh)."""
     trainer = build(tasks=[("cls", "classification")], lr=1e-3, head_lr=2e-3, warmup_steps=2,
                     schedule="cosine", total_steps=10)  # fmt: skip
     trainer.set_schedule_step(5)
@@ -205,9 +205,10 @@ def test_a_schedule_position_set_from_outside_continues_from_there() -> None:
         assert trainer.head_optimizers["cls"].param_groups[0]["lr"] / 2e-3 == pytest.approx(shared)
         jumped.append(shared)
         trainer.train_step()
-    assert jumped == pytest.approx(straight[5:9], rel=1e-12)
-    trainer.set_schedule_step(0)  # and back into the warm-up
-    assert trainer.shared_optimizer.param_groups[0]["lr"] == pytest.approx(0.5e-3)
+    decay = [0.5 * (1 + math.cos(math.pi * (k - 2) / 8)) for k in range(5, 9)]
+    assert jumped == pytest.approx([0.5 * decay[0], *decay[1:]], rel=1e-12)
+    trainer.set_schedule_step(1)  # before the decay starts, and past its own warm-up
+    assert trainer.shared_optimizer.param_groups[0]["lr"] == pytest.approx(1e-3)
 
 
 def test_evaluate_reports_loss_and_primary_metrics() -> None:

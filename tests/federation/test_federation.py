@@ -184,6 +184,14 @@ def test_resume_matches_an_uninterrupted_run(demo_sites, tmp_path) -> None:
         assert torch.equal(a[key], b[key]), key
 
 
+def test_a_run_resumes_only_with_what_travels_unchanged(demo_sites, tmp_path) -> None:
+    settings = settings_for([demo_sites[3]], tmp_path / "run", num_server_rounds=1)
+    federate(settings)
+    changed = replace(settings, num_server_rounds=2, resume=True, share_blocks=True)
+    with pytest.raises(RunExistsError, match="share-blocks False \\(now True\\)"):
+        federate(changed)
+
+
 def test_a_site_that_vanishes_does_not_kill_the_round(demo_sites, tmp_path) -> None:
     def vanish(node, message):
         return node == 101 and message.metadata.message_type == "train"

@@ -29,6 +29,38 @@ def test_the_proximal_term_keeps_shared_weights_near_the_global_ones(demo_sites,
     assert distance(plain.shared, start) > 0
 
 
+def test_the_proximal_term_leaves_blocks_kept_at_home_free(demo_sites, tmp_path) -> None:
+    """Only what the server sent has a global value: blocks kept at home are not anchored."""
+    start = runner_for(demo_sites[3], tmp_path / "init").shared_state()
+    plain = runner_for(demo_sites[3], tmp_path / "plain")
+    pulled = runner_for(demo_sites[3], tmp_path / "prox")
+    init_blocks = block_state(plain)
+    plain.train_round(start, 1)
+    pulled.train_round(start, 1, proximal_mu=1e4)
+    assert set(start) == {k for k in start if k.startswith("encoder.")}
+    moved_plain = distance(block_state(plain), init_blocks)
+    assert moved_plain > 0
+    assert distance(block_state(pulled), init_blocks) > 0.5 * moved_plain
+
+
+def block_state(runner: SiteRunner) -> dict[str, torch.Tensor]:
+    state = runner.model.state_dict()
+    return {
+        k: v.clone() for k, v in state.items() if k.startswith("blocks.") and v.is_floating_point()
+    }
+
+
+def test_a_round_saved_while_blocks_were_shared_restores_without_them(demo_sites, tmp_path) -> None:
+    """A site upgraded mid-run (its saved round holds heads only) still trains the next round."""
+    before = runner_for(demo_sites[3], tmp_path, share_blocks=True)
+    shared = before.train_round(before.shared_state(), 1).shared
+    after = runner_for(demo_sites[3], tmp_path)
+    encoder = {k: v for k, v in shared.items() if k.startswith("encoder.")}
+    outcome = after.train_round(encoder, 2)
+    assert outcome.metrics[wire.RESTORED_ROUND] == 1
+    assert set(outcome.shared) == set(encoder)
+
+
 def test_only_the_last_two_rounds_of_local_state_are_kept(demo_sites, tmp_path) -> None:
     runner = runner_for(demo_sites[3], tmp_path, local_steps=1)
     shared = runner.shared_state()

@@ -134,6 +134,7 @@ class MultiTaskTrainer:
             t.name: torch.optim.AdamW(model.heads[t.name].parameters(), lr=head_lr, weight_decay=wd)
             for t in self.tasks
         }
+        self.step_count = 0  # steps this trainer took (its warm-up counts these)
         self.schedulers = [
             torch.optim.lr_scheduler.LambdaLR(opt, self._lr_factor)
             for opt in [self.shared_optimizer, *self.head_optimizers.values()]
@@ -151,7 +152,6 @@ class MultiTaskTrainer:
         self.private_gradients: dict[str, PrivateTaskGradient] = {}
         if privacy is not None:
             self._make_private(privacy)
-        self.step_count = 0
         # Dropout and stochastic depth draw from torch's global RNG: start it from the seed
         # so that the same seed gives the same run wherever the trainer is built.
         torch.manual_seed(config.seed)
@@ -192,20 +192,28 @@ class MultiTaskTrainer:
 
     # -- schedule ---------------------------------------------------------------------
     def _lr_factor(self, step: int) -> float:
-        if step < self.warmup_steps:
-            return (step + 1) / self.warmup_steps
-        if self.config.schedule == "cosine":
+        """Warm-up over this trainer's own first steps, times the decay at schedule ``step``.
+
+        The two are the same count in one run. A federated site places ``step`` on the
+        federation's clock (:meth:`set_schedule_step`) while its warm-up counts the steps it
+        trained itself, so a site that joins late still warms up its fresh optimizer.
+        """
+        warmup = 1.0
+        if self.step_count < self.warmup_steps:
+            warmup = (self.step_count + 1) / self.warmup_steps
+        if self.config.schedule == "cosine" and step >= self.warmup_steps:
             horizon = max(1, (self.config.total_steps or 1) - self.warmup_steps)
             progress = min(1.0, (step - self.warmup_steps) / horizon)
-            return 0.5 * (1 + math.cos(math.pi * progress))
-        return 1.0
+            return warmup * 0.5 * (1 + math.cos(math.pi * progress))
+        return warmup
 
     def set_schedule_step(self, step: int) -> None:
         """Put every learning rate at schedule step ``step``.
 
         A federated site trains round ``r`` as steps ``(r - 1) * L`` .. ``r * L - 1`` of one
-        schedule over the whole federation, whatever rounds it missed, so a warm-up never
-        restarts and a cosine ends at the federation's last step, not the site's.
+        schedule over the whole federation, whatever rounds it missed, so a cosine ends at
+        the federation's last step, not the site's (the warm-up still counts the site's own
+        steps: see :meth:`_lr_factor`).
         """
         factor = self._lr_factor(step)
         for optimizer, scheduler in zip(
@@ -266,9 +274,9 @@ class MultiTaskTrainer:
             nn.utils.clip_grad_norm_(self.model.shared_parameters(), self.config.grad_clip)
         self.shared_optimizer.step()
         self.shared_optimizer.zero_grad(set_to_none=True)
+        self.step_count += 1
         for scheduler in self.schedulers:
             scheduler.step()
-        self.step_count += 1
         return results
 
     def _private_task_step(self, task: TaskRun) -> TaskStep:
