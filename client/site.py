@@ -397,7 +397,8 @@ class SiteRunner:
     def evaluate_round(
         self, shared: Mapping[str, torch.Tensor], server_round: int
     ) -> tuple[dict[str, float], int]:
-        """Validation metrics of the global weights with this site's heads of this round."""
+        """Validation metrics of the global weights with this site's heads (and blocks kept at
+        home) of this round."""
         self.restore(server_round + 1)
         self.load_shared(shared)
         results = self.trainer.evaluate("val")

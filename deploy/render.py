@@ -98,9 +98,9 @@ class Plan:
     """What the federation runs: the training options of `umedpt-fl server`."""
 
     min_sites: int = 2
-    rounds: int = 20
-    local_steps: int = 50
-    eval_every: int = 1
+    rounds: int = 100  # the default recipe: 5 local steps per round (docs/recipe.md)
+    local_steps: int = 5
+    eval_every: int = 5
     preset: str = "tiny"
     encoder: str | None = None  # another timm encoder under the preset's blocks
     round_timeout: float = 1800.0
@@ -196,11 +196,11 @@ def nginx_config(site: NginxSite, template: str | None = None) -> str:
 
 # -- what each file of the kit runs ------------------------------------------------------
 COMPOSE_SITES = ("clinic-a", "clinic-b", "clinic-c", "clinic-d")  # `umedpt-fl demo-data`
-COMPOSE_PLAN = Plan(min_sites=len(COMPOSE_SITES), rounds=6, local_steps=15)
+COMPOSE_PLAN = Plan(min_sites=len(COMPOSE_SITES), rounds=18, local_steps=5, eval_every=3)
 COMPOSE_SERVER = f"coordinator:{PUBLIC_PORT}"  # nginx shares the coordinator's network
 EXAMPLE_SITE = "hospital-a"  # the Kubernetes and systemd examples
 EXAMPLE_SERVER = f"fed.example.org:{PUBLIC_PORT}"
-PRODUCTION_PLAN = Plan(min_sites=3, rounds=20, local_steps=50)
+PRODUCTION_PLAN = Plan(min_sites=3)
 
 
 def kit_commands() -> dict[tuple[str, str], list[str]]:

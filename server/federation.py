@@ -278,7 +278,7 @@ def _run_federation(grid: Grid, settings: RunSettings) -> dict[str, Any]:
 
 
 def progress_line(server_round: int, total: int, record: RoundRecord, sites: dict[str, Any]) -> str:
-    """'round 3/5 (12.1 s, 2/2 sites replied): site-a cls/accuracy=0.81 | site-b ...'."""
+    """'round 3/5 (12.1 s, 2/2 sites replied): site-a cls/balanced_accuracy=0.81 | ...'."""
     primaries = primary_metrics(sites)
     parts = []
     for site, metrics in sorted(record.eval_metrics.items()):

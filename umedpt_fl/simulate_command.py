@@ -166,6 +166,6 @@ def simulate_command(
     print_summary(report)
     console.print(
         f"report: {out / 'report.json'}, plot: {out / 'metrics.png'}, global weights: "
-        f"{out / 'global'}, site heads: {out / 'sites'}/<site>/runs/*/latest-heads"
+        f"{out / 'global'}, site heads (and blocks): {out / 'sites'}/<site>/runs/*/latest-heads"
     )
     print_tracking_hint(tracking, out)

@@ -72,7 +72,7 @@ def export_checkpoint(
     if contract.ENCODER not in header["groups"]:
         raise CheckpointError(
             f"{checkpoint}: holds no encoder (groups {header['groups']}); a site's saved "
-            "rounds keep only its heads: export the federation's global/ folder"
+            "rounds keep only its heads and blocks: export the federation's global/ folder"
         )
     check_output(out, checkpoint)
     config = ModelConfig.from_dict(header["model"])

@@ -191,8 +191,8 @@ def render_readme(card: dict[str, Any]) -> str:
         f"- Feature maps: channels {model['feature_channels']} at strides "
         f"{model['feature_strides']}, laid out {model['feature_format']}"
         + (" (`.permute(0, 3, 1, 2)` gives NCHW)." if model["feature_format"] == "NHWC" else "."),
-        "- `umedpt-blocks/` holds the project's shared blocks (and the encoder under the "
-        "project's names) for `umedpt.checkpoint.load_model`.",
+        "- `umedpt-blocks/` holds the encoder under the project's names, with the shared "
+        "blocks where the run shared them, for `umedpt.checkpoint.load_model`.",
         "",
         *training_section(card),
         "",

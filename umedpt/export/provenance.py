@@ -30,7 +30,7 @@ _PUBLIC_SETTINGS = (
     "num-server-rounds", "local-steps", "strategy", "weighting", "proximal-mu", "server-lr",
     "trim-beta", "min-sites", "preset", "encoder", "seed", "lr", "max-site-share",
     "update-norm-bound", "update-norm-ratio", "client-dp-noise", "client-dp-clip",
-    "secure-aggregation",
+    "secure-aggregation", "schedule", "share-blocks",
 )  # fmt: skip
 
 
