@@ -201,5 +201,5 @@ def test_a_killed_site_misses_its_round_and_rejoins_from_its_saved_state(
     assert third["train_metrics"]["clinic-d"]["restored-round"] == 1.0
     run_key = report["config"]["run-key"]
     site_log = (demo_sites[3].parent / "state" / "clinic-d" / "supernode.log").read_text()
-    assert f"heads and optimizer state restored from round 1 of run {run_key}" in site_log
+    assert f"heads, blocks and optimizer state restored from round 1 of run {run_key}" in site_log
     assert_nothing_left(commands)

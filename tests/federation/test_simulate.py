@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from tests.processes import tagged_env, tagged_processes_after
-from umedpt.checkpoint import load_model
+from umedpt.checkpoint import load_model, read_header
 
 pytestmark = pytest.mark.slow
 
@@ -37,7 +37,10 @@ def test_simulation_reports_every_site_and_leaves_nothing_running(demo_sites, tm
     assert report["config"]["min-sites"] == 2  # every listed site, unless asked otherwise
     assert (tmp_path / "sim" / "metrics.png").is_file()
     model = load_model(tmp_path / "sim" / "global")  # the folder alone, no report needed
-    assert set(model.blocks) >= {"classification", "segmentation"}
+    assert not model.blocks  # by default only the encoder is averaged ...
+    homes = sorted((tmp_path / "sim" / "sites").glob("*/runs/*/latest-heads"))
+    blocks = {g for home in homes for g in read_header(home)["groups"] if g.startswith("blocks.")}
+    assert blocks == {"blocks.classification", "blocks.segmentation"}  # ... blocks stay home
     assert not tagged_processes_after(tag)
 
 
