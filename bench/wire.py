@@ -54,7 +54,9 @@ def tensor_bytes(state: dict[str, torch.Tensor]) -> int:
 
 def preset_rows(preset: str, site_files: Sequence[Path], seed: int) -> dict[str, Any]:
     """Payload per site as the strategy selects it, vs the site's whole model and the global."""
-    settings = RunSettings(preset=preset, seed=seed)
+    # With --share-blocks, the largest payload; by default a site exchanges its encoder only
+    # (the encoder_bytes column).
+    settings = RunSettings(preset=preset, seed=seed, share_blocks=True)
     global_arrays = initial_weights(settings)
     global_state = global_arrays.to_torch_state_dict()
     config = model_config(preset, None)
@@ -101,7 +103,13 @@ def preset_rows(preset: str, site_files: Sequence[Path], seed: int) -> dict[str,
 def confirm_with_run(site_files: Sequence[Path], work: Path, seed: int) -> dict[str, Any]:
     """One tiny round through run_federation: what report.json says went over the wire."""
     report = federate_in_process(
-        site_files, work / "run", num_server_rounds=1, local_steps=1, seed=seed, preset="tiny"
+        site_files,
+        work / "run",
+        num_server_rounds=1,
+        local_steps=1,
+        seed=seed,
+        preset="tiny",
+        share_blocks=True,
     )
     record = report["rounds"][0]
     return {
@@ -118,7 +126,8 @@ def render_markdown(result: dict[str, Any]) -> str:
         "Four demo sites (`umedpt-fl demo-data`): clinic-a classification, clinic-b "
         "segmentation, clinic-c detection, clinic-d classification. Payload = what the strategy "
         "sends a site for training, and what the site sends back (same keys), as serialised "
-        "npy arrays (`strategies.arrays_nbytes`). MB = 10^6 bytes, float32.",
+        "npy arrays (`strategies.arrays_nbytes`), measured with `--share-blocks` (the largest "
+        "payload; by default a site sends its encoder only, the encoder column). MB = 10^6 bytes.",
         "",
     ]
     header = [
