@@ -399,7 +399,17 @@ class SiteRunner:
     ) -> tuple[dict[str, float], int]:
         """Validation metrics of the global weights with this site's heads (and blocks kept at
         home) of this round."""
-        self.restore(server_round + 1)
+        if self.restore(server_round + 1) == 0:
+            # A late joiner, or a site whose every round was refused: its scores say what the
+            # global weights do under untrained local layers, which the coordinator should know.
+            kept = "heads and blocks" if not self.settings.share_blocks else "heads"
+            flower_log(
+                WARNING,
+                "site %s: no round of its own trained yet; evaluating the global weights with "
+                "freshly initialised %s",
+                self.site.name,
+                kept,
+            )
         self.load_shared(shared)
         results = self.trainer.evaluate("val")
         metrics: dict[str, float] = {wire.UNIT_WEIGHT: 1.0}

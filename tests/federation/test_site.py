@@ -119,3 +119,24 @@ def test_task_metric_keys_round_trip() -> None:
         "auroc.edema",
     )
     assert wire.split_task_metric(wire.NUM_EXAMPLES) is None
+
+
+def test_a_site_evaluated_before_training_says_its_local_layers_are_fresh(
+    demo_sites, tmp_path, monkeypatch
+) -> None:
+    """A late joiner's scores measure untrained heads (and blocks): its log says so, once it has
+    trained it does not."""
+    warnings: list[str] = []
+    monkeypatch.setattr(
+        site_module,
+        "flower_log",
+        lambda level, message, *args: warnings.append(message % args) if level >= 30 else None,
+    )
+    runner = runner_for(demo_sites[3], tmp_path, local_steps=1)
+    shared = runner.shared_state()
+    runner.evaluate_round(shared, 1)
+    assert any("no round of its own trained yet" in w and "heads and blocks" in w for w in warnings)
+    warnings.clear()
+    runner.train_round(shared, 1)
+    runner.evaluate_round(shared, 1)
+    assert warnings == []
