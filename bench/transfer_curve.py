@@ -64,9 +64,8 @@ def gather(args: argparse.Namespace) -> tuple[list[dict[str, Any]], list[str]]:
     for budget in args.budgets:
         for seed in args.seeds_pretrain:
             point = loso.parse_args(loso_argv(budget, seed, args))
-            names = args.targets or sorted(
-                p.stem for p in (loso.REPO_ROOT / "bench" / "sites").glob("*.toml")
-            )
+            sites = sorted(p.stem for p in (loso.REPO_ROOT / "bench" / "sites").glob("*.toml"))
+            names = args.targets or sites
             _, summaries = loso.collect(point.work, names)
             for name in names:
                 rows = [
@@ -74,8 +73,14 @@ def gather(args: argparse.Namespace) -> tuple[list[dict[str, Any]], list[str]]:
                     for r in summaries.get(name, {}).get("rows", [])
                     if r["fraction"] == args.fraction
                 ]
-                if not rows:
-                    missing.append(f"{name} at {budget} steps, pretraining seed {seed}")
+                # every arm (federated, centralized, each other site, random) x 2 modes, with
+                # all its evaluation seeds: a target still being evaluated is not a point yet
+                complete = len(rows) == (len(sites) + 2) * 2 and all(
+                    r["n"] == point.seeds for r in rows
+                )
+                if not complete:
+                    state = "partial" if rows else "not run"
+                    missing.append(f"{name} at {budget} steps, pretraining seed {seed} ({state})")
                     continue
                 metrics[name] = summaries[name]["primary_metric"]
                 for r in rows:
