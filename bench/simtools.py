@@ -56,7 +56,8 @@ def federate_in_process(site_files: Sequence[Path], out: Path, **fields: Any) ->
         **federation_settings(out, **fields),
     )
     nodes = {100 + i: {"partition-id": i} for i in range(len(site_files))}
-    grid = ClientAppGrid(client_app, nodes, settings.to_run_config())
+    # Not recording the messages: each holds the weights, and a long run would keep them all.
+    grid = ClientAppGrid(client_app, nodes, settings.to_run_config(), record_messages=False)
     return run_federation(grid, settings)
 
 

@@ -240,3 +240,20 @@ def test_mismatched_site_model_is_reported_with_the_site_name(demo_sites, tmp_pa
     bad_shape[key] = torch.zeros(3)
     with pytest.raises(SiteError, match="has shape"):
         runner.load_shared(bad_shape)
+
+
+def test_an_unrecorded_in_process_run_keeps_no_messages_and_trains_the_same(
+    demo_sites, tmp_path
+) -> None:
+    """Benchmarks run long federations without keeping every message (each holds weights)."""
+    runs = {}
+    for record in (True, False):
+        out = tmp_path / str(record)
+        report, grid = federate(
+            settings_for(demo_sites[3:], out, num_server_rounds=2), record_messages=record
+        )
+        assert report["status"] == "completed"
+        assert bool(grid.sent) is record and bool(grid.received) is record
+        runs[record] = global_weights(out)
+    for key, value in runs[True].items():
+        torch.testing.assert_close(runs[False][key], value, rtol=0, atol=0)
