@@ -197,7 +197,11 @@ def render_markdown(args, rows, judged, missing, seconds: float) -> str:
             [
                 target,
                 mode,
-                f"from {onward[0]} steps/task on" if onward else "not at any budget measured",
+                f"from {onward[0]} steps/task on"
+                if onward
+                else f"at {', '.join(map(str, held))} only"
+                if held
+                else "not at any budget measured",
                 ", ".join(map(str, budgets)),
             ]
         )
