@@ -32,7 +32,7 @@ import torch
 from torchmetrics.functional.classification import multiclass_accuracy
 
 from bench import leave_one_site_out as loso
-from bench.common import bench_parser, md_table, start_run
+from bench.common import SITES_DIR, bench_parser, md_table, start_run
 from umedpt.config import load_site_config
 from umedpt.evaluation import load_target, parse_encoders
 from umedpt.evaluation.subsets import stratified_subset
@@ -86,31 +86,27 @@ def ridge_balanced_accuracy(
     return float(multiclass_accuracy(scores, y_test, num_classes=classes, average="macro"))
 
 
-def encoder_specs(work: Path, target: str) -> list[str]:
-    alone = sorted(p for p in work.glob(f"{loso.SITE_ALONE}-*") if p.is_dir())
-    return [
-        loso.RANDOM,
-        f"{loso.FEDERATED}={work / target / loso.FEDERATED / 'global'}",
-        f"{loso.CENTRALIZED}={work / target / loso.CENTRALIZED / 'checkpoint'}",
-        *[
-            f"{p.name.replace(f'{loso.SITE_ALONE}-', 'alone:')}={p / 'checkpoint'}"
-            for p in alone
-            if p.name != f"{loso.SITE_ALONE}-{target}"
-        ],
-    ]
+def encoder_specs(cache: Path, target: str, sites: Sequence[str]) -> list[str]:
+    """The random baseline and every cached arm of ``target``, as ``--encoder`` specs."""
+    others = [s for s in sites if s != target]
+    folders = loso.encoder_folders(cache, target, others)
+    return [loso.RANDOM, *[f"{label}={folder}" for label, folder in folders.items()]]
 
 
-def measure(target: str, budget: int, args: argparse.Namespace) -> list[dict[str, Any]]:
+def measure(
+    target: str, sites: Sequence[str], budget: int, args: argparse.Namespace
+) -> list[dict[str, Any]]:
     work = loso.parse_args(["--steps", str(budget), "--seed", str(args.seed)]).work
-    if not (work / target / loso.CENTRALIZED / "done.json").is_file():
-        return []
-    task = load_site_config(loso.REPO_ROOT / "bench" / "sites" / f"{target}.toml").tasks[0]
+    specs = encoder_specs(work, target, sites)
+    if not all(Path(spec.split("=", 1)[1]).is_dir() for spec in specs[1:]):
+        return []  # this budget's encoders for the target are not all trained yet
+    task = load_site_config(SITES_DIR / f"{target}.toml").tasks[0]
     loaded = load_target(task)
     collate = get_task_type(task.type).collate
     train, test = loaded.splits["train"], loaded.splits["test"]
     labelled = task.type == "classification"
     rows = []
-    for spec in parse_encoders(encoder_specs(work, target), preset="tiny"):
+    for spec in parse_encoders(specs, preset="tiny"):
         encoder = spec.build("cpu")
         stages = pooled_stages(encoder, train, collate)
         row: dict[str, Any] = {
@@ -175,14 +171,13 @@ def render_markdown(rows: list[dict[str, Any]], args: argparse.Namespace) -> str
 def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(argv)
     start_run(args)
-    targets = args.targets or sorted(
-        p.stem for p in (loso.REPO_ROOT / "bench" / "sites").glob("*.toml")
-    )
+    sites = sorted(p.stem for p in SITES_DIR.glob("*.toml"))
+    targets = loso.check_targets(args.targets, sites)
     rows = [
         row
         for target in targets
         for budget in (int(s) for s in args.steps.split(","))
-        for row in measure(target, budget, args)
+        for row in measure(target, sites, budget, args)
     ]
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / f"{args.name}.json").write_text(json.dumps(rows, indent=1) + "\n")

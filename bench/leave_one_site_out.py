@@ -105,10 +105,30 @@ def pretraining_of(args: argparse.Namespace) -> dict[str, Any]:
     return settings
 
 
+def encoder_folders(cache: Path, target: str, others: Sequence[str]) -> dict[str, Path]:
+    """Where each arm's encoder for ``target`` lives in a cache (``--work``), by label. A site
+    alone trains the same run whichever site is held out: one folder per site, beside the
+    targets'."""
+    return {
+        FEDERATED: cache / target / FEDERATED / "global",
+        CENTRALIZED: cache / target / CENTRALIZED / "checkpoint",
+        **{f"{SITE_ALONE}:{s}": cache / f"{SITE_ALONE}-{s}" / "checkpoint" for s in others},
+    }
+
+
+def check_targets(names: Sequence[str] | None, sites: Sequence[str]) -> list[str]:
+    """``names`` (default: every site), or exit naming the ones that are not sites."""
+    unknown = sorted(set(names or []) - set(sites))
+    if unknown:
+        raise SystemExit(f"--targets {unknown}: not among the sites {sorted(sites)}")
+    return list(names or sites)
+
+
 def pretrain_encoders(target: SiteConfig, others: list[SiteConfig], args, work: Path) -> list[str]:
     """Pretrain (or find cached) every encoder for ``target``; ``LABEL=DIR`` specs."""
+    folders = encoder_folders(work.parent, target.name, [s.name for s in others])
     specs = []
-    fed = work / FEDERATED
+    fed = folders[FEDERATED].parent
     if (fed / "global" / "checkpoint.json").is_file():
         check_budget(fed / "global", args)
     else:
@@ -128,15 +148,13 @@ def pretrain_encoders(target: SiteConfig, others: list[SiteConfig], args, work: 
         )
         if report["status"] != "completed":
             raise RuntimeError(f"{target.name}: the federated pretraining failed: {report}")
-    specs.append(f"{FEDERATED}={fed / 'global'}")
-    # A site alone trains the same run whichever site is held out: one cache per site.
-    arms = [(CENTRALIZED, others, work / CENTRALIZED)] + [
-        (f"{SITE_ALONE}:{s.name}", [s], work.parent / f"{SITE_ALONE}-{s.name}") for s in others
-    ]
-    for label, sites, folder in arms:
+    specs.append(f"{FEDERATED}={folders[FEDERATED]}")
+    arms = [(CENTRALIZED, others)] + [(f"{SITE_ALONE}:{s.name}", [s]) for s in others]
+    for label, sites in arms:
+        folder = folders[label].parent
         with exclusive(folder):  # a site alone is shared by every target (and process)
             pretrain_arm(target, label, sites, folder, args)
-        specs.append(f"{label}={folder / 'checkpoint'}")
+        specs.append(f"{label}={folders[label]}")
     return specs
 
 
@@ -345,10 +363,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     start = start_run(args)
     sites = [load_site_config(f) for f in site_files(args)]
     by_name = {s.name: s for s in sites}
-    unknown = sorted(set(args.targets or []) - set(by_name))
-    if unknown:
-        raise SystemExit(f"--targets {unknown}: not among the sites {sorted(by_name)}")
-    targets = [by_name[n] for n in args.targets] if args.targets else sites  # in the order given
+    targets = [by_name[n] for n in check_targets(args.targets, list(by_name))]  # in the order given
     args.work.mkdir(parents=True, exist_ok=True)
     saved = args.work / "settings.json"
     if not saved.is_file():  # written whole, then renamed: another process may be reading

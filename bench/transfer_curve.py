@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import leave_one_site_out as loso
-from bench.common import bench_parser, md_table, start_run
+from bench.common import SITES_DIR, bench_parser, md_table, start_run
 
 NAME = "transfer-vs-budget"
 TOLERANCE = 0.01  # "within 1 point" of centralized
@@ -42,8 +42,14 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--targets", nargs="*", default=None, help="site names (default: all)")
     parser.add_argument("--run", action="store_true", help="train and evaluate what is missing")
     args = parser.parse_args(argv)
-    args.budgets = [int(s) for s in args.steps.split(",")]
-    args.seeds_pretrain = [int(s) for s in args.pretrain_seeds.split(",")]
+    try:
+        args.budgets = [int(s) for s in args.steps.split(",")]
+        args.seeds_pretrain = [int(s) for s in args.pretrain_seeds.split(",")]
+    except ValueError:
+        parser.error(
+            f"--steps {args.steps!r} / --pretrain-seeds {args.pretrain_seeds!r}: "
+            "comma-separated whole numbers, e.g. 150,300,600"
+        )
     return args
 
 
@@ -64,8 +70,8 @@ def gather(args: argparse.Namespace) -> tuple[list[dict[str, Any]], list[str]]:
     for budget in args.budgets:
         for seed in args.seeds_pretrain:
             point = loso.parse_args(loso_argv(budget, seed, args))
-            sites = sorted(p.stem for p in (loso.REPO_ROOT / "bench" / "sites").glob("*.toml"))
-            names = args.targets or sites
+            sites = sorted(p.stem for p in SITES_DIR.glob("*.toml"))
+            names = loso.check_targets(args.targets, sites)
             _, summaries = loso.collect(point.work, names)
             for name in names:
                 rows = [
