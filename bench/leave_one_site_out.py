@@ -42,13 +42,13 @@ from bench.common import (
     write_json,
 )
 from bench.simtools import federate_in_process
+from federation.settings import SCHEDULES, RunSettings
 from umedpt.checkpoint import read_meta, read_model_config
 from umedpt.config import SiteConfig, load_site_config
 from umedpt.evaluation import EvalProtocol, load_target, parse_encoders, run_evaluation
 from umedpt.evaluation.summary import summarize
 from umedpt.models.presets import model_config
 from umedpt.pretrain import PretrainConfig, pretrain
-from umedpt_fl.settings import SCHEDULES, RunSettings
 
 log = logging.getLogger("bench.leave_one_site_out")
 

@@ -96,8 +96,8 @@ def site_breakdown(site_files: Sequence[Path], args: argparse.Namespace, work: P
     copy the shared weights out.
     """
     from client.site import SiteRunner
+    from federation.settings import RunSettings
     from umedpt.config import load_site_config
-    from umedpt_fl.settings import RunSettings
 
     torch.set_num_threads(args.breakdown_threads)
     rows = []

@@ -41,8 +41,8 @@ from bench.common import (
     start_run,
 )
 from bench.simtools import federate_in_process
-from umedpt_fl import wire
-from umedpt_fl.settings import THREADS_ENV
+from federation import wire
+from federation.settings import THREADS_ENV
 
 log = logging.getLogger("bench.privacy_utility")
 

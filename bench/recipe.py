@@ -51,6 +51,7 @@ from bench.common import (
     start_run,
 )
 from bench.simtools import federate_in_process
+from federation.settings import THREADS_ENV, RunSettings
 from umedpt import contract
 from umedpt.checkpoint import load_model, load_weights, read_header
 from umedpt.config import SiteConfig, load_site_config
@@ -59,7 +60,6 @@ from umedpt.models.presets import model_config
 from umedpt.pretrain import PretrainConfig, load_runs, pretrain
 from umedpt.tasks import get_task_type
 from umedpt.training.trainer import MultiTaskTrainer, TaskRun, TrainConfig
-from umedpt_fl.settings import THREADS_ENV, RunSettings
 
 log = logging.getLogger("bench.recipe")
 

@@ -26,14 +26,14 @@ import numpy as np
 from flwr.app import Array, ArrayRecord, Context, Message, MetricRecord, RecordDict
 
 from bench.common import bench_parser, finish_run, md_table, median, scratch_dir, start_run
+from federation import secagg, wire
+from federation.settings import RunSettings
 from strategies import build_strategy
 from umedpt.config import load_site_config
 from umedpt.data.demo import write_demo_federation
 from umedpt.model import UMedPTModel
 from umedpt.models.presets import PRESETS
-from umedpt_fl import secagg, wire
 from umedpt_fl.inprocess import ClientAppGrid
-from umedpt_fl.settings import RunSettings
 
 
 def model_arrays(preset: str, seed: int) -> dict[str, np.ndarray]:

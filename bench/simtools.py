@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.common import REPO_ROOT, median
-from umedpt_fl import wire
+from federation import wire
 
 SITE_NAME_LINE = re.compile(r'^name = "([^"]+)"$', re.MULTILINE)
 
@@ -47,9 +47,9 @@ def federate_in_process(site_files: Sequence[Path], out: Path, **fields: Any) ->
     """One federation (RunSettings ``fields``) through the real ClientApp, one node per site
     file, in this process; returns its report."""
     from client.app import app as client_app
+    from federation.settings import RunSettings
     from server.federation import run_federation
     from umedpt_fl.inprocess import ClientAppGrid
-    from umedpt_fl.settings import RunSettings
 
     settings = RunSettings(
         site_configs=",".join(str(Path(f).resolve()) for f in site_files),
@@ -193,7 +193,7 @@ def _worker(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--result", type=Path, required=True)
     args = parser.parse_args(argv)
 
-    from umedpt_fl.settings import RunSettings
+    from federation.settings import RunSettings
     from umedpt_fl.simulation import simulate
 
     settings = RunSettings(**json.loads(args.settings))

@@ -33,6 +33,7 @@ import torch
 
 from bench.common import bench_parser, finish_run, md_table, scratch_dir, start_run
 from bench.simtools import federate_in_process
+from federation.settings import RunSettings
 from server.federation import initial_weights
 from strategies import SiteInfo, arrays_nbytes
 from strategies.messages import site_payload
@@ -41,7 +42,6 @@ from umedpt.config import load_site_config
 from umedpt.data.demo import write_demo_federation
 from umedpt.model import UMedPTModel
 from umedpt.models.presets import model_config
-from umedpt_fl.settings import RunSettings
 
 log = logging.getLogger("bench.wire")
 

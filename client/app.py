@@ -6,6 +6,10 @@ or, in simulation, entry ``partition-id`` of the run config's ``site-configs`` l
 
 from __future__ import annotations
 
+from federation.entry import enter_app_process
+
+enter_app_process()  # before Flower and torch are imported: see federation.entry
+
 import dataclasses
 import math
 import os
@@ -34,10 +38,9 @@ from client.site import (
     bytes_per_group,
     describe_site,
 )
+from federation import wire
+from federation.settings import THREADS_ENV, RunSettings, settings_for_app
 from umedpt.config import SiteConfig, load_site_config
-from umedpt_fl import wire
-from umedpt_fl.processes import follow_supervisor
-from umedpt_fl.settings import THREADS_ENV, RunSettings, settings_for_app
 
 SITE_CONFIG_NODE_KEY = "site-config"
 # Optional: the coordinator's HOST:PORT, only so the site's log can name it (a ClientApp
@@ -77,7 +80,6 @@ def site_config(context: Context) -> SiteConfig:
 
 
 def site_runner(context: Context, message: Message) -> SiteRunner:
-    follow_supervisor()  # a killed `umedpt-fl client` must not leave this site training
     torch.set_num_threads(max(1, int(os.environ.get(THREADS_ENV, torch.get_num_threads()))))
     return SiteRunner(site_config(context), run_settings(context, message))
 
@@ -118,7 +120,6 @@ def error_reply(message: Message, reason: str) -> Message:
 @app.query()
 def describe(message: Message, context: Context) -> Message:
     """Tell the server the site's name and which shared blocks it trains."""
-    follow_supervisor()
     share_blocks = settings_for_app(context.run_config).share_blocks
     info = ConfigRecord(describe_site(site_config(context), share_blocks=share_blocks))
     return Message(RecordDict({wire.SITE_INFO: info}), reply_to=message)

@@ -4,7 +4,7 @@ MIRRORS ``flwr/client/mod/secure_aggregation/secaggplus_mod.py`` (Flower 1.42.0)
 stage (setup, share keys, collect masked vectors, unmask), with two differences: the stages
 are named message types routed by the ClientApp (``register``), not a mod around the legacy
 fit, and the masking is per parameter group (pairwise masks only with the sites that share
-the group, seeds derived per group: :func:`umedpt_fl.secagg.derive_seed`). The protocol state
+the group, seeds derived per group: :func:`federation.secagg.derive_seed`). The protocol state
 lives in ``context.state`` between the stages of one round, as in Flower's mod.
 """
 
@@ -44,7 +44,7 @@ from flwr.supercore.primitives.asymmetric import (
     public_key_to_bytes,
 )
 
-from umedpt_fl import secagg, wire
+from federation import secagg, wire
 
 STATE = "secagg-state"  # ConfigRecord in context.state: this round's keys and shares
 

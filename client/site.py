@@ -33,6 +33,9 @@ from pathlib import Path
 import torch
 from flwr.common.logger import log as flower_log
 
+from federation import wire
+from federation.secagg import WEIGHT_PREFIX as SECAGG_WEIGHT_PREFIX
+from federation.settings import RunSettings
 from umedpt import contract
 from umedpt.checkpoint import load_trainer_state, load_weights, read_header, save_checkpoint
 from umedpt.config import SiteConfig, TaskConfig, load_site_config
@@ -46,9 +49,6 @@ from umedpt.models.presets import model_config
 from umedpt.privacy import LEDGER_FILE, BudgetExhaustedError, PrivacyBudget, PrivacyLedger
 from umedpt.tasks import get_task_type
 from umedpt.training.trainer import MultiTaskTrainer, TaskRun, TrainConfig, sample_rate
-from umedpt_fl import wire
-from umedpt_fl.secagg import WEIGHT_PREFIX as SECAGG_WEIGHT_PREFIX
-from umedpt_fl.settings import RunSettings
 
 ROUND_DIR = re.compile(r"^round-(\d+)$")
 KEEP_ROUNDS = 2

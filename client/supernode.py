@@ -6,8 +6,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from client.app import SITE_CONFIG_NODE_KEY
-from umedpt_fl.flower_env import flower_env
-from umedpt_fl.processes import (
+from federation.flower_env import flower_env
+from federation.processes import (
     Interrupted,
     flower_exit_reason,
     flower_tool,

@@ -30,13 +30,9 @@ from pathlib import Path
 import tomli_w
 from cryptography import x509
 
-from server.flower_app import write_app_dir
-from server.gateway import GatewayOptions
-from server.lock import COORDINATOR_LOCK, folder_lock
-from server.state import SERVER_STATE, RunExistsError, read_progress
-from umedpt_fl.certs import loopback_tls
-from umedpt_fl.flower_env import flower_env
-from umedpt_fl.processes import (
+from federation.certs import loopback_tls
+from federation.flower_env import flower_env
+from federation.processes import (
     FlowerProcessError,
     Interrupted,
     flower_tool,
@@ -49,7 +45,11 @@ from umedpt_fl.processes import (
     supervisor_env,
     wait_healthy,
 )
-from umedpt_fl.settings import RunSettings
+from federation.settings import RunSettings
+from server.flower_app import write_app_dir
+from server.gateway import GatewayOptions
+from server.lock import COORDINATOR_LOCK, folder_lock
+from server.state import SERVER_STATE, RunExistsError, read_progress
 
 CONNECTION = "umedpt"
 

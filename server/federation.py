@@ -20,6 +20,8 @@ from flwr.app import ArrayRecord, ConfigRecord
 from flwr.common.logger import log
 from flwr.serverapp import Grid
 
+from federation import wire
+from federation.settings import RunSettings
 from server.lock import SERVERAPP_LOCK, folder_lock
 from server.report import (
     describe_site,
@@ -52,8 +54,6 @@ from umedpt.tracking import (
     TrackingKind,
     create_tracker,
 )
-from umedpt_fl import wire
-from umedpt_fl.settings import RunSettings
 
 
 def initial_weights(settings: RunSettings) -> ArrayRecord:

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import tomli_w
 
+from federation.settings import RunSettings
 from umedpt import __version__
-from umedpt_fl.settings import RunSettings
 
 
 def app_pyproject(settings: RunSettings) -> dict:

@@ -8,7 +8,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from umedpt_fl import wire
+from federation import wire
 
 
 def primary_metrics(sites: dict[str, Any]) -> dict[str, list[tuple[str, str]]]:

@@ -18,10 +18,10 @@ from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from federation.flower_env import flower_env
+from federation.processes import flower_tool
 from server.coordinator import CONNECTION, WORK_DIR
 from server.lock import COORDINATOR_LOCK, FolderLockedError, folder_lock
-from umedpt_fl.flower_env import flower_env
-from umedpt_fl.processes import flower_tool
 
 SITES_FILE = "registered-sites.json"
 

@@ -5,11 +5,6 @@ own module and registers itself there (``register_strategy``); it is listed belo
 so that importing ``strategies`` registers it.
 """
 
-from umedpt_fl.flower_env import disable_flower_telemetry
-
-disable_flower_telemetry()  # before any module of this package imports Flower
-
-
 from strategies.aggregation import weighted_mean
 from strategies.base import GroupedStrategy
 from strategies.fedadam import GroupedFedAdam

@@ -32,6 +32,8 @@ from flwr.common.logger import log
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg, Result
 
+from federation import wire
+from federation.settings import SOURCE
 from strategies.acceptance import accept_replies
 from strategies.aggregation import Reducer, reduce_by_group, weighted_mean
 from strategies.central_dp import CentralDP, ClientDPConfig
@@ -42,8 +44,6 @@ from strategies.round_loop import EvaluateFn, OnRoundEnd, run_rounds
 from strategies.secure_aggregation import SecAggConfig, SecureAggregator, check_rule
 from strategies.sites import SiteInfo, admit_sites, choose_nodes, query_sites, wait_for_nodes
 from umedpt.errors import ConfigError
-from umedpt_fl import wire
-from umedpt_fl.settings import SOURCE
 
 
 class GroupedStrategy(FedAvg):

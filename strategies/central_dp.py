@@ -37,8 +37,8 @@ import numpy as np
 from flwr.app import ArrayRecord
 from flwr.common.logger import log
 
+from federation.settings import RunSettings
 from strategies.aggregation import Reducer
-from umedpt_fl.settings import RunSettings
 
 
 @dataclass(frozen=True)

@@ -27,8 +27,8 @@ import numpy as np
 from flwr.app import Array
 from flwr.common.logger import log
 
+from federation.settings import RunSettings, Weighting
 from umedpt import contract
-from umedpt_fl.settings import RunSettings, Weighting
 
 
 @dataclass(frozen=True)

@@ -11,14 +11,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+from federation import wire
+from federation.settings import SOURCE, RunSettings, Weighting
 from strategies.base import GroupedStrategy
 from strategies.central_dp import ClientDPConfig
 from strategies.defences import UpdatePolicy
 from strategies.metrics import merged_metrics
 from strategies.secure_aggregation import SecAggConfig
 from umedpt.errors import ConfigError
-from umedpt_fl import wire
-from umedpt_fl.settings import SOURCE, RunSettings, Weighting
 
 S = TypeVar("S", bound=type[GroupedStrategy])
 SettingsArgs = Callable[[RunSettings], dict[str, Any]]

@@ -43,12 +43,12 @@ from flwr.common.secure_aggregation.ndarrays_arithmetic import (
 from flwr.common.secure_aggregation.quantization import dequantize
 from flwr.serverapp import Grid
 
+from federation import secagg, wire
+from federation.settings import SOURCE
 from strategies.aggregation import reduce_by_group
 from strategies.records import RoundFailedError, arrays_nbytes
 from umedpt import contract
 from umedpt.errors import ConfigError
-from umedpt_fl import secagg, wire
-from umedpt_fl.settings import SOURCE
 
 if TYPE_CHECKING:
     from strategies.base import GroupedStrategy

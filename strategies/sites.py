@@ -11,9 +11,9 @@ from flwr.app import ConfigRecord, Message, MessageType, RecordDict
 from flwr.common.logger import log
 from flwr.serverapp import Grid
 
+from federation import wire
 from strategies.records import RoundFailedError
 from umedpt import contract
-from umedpt_fl import wire
 
 # Keys the server adds to a site's details (for the report; the site never sends them).
 REGISTERED_NAME = "registered-name"  # the SuperNode's name registered with authentication

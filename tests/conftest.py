@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from umedpt_fl.flower_env import disable_flower_telemetry
+from federation.flower_env import disable_flower_telemetry
 
 # Two cores (CI): one torch thread per xdist worker, two without workers; more threads than
 # cores makes torch's worker threads spin against each other.

@@ -12,8 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from server.lock import FolderLockedError, folder_lock
-from umedpt_fl.processes import (
+from federation.processes import (
     SUPERVISOR_ENV,
     SUPERVISOR_GONE_EXIT_CODE,
     flower_exit_reason,
@@ -23,6 +22,7 @@ from umedpt_fl.processes import (
     stop,
     supervisor_env,
 )
+from server.lock import FolderLockedError, folder_lock
 
 
 def test_flower_tools_are_found_where_this_python_installs_them_without_path(
@@ -76,7 +76,7 @@ def test_flower_exit_codes_are_put_in_plain_words() -> None:
 
 SUPERVISOR = """
 import os, subprocess, sys, time
-from umedpt_fl.processes import supervisor_env
+from federation.processes import supervisor_env
 app = subprocess.Popen([sys.executable, sys.argv[1]], env={**os.environ, **supervisor_env()},
                        start_new_session=True)
 print(app.pid, flush=True)
@@ -84,13 +84,13 @@ time.sleep(60)
 """
 APP = """
 import time
-from umedpt_fl.processes import follow_supervisor
+from federation.processes import follow_supervisor
 assert follow_supervisor(poll=0.1)
 time.sleep(60)
 """
 PARENT = """
 import os, sys, time
-from umedpt_fl.processes import start
+from federation.processes import start
 child = start([sys.executable, "-c", "import time; time.sleep(60)"], env=dict(os.environ))
 print(child.pid, flush=True)
 time.sleep(60)

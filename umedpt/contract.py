@@ -9,7 +9,7 @@ Every parameter of a site's model lives under exactly one of three prefixes:
 
 Checkpoints, the federated client, the server and the strategies import these names
 from here. The federation's own wire keys (record names, metric keys) are not the ML
-core's business: they live in ``umedpt_fl.wire``.
+core's business: they live in ``federation.wire``.
 """
 
 from __future__ import annotations

@@ -7,29 +7,26 @@ imported its module. Flower's telemetry is switched off before anything imports 
 
 from __future__ import annotations
 
-from umedpt_fl.flower_env import disable_flower_telemetry
+from federation.entry import enter_command_process
 
-disable_flower_telemetry()
+enter_command_process()  # before any command module imports Flower
 
-from collections.abc import Callable  # noqa: E402  (after telemetry is off)
-from pathlib import Path  # noqa: E402
-from typing import Annotated, Any  # noqa: E402
+from collections.abc import Callable
+from typing import Annotated, Any
 
-import typer  # noqa: E402
+import typer
 
-from client.cli import client_command  # noqa: E402
-from server.cli import SITES_COMMANDS, server_command  # noqa: E402
-from umedpt import __version__  # noqa: E402
-from umedpt.cli import (  # noqa: E402
-    check_site_command,
-    console,
-    demo_data_command,
-    export_command,
-    fail,
-    pretrain_command,
-)
-from umedpt.evaluation.cli import evaluate_command  # noqa: E402
-from umedpt_fl.simulate_command import simulate_command  # noqa: E402
+from umedpt import __version__
+from umedpt_fl.commands.certs import CERTS_COMMANDS
+from umedpt_fl.commands.check_site import check_site_command
+from umedpt_fl.commands.client import client_command
+from umedpt_fl.commands.demo_data import demo_data_command
+from umedpt_fl.commands.evaluate import evaluate_command
+from umedpt_fl.commands.export import export_command
+from umedpt_fl.commands.pretrain import pretrain_command
+from umedpt_fl.commands.server import server_command
+from umedpt_fl.commands.simulate import simulate_command
+from umedpt_fl.commands.sites import SITES_COMMANDS
 
 COMMANDS: tuple[tuple[str, Callable[..., Any]], ...] = (
     ("simulate", simulate_command),
@@ -42,69 +39,6 @@ COMMANDS: tuple[tuple[str, Callable[..., Any]], ...] = (
     ("export", export_command),
 )
 
-
-# -- `umedpt-fl certs`: the federation's CA, the coordinator's certificate, site keys -----
-# Thin wrappers over umedpt_fl.certs; they print paths, never key material.
-CertsDir = Annotated[Path, typer.Argument(help="Folder of the federation's CA (ca.crt, ca.key).")]
-
-
-def certs_init_command(
-    folder: CertsDir,
-    days: Annotated[int, typer.Option(help="Validity of the CA in days.")] = 3650,
-) -> None:
-    """Create the federation's certificate authority in FOLDER."""
-    from umedpt_fl.certs import CertsError, init_ca
-
-    try:
-        issued = init_ca(folder, days=days)
-    except (CertsError, OSError) as exc:
-        raise fail(str(exc)) from exc
-    console.print(f"wrote {issued.cert} (give it to every site: their --root-certificates)")
-    console.print(f"wrote {issued.key} (mode 0600; keep it off the network when not signing)")
-
-
-def certs_coordinator_command(
-    folder: CertsDir,
-    host: Annotated[
-        list[str],
-        typer.Option("--host", help="DNS name or IP address sites dial (repeatable)."),
-    ],
-    days: Annotated[int, typer.Option(help="Validity of the certificate in days.")] = 825,
-) -> None:
-    """Create the coordinator's TLS certificate, signed by the CA in FOLDER."""
-    from umedpt_fl.certs import CertsError, issue_coordinator_cert
-
-    try:
-        issued = issue_coordinator_cert(folder, host, days=days)
-    except (CertsError, OSError) as exc:
-        raise fail(str(exc)) from exc
-    console.print(f"wrote {issued.cert} for {', '.join(host)} (umedpt-fl server --ssl-certfile)")
-    console.print(f"wrote {issued.key} (mode 0600; umedpt-fl server --ssl-keyfile)")
-
-
-def certs_site_command(
-    folder: Annotated[Path, typer.Argument(help="Folder to write the key pair into.")],
-    name: Annotated[str, typer.Argument(help="The site's name, e.g. hospital-a.")],
-) -> None:
-    """Create a site's key pair for SuperNode authentication (NAME.key, NAME.pub)."""
-    from umedpt_fl.certs import CertsError, create_site_keys
-
-    try:
-        issued = create_site_keys(folder, name)
-    except (CertsError, OSError) as exc:
-        raise fail(str(exc)) from exc
-    console.print(f"wrote {issued.key} (mode 0600; stays at the site: umedpt-fl client --auth-key)")
-    console.print(
-        f"wrote {issued.cert} (send it to the coordinator: umedpt-fl sites register "
-        f"{issued.cert.name} --out DIR)"
-    )
-
-
-CERTS_COMMANDS: tuple[tuple[str, Callable[..., Any]], ...] = (
-    ("init", certs_init_command),
-    ("coordinator", certs_coordinator_command),
-    ("site", certs_site_command),
-)
 
 # Command groups: `umedpt-fl GROUP COMMAND ...`.
 GROUPS: tuple[tuple[str, str, tuple[tuple[str, Callable[..., Any]], ...]], ...] = (

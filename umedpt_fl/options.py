@@ -12,9 +12,9 @@ from typing import Annotated, Any
 
 import typer
 
+from federation.settings import SCHEDULES, RunSettings, Weighting
 from strategies import strategy_names
-from umedpt.cli import PresetName
-from umedpt_fl.settings import SCHEDULES, RunSettings, Weighting
+from umedpt_fl.console import PresetName
 
 StrategyName = StrEnum("StrategyName", {name: name for name in strategy_names()})
 ScheduleName = StrEnum("ScheduleName", {name: name for name in SCHEDULES})

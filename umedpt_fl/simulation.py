@@ -15,7 +15,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from umedpt_fl.settings import RUN_CONFIG_ENV, THREADS_ENV, RunSettings
+from federation.settings import RUN_CONFIG_ENV, THREADS_ENV, RunSettings
 
 
 class _DropDeprecationBanner(logging.Filter):

@@ -20,6 +20,7 @@ RUN pip install --no-cache-dir --index-url "${TORCH_INDEX_URL}" "torch>=2.4" "to
 COPY --chown=app:app pyproject.toml README.md LICENSE /tmp/umedpt-fl/
 COPY --chown=app:app umedpt /tmp/umedpt-fl/umedpt
 COPY --chown=app:app umedpt_fl /tmp/umedpt-fl/umedpt_fl
+COPY --chown=app:app federation /tmp/umedpt-fl/federation
 COPY --chown=app:app client /tmp/umedpt-fl/client
 COPY --chown=app:app server /tmp/umedpt-fl/server
 COPY --chown=app:app strategies /tmp/umedpt-fl/strategies

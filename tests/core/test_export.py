@@ -267,9 +267,9 @@ def test_heads_only_folders_and_foreign_outputs_are_refused(tmp_path) -> None:
 @pytest.mark.parametrize("private", [False, True])
 def test_a_site_reports_its_image_counts_unless_it_trains_under_dp(tmp_path, private) -> None:
     from client.site import SiteRunner
+    from federation.settings import RunSettings
     from umedpt.config import load_site_config
     from umedpt.data.demo import write_demo_federation
-    from umedpt_fl.settings import RunSettings
 
     site_file = write_demo_federation(tmp_path / "demo", images_per_site=20)[3]
     if private:

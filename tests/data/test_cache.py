@@ -242,10 +242,10 @@ def test_check_site_fills_the_sites_cache_and_says_so_next_time(tmp_path) -> Non
     import typer
     from typer.testing import CliRunner
 
-    from umedpt.cli import check_site_command
     from umedpt.config import load_site_config
     from umedpt.data.cache import site_cache_dir
     from umedpt.data.demo import write_demo_federation
+    from umedpt_fl.commands.check_site import check_site_command
 
     app = typer.Typer()
     app.command()(check_site_command)

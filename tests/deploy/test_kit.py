@@ -19,7 +19,7 @@ from deploy import render
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
 OPERATOR = ROOT / "runs" / "compose"  # git-ignored: certificates, keys and data
-SOURCES = ("umedpt", "umedpt_fl", "client", "server", "strategies")
+SOURCES = ("umedpt", "umedpt_fl", "federation", "client", "server", "strategies")
 
 
 def compose() -> dict:

@@ -26,6 +26,7 @@ import httpx
 import pytest
 
 from deploy import render
+from federation import certs
 from tests.federation.loopback import (
     Command,
     assert_nothing_left,
@@ -37,7 +38,6 @@ from tests.federation.loopback import (
 )
 from tests.processes import tagged_env, tagged_processes_after
 from umedpt.data.demo import write_demo_federation
-from umedpt_fl import certs
 
 pytestmark = pytest.mark.slow
 

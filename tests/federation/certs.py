@@ -1,6 +1,6 @@
 """A throwaway certificate authority and server certificate for loopback TLS tests.
 
-Built with :mod:`umedpt_fl.certs`, the code behind `umedpt-fl certs`; only the file
+Built with :mod:`federation.certs`, the code behind `umedpt-fl certs`; only the file
 names differ (several CAs share one temporary folder here).
 """
 
@@ -12,7 +12,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from umedpt_fl.certs import make_ca_certificate, make_server_certificate
+from federation.certs import make_ca_certificate, make_server_certificate
 
 
 def make_ca(folder: Path, name: str = "test-ca") -> tuple[Path, ec.EllipticCurvePrivateKey]:

@@ -19,10 +19,10 @@ from flwr.app import (
     RecordDict,
 )
 
+from federation import wire
+from federation.settings import RunSettings
 from strategies import build_strategy
-from umedpt_fl import wire
 from umedpt_fl.inprocess import ClientAppGrid, InProcessGrid
-from umedpt_fl.settings import RunSettings
 
 __all__ = ["ClientAppGrid", "ScriptedGrid"]
 

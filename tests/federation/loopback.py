@@ -17,8 +17,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from federation.processes import flower_tool
 from tests.processes import tagged_env, tagged_processes_after
-from umedpt_fl.processes import flower_tool
 
 
 def free_port() -> int:

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
+from federation.settings import RunSettings
 from server.flower_app import write_app_dir
 from umedpt.errors import ConfigError
-from umedpt_fl.settings import RunSettings
 
 ROOT = Path(__file__).resolve().parents[2]
 

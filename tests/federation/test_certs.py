@@ -11,7 +11,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from typer.testing import CliRunner
 
-from umedpt_fl import certs
+from federation import certs
 from umedpt_fl.cli import app
 
 

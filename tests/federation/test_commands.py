@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from client.supernode import SuperNodeOptions, supernode_command
+from federation import wire
 from server.coordinator import (
     SuperLinkOptions,
     local_address,
@@ -16,7 +17,6 @@ from server.coordinator import (
     write_connection,
 )
 from server.report import primary_metrics, site_summary, write_plot, write_report
-from umedpt_fl import wire
 
 
 def test_superlink_command_with_tls_and_persistent_state(tmp_path) -> None:

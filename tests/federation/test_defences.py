@@ -9,14 +9,14 @@ import pytest
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 
 from client.app import app as client_app
+from federation import wire
+from federation.settings import RunSettings
 from server.report import strategy_sections
 from strategies import build_strategy
 from strategies.defences import capped_shares, norm_rejections
 from strategies.sites import SiteInfo, admit_sites
 from tests.federation.fakes import SITES, ClientAppGrid, ScriptedGrid, initial, make
 from umedpt.config import load_site_config
-from umedpt_fl import wire
-from umedpt_fl.settings import RunSettings
 
 HONEST = (0.11 * 10 + 0.22 * 30 + 0.33 * 60) / 100  # fakes' encoder mean, weighted by examples
 

@@ -33,7 +33,7 @@ from server.federation import run_federation
 from umedpt.config import load_site_config
 from umedpt.pretrain import PretrainConfig, pretrain
 from umedpt_fl.inprocess import ClientAppGrid
-from umedpt_fl.settings import RunSettings
+from federation.settings import RunSettings
 
 out, sites = Path(sys.argv[1]), sys.argv[2:]
 settings = RunSettings(

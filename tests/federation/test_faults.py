@@ -14,6 +14,8 @@ import pytest
 import torch
 
 from client.app import app as client_app
+from federation import certs
+from federation.settings import THREADS_ENV, RunSettings
 from server.federation import run_federation
 from server.state import GLOBAL_CHECKPOINT
 from tests.federation.certs import make_ca
@@ -31,9 +33,7 @@ from tests.federation.loopback import (
 )
 from tests.processes import tagged_processes, tagged_processes_after
 from umedpt.checkpoint import load_model
-from umedpt_fl import certs
 from umedpt_fl.inprocess import ClientAppGrid
-from umedpt_fl.settings import THREADS_ENV, RunSettings
 
 pytestmark = pytest.mark.slow
 

@@ -10,6 +10,8 @@ import pytest
 import torch
 
 from client.app import app as client_app
+from federation import wire
+from federation.settings import RunSettings
 from server.federation import RunExistsError, run_federation
 from server.state import GLOBAL_CHECKPOINT
 from strategies import RoundFailedError
@@ -21,8 +23,6 @@ from umedpt.model import UMedPTModel
 from umedpt.models.presets import PRESETS
 from umedpt.pretrain import load_runs
 from umedpt.training.trainer import MultiTaskTrainer, TrainConfig
-from umedpt_fl import wire
-from umedpt_fl.settings import RunSettings
 
 
 def settings_for(sites: list[Path], out: Path, **overrides) -> RunSettings:

@@ -7,9 +7,9 @@ import time
 import numpy as np
 from flwr.app import Array, ArrayRecord, Error, Message
 
+from federation.settings import RunSettings
 from strategies import build_strategy
 from tests.federation.fakes import ScriptedGrid
-from umedpt_fl.settings import RunSettings
 
 SITES = {11: ("a", ("segmentation",), 10), 22: ("b", ("segmentation",), 30)}
 SUPERLINK_NODE_ID = 1  # Flower's own node id: the source of replies it makes up

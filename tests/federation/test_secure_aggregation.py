@@ -16,12 +16,12 @@ from flwr.clientapp import ClientApp
 from flwr.common.secure_aggregation.quantization import quantize
 
 from client import secagg as client_secagg
+from federation import secagg, wire
+from federation.settings import RunSettings
 from strategies import RoundFailedError
 from strategies.secure_aggregation import SecAggConfig, SecureAggregationError
 from tests.federation.fakes import ClientAppGrid, ScriptedGrid, make
 from umedpt.errors import ConfigError
-from umedpt_fl import secagg, wire
-from umedpt_fl.settings import RunSettings
 
 # node -> (name, blocks, examples); every group is trained by two sites or more.
 SITES = {

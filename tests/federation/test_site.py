@@ -7,9 +7,9 @@ import torch
 
 import client.site as site_module
 from client.site import SiteRunner, describe_site
+from federation import wire
+from federation.settings import RunSettings
 from umedpt.config import load_site_config
-from umedpt_fl import wire
-from umedpt_fl.settings import RunSettings
 
 
 def runner_for(site_file, tmp_path, **settings) -> SiteRunner:

@@ -16,10 +16,10 @@ import umedpt_fl.inprocess  # noqa: F401  (sets the task identity messages need 
 from client.app import COORDINATOR_NODE_KEY, SITE_CONFIG_NODE_KEY
 from client.app import app as client_app
 from client.site import SENT_LOG, SentReply, SiteRunner
+from federation import wire
+from federation.settings import RunSettings
 from umedpt.config import load_site_config
 from umedpt.data.cache import site_cache_dir
-from umedpt_fl import wire
-from umedpt_fl.settings import RunSettings
 
 PRIVACY = "\n[privacy]\ntarget_epsilon = 8.0\ntarget_delta = 1e-5\nmax_grad_norm = 1.0\n"
 

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 from flwr.app import Array, ArrayRecord, MetricRecord, RecordDict
 
+from federation import wire
 from strategies import RoundFailedError, merged_metrics
 from tests.federation.fakes import GLOBAL, SITES, ScriptedGrid, initial, make
-from umedpt_fl import wire
 
 
 def run(strategy_name: str = "fedavg", rounds: int = 1, min_sites: int = 1):

@@ -7,6 +7,8 @@ import pytest
 from flwr.app import Array, ArrayRecord
 
 import strategies.registry as registry
+from federation import wire
+from federation.settings import RunSettings
 from strategies import (
     GroupedFedAdam,
     GroupedFedAvg,
@@ -21,8 +23,6 @@ from strategies import (
 )
 from tests.federation.fakes import ScriptedGrid
 from umedpt.errors import ConfigError
-from umedpt_fl import wire
-from umedpt_fl.settings import RunSettings
 
 
 def test_names_and_classes() -> None:

@@ -12,6 +12,8 @@ import pytest
 from flwr.app import Message, RecordDict
 from typer.testing import CliRunner
 
+from federation import wire
+from federation.settings import RUN_CONFIG_ENV, RunSettings, settings_for_app
 from server.federation import run_federation
 from server.report import round_scalars
 from tests.core.test_tracking import mlflow_store, read_scalars
@@ -19,8 +21,6 @@ from tests.federation.fakes import ScriptedGrid
 from tests.federation.test_federation import federate, settings_for
 from umedpt.errors import ConfigError
 from umedpt.tracking import TENSORBOARD_DIR
-from umedpt_fl import wire
-from umedpt_fl.settings import RUN_CONFIG_ENV, RunSettings, settings_for_app
 
 SITES = {11: ("a", ("segmentation",), 10), 22: ("b", ("segmentation",), 30), 33: ("c", (), 60)}
 

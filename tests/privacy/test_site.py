@@ -7,12 +7,12 @@ import torch
 
 import umedpt_fl.inprocess  # noqa: F401  (sets the task identity messages need outside a run)
 from client.site import PrivacyBudgetSpent, SiteError, SiteRunner
+from federation import wire
+from federation.settings import RunSettings
 from server.report import privacy_summary
 from umedpt.config import load_site_config
 from umedpt.errors import ConfigError
 from umedpt.privacy import LEDGER_FILE, PrivacyLedger
-from umedpt_fl import wire
-from umedpt_fl.settings import RunSettings
 
 PRIVACY = "\n[privacy]\ntarget_epsilon = 8.0\ntarget_delta = 1e-5\nmax_grad_norm = 1.0\n"
 

@@ -22,7 +22,7 @@ from umedpt.tasks import get_task_type
 TRAIN_IMAGES = "train-images"
 NOT_DISCLOSED = "not disclosed (DP)"
 REPORT_FILE = "report.json"
-# Report keys written by the federation (umedpt_fl.wire, server.report), read as plain JSON.
+# Report keys written by the federation (federation.wire, server.report), read as plain JSON.
 _DP_EPSILON = "dp-epsilon"
 _FEDERATED_KINDS = ("federated", "server-state")
 # Settings worth publishing; paths and network addresses are not.

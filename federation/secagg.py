@@ -18,28 +18,24 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
-from umedpt_fl.flower_env import disable_flower_telemetry
-
-disable_flower_telemetry()  # before Flower is imported
-
-import numpy as np  # noqa: E402
-from cryptography.hazmat.primitives import hashes  # noqa: E402
-from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes  # noqa: E402
-from cryptography.hazmat.primitives.kdf.hkdf import HKDF  # noqa: E402
-from flwr.common.secure_aggregation.crypto.symmetric_encryption import (  # noqa: E402
+import numpy as np
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+from flwr.common.secure_aggregation.crypto.symmetric_encryption import (
     generate_shared_key,
 )
-from flwr.common.secure_aggregation.ndarrays_arithmetic import (  # noqa: E402
+from flwr.common.secure_aggregation.ndarrays_arithmetic import (
     parameters_addition,
     parameters_mod,
     parameters_subtraction,
 )
-from flwr.supercore.primitives.asymmetric import (  # noqa: E402
+from flwr.supercore.primitives.asymmetric import (
     bytes_to_private_key,
     bytes_to_public_key,
 )
 
-from umedpt import contract  # noqa: E402
+from umedpt import contract
 
 # Message types (``<category>.<action>``) of the four stages; the ClientApp routes them.
 SETUP = "secagg_setup"  # query: advertise this round's two public keys

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from umedpt.cli import BAD_INPUT_ERRORS, ExitCode, console, fail, setup_logging
+from umedpt_fl.console import BAD_INPUT_ERRORS, ExitCode, console, fail, setup_logging
 
 
 def client_command(
@@ -39,10 +39,10 @@ def client_command(
 ) -> None:
     """Join a federation as this site. Data, heads and local state never leave this machine."""
     from client.supernode import LOG_NAME, SuperNodeOptions, run_supernode
+    from federation.processes import FlowerProcessError
     from umedpt.config import load_site_config
     from umedpt.data.cache import site_cache_dir
     from umedpt.data.loading import load_task
-    from umedpt_fl.processes import FlowerProcessError
 
     setup_logging(verbose)
     try:

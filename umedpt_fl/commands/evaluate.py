@@ -9,8 +9,8 @@ from typing import Annotated
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from umedpt.cli import BAD_INPUT_ERRORS, PresetName, console, fail, setup_logging
 from umedpt.device import Device
+from umedpt_fl.console import BAD_INPUT_ERRORS, PresetName, console, fail, setup_logging
 
 
 class ModeChoice(StrEnum):

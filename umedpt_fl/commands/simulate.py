@@ -12,7 +12,10 @@ from typing import Annotated
 
 import typer
 
-from umedpt.cli import (
+from umedpt.config import SiteConfig, load_site_config
+from umedpt.errors import ConfigError
+from umedpt.tracking import TrackingKind, check_tracking
+from umedpt_fl.console import (
     BAD_INPUT_ERRORS,
     ExitCode,
     TrackingExperiment,
@@ -23,9 +26,6 @@ from umedpt.cli import (
     print_tracking_hint,
     setup_logging,
 )
-from umedpt.config import SiteConfig, load_site_config
-from umedpt.errors import ConfigError
-from umedpt.tracking import TrackingKind, check_tracking
 from umedpt_fl.options import (
     ClientDpClip,
     ClientDpNoise,
@@ -116,8 +116,8 @@ def simulate_command(
     verbose: Verbose = False,
 ) -> None:
     """Federate sites on this machine with Flower's simulation engine and report per site."""
-    from server.cli import print_summary
     from umedpt.data.demo import write_demo_federation
+    from umedpt_fl.commands.server import print_summary
     from umedpt_fl.simulation import SimulationFailedError, SimulationUnavailableError, simulate
 
     setup_logging(verbose)
