@@ -2,8 +2,9 @@
 
 Server and sites read the same run config, so both sides agree on the model preset,
 seed and learning rate. This module only parses plain values: it does not import Flower.
-Which aggregation rules exist is the strategy registry's business
-(:mod:`strategies.registry`); ``strategy`` is checked against it when the server builds it.
+Which aggregation rules exist, and which options each takes, is the strategy registry's
+business (:mod:`strategies.registry`); ``strategy`` and ``rule_options`` are checked
+against it when the server builds the rule (:mod:`server.rules`).
 """
 
 from __future__ import annotations
@@ -16,10 +17,20 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
+from federation.fields import (
+    SOURCE,
+    check_choices,
+    run_config_key,
+    setting,
+    setting_fields,
+    to_run_config,
+    values_from_run_config,
+)
 from umedpt.errors import ConfigError
+from umedpt.models.presets import PRESETS
 from umedpt.tracking import TrackingConfig, TrackingKind
 
-SOURCE = "run config"
+__all__ = ["SOURCE", "RunSettings", "Weighting", "settings_for_app"]
 # Set by `umedpt-fl simulate`: Flower's in-process simulation gives apps an empty run
 # config, so the simulation passes its settings to the apps (and their Ray workers,
 # which inherit the environment) as JSON in this variable.
@@ -37,54 +48,111 @@ class Weighting(StrEnum):
 
 @dataclass(frozen=True)
 class RunSettings:
-    """One federated run. Field ``foo_bar`` is run-config key ``foo-bar``."""
+    """One federated run. Field ``foo_bar`` is run-config key ``foo-bar`` and flag ``--foo-bar``.
 
-    num_server_rounds: int = 5
-    local_steps: int = 5  # few steps between averages: little client drift (results/recipe.md)
-    eval_every: int = 1  # evaluate on the sites every N rounds (and after the last)
-    strategy: str = "fedavg"  # a name in strategies.registry (fedavg, fedprox, fedadam, ...)
-    weighting: str = Weighting.EXAMPLES.value
-    proximal_mu: float = 0.01  # FedProx only
-    server_lr: float = 0.01  # FedAdam only (eta)
-    trim_beta: float = 0.2  # trimmed mean only: fraction cut at each end per coordinate
-    min_sites: int = 1  # fewest usable replies for a round to count
-    wait_for_sites: int = 0  # sites connected before a round starts; 0 = min-sites
-    round_timeout: float = 600.0  # seconds a round waits for replies
-    node_wait_timeout: float = 300.0  # seconds to wait for min-sites to connect
-    preset: str = "tiny"
-    encoder: str = ""  # "" = the preset's encoder
-    seed: int = 0
-    lr: float = 0.0  # 0 = the preset's learning rate
-    # The sites' learning-rate schedule, on the federation's clock (round r trains steps
-    # (r-1)*L .. r*L-1 of num_server_rounds*L): "constant" after the preset's warm-up, or
-    # "cosine" decay to 0 at the last round.
-    schedule: str = "cosine"
-    # Aggregate the shared blocks among the sites that use them (True), or only the encoder,
-    # each site keeping its blocks at home like its heads (False).
-    share_blocks: bool = False
-    out_dir: str = "runs/federated"  # server side: report, checkpoints
-    resume: bool = False
-    site_configs: str = ""  # simulation: comma-separated site TOML paths, one per node
-    state_root: str = ""  # "" = each site's own state_dir; else <state-root>/<site>
-    run_key: str = ""  # set by the server: names the sites' state of this run
+    Each field's help, flag and choices are declared here, once (:func:`federation.fields.
+    setting`); ``umedpt-fl server`` and ``simulate`` build their options from them, with a
+    few per-command defaults (``umedpt_fl.options.COMMAND_DEFAULTS``). The defaults below are
+    those of a bare ``flwr run .`` (the project's pyproject mirrors them). An aggregation
+    rule's own options (FedProx's ``proximal-mu`` ...) are declared by the rule and travel in
+    ``rule_options`` by run-config key.
+    """
+
+    num_server_rounds: int = setting(5, "Federated rounds.", flag="--rounds")
+    # few steps between averages: little client drift (experiments/results/recipe.md)
+    local_steps: int = setting(5, "Multi-task steps each site trains per round.")
+    eval_every: int = setting(1, "Evaluate on the sites every N rounds (and after the last).")
+    strategy: str = setting("fedavg", "Aggregation rule of the server.")
+    weighting: str = setting(
+        Weighting.EXAMPLES.value,
+        "How site replies are weighted: by the examples each trained on, or equally.",
+        choices=[w.value for w in Weighting],
+    )
+    min_sites: int = setting(1, "Fewest usable site replies for a round to count.")
+    wait_for_sites: int = setting(0, "Sites connected before each round starts (0: --min-sites).")
+    round_timeout: float = setting(
+        600.0, "Seconds per round, for training and evaluation together."
+    )
+    node_wait_timeout: float = setting(300.0, "Seconds to wait for --min-sites sites.")
+    preset: str = setting("tiny", "Model preset.", choices=PRESETS.names())
+    encoder: str = setting("", "Any timm encoder (overrides the preset's; '': the preset's).")
+    seed: int = setting(0, "Seed for initial weights and data order.")
+    lr: float = setting(0.0, "Sites' learning rate (0: the preset's).")
+    # On the federation's clock: round r trains steps (r-1)*L .. r*L-1 of num_server_rounds*L.
+    schedule: str = setting(
+        "cosine",
+        "Sites' learning-rate schedule over the whole federation's steps: constant after "
+        "the preset's warm-up, or cosine decay to 0 at the last round.",
+        choices=SCHEDULES,
+    )
+    share_blocks: bool = setting(
+        False,
+        "Aggregate the task-type blocks among the sites that use them, or keep each site's "
+        "blocks at home with its heads (only the encoder is aggregated).",
+        flag="--share-blocks/--no-share-blocks",
+    )
+    resume: bool = setting(False, "Continue the run in --out.", flag="--resume")
     # -- hostile or broken updates (strategies.defences) --------------------------------
-    max_site_share: float = 1.0  # most weight one site may have in an aggregate, (0, 1]
-    update_norm_bound: float = 0.0  # reject a group update whose change norm is above; 0 = off
-    update_norm_ratio: float = 0.0  # ... above this multiple of the round's median; 0 = off
+    max_site_share: float = setting(1.0, "Most weight one site may have in an aggregate (0-1].")
+    update_norm_bound: float = setting(
+        0.0, "Reject a site's group update whose change norm is above (0: off)."
+    )
+    update_norm_ratio: float = setting(
+        0.0, "Reject a group update above this multiple of the round's median (0: off)."
+    )
     # -- client-level (central) differential privacy, per group at the server -----------
-    client_dp_noise: float = 0.0  # Gaussian noise multiplier; 0 = off
-    client_dp_clip: float = 0.0  # clipping norm of each site's change, per group
-    client_dp_delta: float = 1e-5  # delta the central accountant reports epsilon at
+    client_dp_noise: float = setting(
+        0.0, "Client-level DP: noise multiplier at the server (0: off)."
+    )
+    client_dp_clip: float = setting(
+        0.0, "Client-level DP: clipping norm of each site's change, per group."
+    )
+    client_dp_delta: float = setting(1e-5, "Client-level DP: the delta epsilon is reported at.")
     # -- secure aggregation per group ---------------------------------------------------
-    secure_aggregation: bool = False
-    secagg_reconstruction_threshold: float = 0.66  # share of a group's sites to unmask
-    secagg_clipping_range: float = 8.0  # values are clipped to +-this before quantisation
-    secagg_quantization_range: int = 4194304  # quantisation levels over the clipping range
-    secagg_allow_unshared_blocks: bool = False  # leave blocks of one site out (else refuse)
+    secure_aggregation: bool = setting(
+        False,
+        "Masked updates: the server sees only sums, per group.",
+        flag="--secure-aggregation",
+    )
+    secagg_reconstruction_threshold: float = setting(
+        0.66, "Secure aggregation: share of a group's sites needed to unmask it."
+    )
+    secagg_clipping_range: float = setting(
+        8.0, "Secure aggregation: values are clipped to +-this before quantisation."
+    )
+    secagg_quantization_range: int = setting(
+        4194304, "Secure aggregation: quantisation levels over the clipping range."
+    )
+    secagg_allow_unshared_blocks: bool = setting(
+        False,
+        "Secure aggregation: leave blocks that one site trains out of the aggregate "
+        "(default: refuse to start).",
+        flag="--secagg-allow-unshared-blocks",
+    )
     # -- run tracking (umedpt.tracking), done by the server -----------------------------
-    tracking: str = TrackingKind.TENSORBOARD.value  # tensorboard | mlflow | none
-    tracking_uri: str = ""  # MLflow tracking URI; "" = $MLFLOW_TRACKING_URI
-    tracking_experiment: str = "umedpt-fl"  # MLflow experiment
+    tracking: str = setting(
+        TrackingKind.TENSORBOARD.value,
+        "Where scalars go: TensorBoard event files in OUT/tensorboard, an MLflow run "
+        "(needs the 'tracking' extra and a tracking URI), or none.",
+        choices=[k.value for k in TrackingKind],
+    )
+    tracking_uri: str = setting("", "MLflow tracking URI ('': $MLFLOW_TRACKING_URI).")
+    tracking_experiment: str = setting("umedpt-fl", "MLflow experiment of the run.")
+    # -- filled in by the commands, not options ----------------------------------------
+    out_dir: str = setting(
+        "runs/federated", "Server side: report, checkpoints.", command_line=False
+    )
+    site_configs: str = setting(
+        "", "Simulation: comma-separated site TOML paths, one per node.", command_line=False
+    )
+    state_root: str = setting(
+        "", "'' = each site's own state_dir; else <state-root>/<site>.", command_line=False
+    )
+    run_key: str = setting("", "Set by the server: names the sites' state of this run.",
+                           command_line=False)  # fmt: skip
+    # An aggregation rule's own options, by run-config key (declared in the rule's module;
+    # parsed and checked by the server when it builds the rule).
+    rule_options: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 
     def __post_init__(self) -> None:
         positive = ("num_server_rounds", "local_steps", "eval_every", "min_sites")
@@ -119,38 +187,32 @@ class RunSettings:
                 raise ConfigError(SOURCE, _key(name), "must be positive")
         if not self.strategy:
             raise ConfigError(SOURCE, "strategy", "must name an aggregation rule")
-        if self.weighting not in {w.value for w in Weighting}:
-            valid = ", ".join(w.value for w in Weighting)
-            raise ConfigError(
-                SOURCE, "weighting", f"must be one of {valid}, got {self.weighting!r}"
-            )
-        if self.schedule not in SCHEDULES:
-            raise ConfigError(
-                SOURCE, "schedule", f"must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}"
-            )
-        if self.tracking not in {k.value for k in TrackingKind}:
-            valid = ", ".join(k.value for k in TrackingKind)
-            raise ConfigError(SOURCE, "tracking", f"must be one of {valid}, got {self.tracking!r}")
-        if not 0 <= self.trim_beta < 0.5:
-            raise ConfigError(SOURCE, "trim-beta", f"must be in [0, 0.5), got {self.trim_beta}")
-        if self.proximal_mu < 0 or self.server_lr <= 0 or self.lr < 0:
-            raise ConfigError(
-                SOURCE, "proximal-mu/server-lr/lr", "must be non-negative (server-lr positive)"
-            )
+        check_choices(self)
+        for key, value in self.rule_options.items():
+            if not isinstance(value, str | int | float | bool):
+                raise ConfigError(SOURCE, key, f"expected a plain value, got {value!r}")
+        if self.lr < 0:
+            raise ConfigError(SOURCE, "lr", "must be >= 0 (0 = the preset's)")
 
     @classmethod
     def from_run_config(cls, run_config: Mapping[str, Any]) -> RunSettings:
-        """Parse kebab-case keys; unknown keys are ignored (Flower adds its own)."""
-        values: dict[str, Any] = {}
-        for f in dataclasses.fields(cls):
-            key = _key(f.name)
-            if key not in run_config:
-                continue
-            values[f.name] = _coerce(run_config[key], f.type, key)
-        return cls(**values)
+        """Parse kebab-case keys; the keys that are not run settings are the rules' options."""
+        own = {f.key for f in setting_fields(cls)}
+        rule_options = {k: v for k, v in run_config.items() if k not in own}
+        return cls(**values_from_run_config(cls, run_config), rule_options=rule_options)
+
+    @classmethod
+    def of(cls, **values: Any) -> RunSettings:
+        """Settings by field name, where a name that is no field is a rule's option
+        (``RunSettings.of(strategy="fedprox", proximal_mu=0.1)``): for code and tests."""
+        own = {f.name for f in setting_fields(cls)}
+        options = dict(values.pop("rule_options", {}))
+        options.update({_key(k): v for k, v in values.items() if k not in own})
+        return cls(**{k: v for k, v in values.items() if k in own}, rule_options=options)
 
     def to_run_config(self) -> dict[str, Any]:
-        return {_key(f.name): getattr(self, f.name) for f in dataclasses.fields(self)}
+        """Every setting and rule option by run-config key (what Flower's run config holds)."""
+        return {**to_run_config(self), **self.rule_options}
 
     def to_json(self) -> str:
         return json.dumps(self.to_run_config())
@@ -174,27 +236,7 @@ class RunSettings:
 
 
 def _key(field_name: str) -> str:
-    return field_name.replace("_", "-")
-
-
-def _coerce(value: Any, annotation: Any, key: str) -> Any:
-    kind = annotation if isinstance(annotation, str) else getattr(annotation, "__name__", "")
-    try:
-        if kind == "bool":
-            if isinstance(value, str):
-                if value.lower() not in ("true", "false", "1", "0"):
-                    raise ValueError(value)
-                return value.lower() in ("true", "1")
-            return bool(value)
-        if kind == "int":
-            if isinstance(value, float) and not value.is_integer():
-                raise ValueError(value)
-            return int(value)
-        if kind == "float":
-            return float(value)
-        return str(value)
-    except (TypeError, ValueError):
-        raise ConfigError(SOURCE, key, f"expected {kind}, got {value!r}") from None
+    return run_config_key(field_name)
 
 
 def settings_for_app(run_config: Mapping[str, Any]) -> RunSettings:

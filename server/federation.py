@@ -32,6 +32,7 @@ from server.report import (
     write_plot,
     write_report,
 )
+from server.rules import Rule, build_rule
 from server.state import (
     GLOBAL_CHECKPOINT,
     SERVER_STATE,
@@ -41,7 +42,7 @@ from server.state import (
     load_server_state,
     save_server_state,
 )
-from strategies import GroupedStrategy, RoundFailedError, RoundRecord, build_strategy
+from strategies import RoundFailedError, RoundRecord
 from umedpt.checkpoint import save_weights
 from umedpt.model import UMedPTModel
 from umedpt.models.presets import model_config
@@ -114,7 +115,7 @@ class SiteLog:
         self.announced: set[int] = set()  # node ids already said to have joined
         self.previous: dict[str, Any] | None = None
 
-    def lines(self, strategy: GroupedStrategy, record: dict[str, Any]) -> list[str]:
+    def lines(self, strategy: Rule, record: dict[str, Any]) -> list[str]:
         new = {n: s for n, s in strategy.sites.items() if n not in self.announced}
         self.announced |= set(new)
         joined = {s.name: describe_site(n, s.details) for n, s in new.items()}
@@ -160,9 +161,7 @@ def _run_federation(grid: Grid, settings: RunSettings) -> dict[str, Any]:
     out = Path(settings.out_dir)
     state_dir = out / SERVER_STATE
     started = time.time()
-    strategy: GroupedStrategy = build_strategy(
-        settings, query_timeout=min(settings.round_timeout, 300.0)
-    )
+    strategy: Rule = build_rule(settings, query_timeout=min(settings.round_timeout, 300.0))
     history: list[dict[str, Any]] = []
     if settings.resume and has_server_state(state_dir):
         weights, strategy_state, progress = load_server_state(state_dir)

@@ -13,6 +13,7 @@ from pathlib import Path
 import tomli_w
 
 from federation.settings import RunSettings
+from server.rules import full_run_config
 from umedpt import __version__
 
 
@@ -32,7 +33,7 @@ def app_pyproject(settings: RunSettings) -> dict:
                 "app": {
                     "publisher": "umedpt-fl",
                     "components": {"serverapp": "server.app:app", "clientapp": "client.app:app"},
-                    "config": settings.to_run_config(),
+                    "config": full_run_config(settings),
                 }
             }
         },

@@ -10,12 +10,18 @@ Heads never travel.
 Every reply's weight is decided here (:mod:`strategies.defences`: example counts capped
 at the site's join-time count, ``max-site-share``; equal weighting ignores what a site
 sends), updates with too large a change are rejected on acceptance, and sites are known
-by node id (a name claimed by two nodes is flagged for both). With ``client-dp-noise`` > 0
-each group is reduced by :mod:`strategies.central_dp` instead of ``reduce_group``.
+by node id (a name claimed by two nodes is flagged for both).
 
 Extension point: ``reduce_group`` (one group's accepted arrays -> one). The default is
 FedAvg's weighted mean; a robust rule overrides only this method
-(:mod:`strategies.fedmedian`). Flower's own strategies are reused, not rewritten:
+(:mod:`strategies.fedmedian`) and declares ``linear = False``.
+
+Secure aggregation and client-level DP are wrappers around a linear rule
+(:mod:`strategies.wrappers`, as Flower's DP wrappers and ``SecAggPlusWorkflow`` wrap a
+strategy). They talk to the rule through its public methods below (``global_arrays``,
+``track_sent``, ``forget_payload``, ``weight_cap``, ``combining_with`` ...), never its state.
+
+Flower's own strategies are reused, not rewritten:
 ``GroupedFedProx(FedProx, GroupedStrategy)`` lets FedProx's ``configure_train`` add mu and
 then land here; ``GroupedFedAdam(FedAdam, GroupedStrategy)`` lets FedAdam's server
 optimizer run over the per-group reduction.
@@ -23,8 +29,10 @@ optimizer run over the per-group reduction.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import contextlib
+from collections.abc import Callable, Iterable, Iterator
 from logging import WARNING
+from typing import ClassVar
 
 import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
@@ -33,25 +41,28 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg, Result
 
 from federation import wire
-from federation.settings import SOURCE
 from strategies.acceptance import accept_replies
 from strategies.aggregation import Reducer, reduce_by_group, weighted_mean
-from strategies.central_dp import CentralDP, ClientDPConfig
 from strategies.defences import UpdatePolicy, WeightLedger, capped_shares
 from strategies.messages import site_message, site_payload
 from strategies.records import RoundRecord, arrays_nbytes
 from strategies.round_loop import EvaluateFn, OnRoundEnd, run_rounds
-from strategies.secure_aggregation import SecAggConfig, SecureAggregator, check_rule
 from strategies.sites import SiteInfo, admit_sites, choose_nodes, query_sites, wait_for_nodes
-from umedpt.errors import ConfigError
+
+# How a round's train replies become new global arrays and metrics (see ``combining_with``).
+Combine = Callable[[int, list[Message]], tuple[ArrayRecord | None, MetricRecord | None]]
 
 
 class GroupedStrategy(FedAvg):
     """FedAvg whose aggregation follows the parameter groups; see the module docstring.
 
-    Build it with :func:`strategies.build_strategy`, which also passes
+    Build it with :func:`server.rules.build_rule`, which also passes
     ``train/evaluate_metrics_aggr_fn=merged_metrics`` (sites report different metrics).
     """
+
+    # True when ``reduce_group`` is a weighted mean, so that a sum of the sites' updates
+    # (secure aggregation) or a clipped, noised mean (client-level DP) can stand in for it.
+    linear: ClassVar[bool] = True
 
     # Set by ``setup`` (Flower's subclasses do not forward extra constructor arguments).
     node_wait_timeout: float = 300.0
@@ -67,8 +78,6 @@ class GroupedStrategy(FedAvg):
         min_replies: int,
         eval_every: int = 1,
         policy: UpdatePolicy | None = None,
-        client_dp: ClientDPConfig | None = None,
-        secure_aggregation: SecAggConfig | None = None,
     ) -> None:
         self.node_wait_timeout = node_wait_timeout
         self.query_timeout = query_timeout
@@ -84,23 +93,7 @@ class GroupedStrategy(FedAvg):
         self._train_weights = WeightLedger(self.policy)
         self._eval_weights = WeightLedger(self.policy)
         self.conflicts: dict[str, set[int]] = {}  # site name -> the nodes claiming it
-        self.central_dp: CentralDP | None = None
-        if client_dp is not None:
-            if type(self).reduce_group is not GroupedStrategy.reduce_group:
-                raise ConfigError(
-                    SOURCE,
-                    "client-dp-noise",
-                    f"client-level DP clips and averages each site's change with equal "
-                    f"weights; {type(self).__name__} replaces the mean with its own rule "
-                    f"(median, trimmed mean), whose sensitivity that clip does not bound. "
-                    f"Use fedavg, fedprox or fedadam, or set client-dp-noise = 0",
-                )
-            self.central_dp = CentralDP(client_dp, sample_rate=self.fraction_train)
-        # -- secure aggregation (strategies/secure_aggregation.py); None = plain rounds ----
-        self._secagg: SecureAggregator | None = None
-        if secure_aggregation is not None:
-            check_rule(self)
-            self._secagg = SecureAggregator(secure_aggregation, self)
+        self._combine: Combine = self.combine_replies
 
     # -- the extension point ------------------------------------------------------------
     def reduce_group(
@@ -133,6 +126,46 @@ class GroupedStrategy(FedAvg):
 
     def round_record(self, server_round: int) -> RoundRecord:
         return self.rounds.setdefault(server_round, RoundRecord(server_round))
+
+    # -- what wrappers use (strategies.wrappers) ------------------------------------------
+    @property
+    def global_arrays(self) -> ArrayRecord:
+        """The global arrays of the round being trained (set by ``configure_train``)."""
+        if self._global is None:
+            raise RuntimeError("no round is being trained: configure_train was not called")
+        return self._global
+
+    def track_sent(self, messages: list[Message]) -> None:
+        """``messages`` are what this phase sent: replies are matched to sites by them."""
+        self._outbox = messages
+
+    def forget_payload(self, node: int) -> None:
+        """``node`` is out of this round's training: a reply from it will be refused."""
+        self._sent_to.pop(node, None)
+
+    def weight_cap(self, node: int) -> float | None:
+        """The most weight the server allows ``node``'s train reply (None: none known yet).
+
+        The join-time example count (``examples-per-step`` x ``local-steps``), else the
+        first count accepted from that site (``defences.WeightLedger``).
+        """
+        site = self.sites.get(node)
+        joined = site.example_cap(self.policy.local_steps) if site is not None else None
+        return self._train_weights.known_cap(node, joined=joined)
+
+    def note_weight(self, node: int, weight: float) -> None:
+        """Record a weight the server accepted from ``node`` (its first becomes its cap)."""
+        self._train_weights.caps.setdefault(node, weight)
+
+    @contextlib.contextmanager
+    def combining_with(self, combine: Combine) -> Iterator[None]:
+        """Within the block, train replies become arrays through ``combine``, not
+        ``combine_replies``; what the rule does after (FedAdam's server step) still runs."""
+        previous, self._combine = self._combine, combine
+        try:
+            yield
+        finally:
+            self._combine = previous
 
     def _messages(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid, kind: str
@@ -224,11 +257,8 @@ class GroupedStrategy(FedAvg):
         aggregate = self.train_metrics_aggr_fn if train else self.evaluate_metrics_aggr_fn
         return aggregate(contents, self.weighted_by_key)
 
-    def _reducer(self, server_round: int) -> Reducer:
-        """The round's per-group rule: central DP, or ``reduce_group`` on capped shares."""
-        assert self._global is not None
-        if self.central_dp is not None:
-            return self.central_dp.reducer(self._global, self.round_record(server_round).client_dp)
+    def _reducer(self) -> Reducer:
+        """The round's per-group rule: ``reduce_group`` on capped shares."""
         max_share = self.policy.max_site_share
 
         def reduce(group: str, arrays: list[dict[str, np.ndarray]], weights: list[float]):
@@ -242,11 +272,7 @@ class GroupedStrategy(FedAvg):
     ) -> Iterable[Message]:
         self._global = arrays
         self._sent_to = {}
-        messages = self._messages(server_round, arrays, config, grid, MessageType.TRAIN)
-        # -- secure aggregation: key stages now; the train messages carry the shares ------
-        if self._secagg is not None:
-            return self._secagg.configure(server_round, messages, grid)
-        return messages
+        return self._messages(server_round, arrays, config, grid, MessageType.TRAIN)
 
     def configure_evaluate(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
@@ -259,9 +285,13 @@ class GroupedStrategy(FedAvg):
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        # -- secure aggregation: replies are masked; unmask the per-group sums instead ----
-        if self._secagg is not None:
-            return self._secagg.aggregate(server_round, replies)
+        return self._combine(server_round, list(replies))
+
+    def combine_replies(
+        self, server_round: int, replies: list[Message], reducer: Reducer | None = None
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        """Accept the replies, weigh them and reduce each group (``reducer``, default:
+        ``reduce_group`` on capped shares). (None, None) when too few are usable."""
         accepted = self._accept(server_round, replies, train=True)
         if len(accepted) < self.min_replies:
             log(
@@ -282,7 +312,7 @@ class GroupedStrategy(FedAvg):
             (next(iter(r.content.array_records.values())), w)
             for r, w in zip(accepted, weights, strict=True)
         ]
-        arrays, updated = reduce_by_group(self._global, contributions, self._reducer(server_round))
+        arrays, updated = reduce_by_group(self._global, contributions, reducer or self._reducer())
         record.updated_groups.extend(updated)
         return arrays, self._metrics(accepted, weights, train=True)
 
@@ -307,13 +337,11 @@ class GroupedStrategy(FedAvg):
         ]
 
     def restore_history(self, rounds: list[dict[str, object]]) -> None:
-        """On resume: replay the earlier rounds' records (client-level DP releases so far)."""
-        if self.central_dp is not None:
-            self.central_dp.replay(rounds)
+        """On resume: replay the earlier rounds' records (a wrapper's releases so far)."""
 
     def client_dp_summary(self) -> dict[str, dict[str, float]]:
-        """{group: {epsilon, delta, noise_multiplier, clip, rounds, ...}}; empty when off."""
-        return self.central_dp.summary() if self.central_dp is not None else {}
+        """{group: {epsilon, ...}} of client-level DP; empty here (see the DP wrapper)."""
+        return {}
 
     # -- server-optimizer state, for checkpoints ----------------------------------------
     def state_arrays(self) -> dict[str, np.ndarray]:

@@ -22,23 +22,26 @@ Epsilon is reported at ``client-dp-delta``; it protects a whole site's participa
 (all its examples), against anyone who sees the global weights, but NOT against the
 server itself, which sees each site's update in the clear.
 
-A rule that replaces the mean (median, trimmed mean) cannot be combined with this: their
-sensitivity is not bounded by the clip in the same way; ``GroupedStrategy.setup``
-refuses the combination.
+``ClientLevelDP`` wraps a linear rule (:mod:`strategies.wrapper`): the rule's own
+``aggregate_train`` runs with this reduction in place of its weighted mean, so FedAdam's
+server step treats the noised mean as it would a plain one. A rule that replaces the mean
+(median, trimmed mean) is refused: the clip does not bound its sensitivity the same way.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from logging import INFO
 
 import numpy as np
-from flwr.app import ArrayRecord
+from flwr.app import ArrayRecord, Message, MetricRecord
 from flwr.common.logger import log
 
-from federation.settings import RunSettings
 from strategies.aggregation import Reducer
+from strategies.base import GroupedStrategy
+from strategies.wrapper import StrategyWrapper, require_linear
 
 
 @dataclass(frozen=True)
@@ -57,13 +60,6 @@ class ClientDPConfig:
             )
         if not 0 < self.delta < 1:
             raise ValueError(f"client-dp-delta must be in (0, 1), got {self.delta}")
-
-    @classmethod
-    def from_settings(cls, settings: RunSettings) -> ClientDPConfig | None:
-        """None when client-level DP is off (``client-dp-noise`` = 0)."""
-        if settings.client_dp_noise <= 0:
-            return None
-        return cls(settings.client_dp_noise, settings.client_dp_clip, settings.client_dp_delta)
 
 
 def clip_change(change: dict[str, np.ndarray], clip: float) -> tuple[dict[str, np.ndarray], float]:
@@ -172,3 +168,40 @@ def rdp_epsilon(noise_multiplier: float, sample_rate: float, steps: int, delta: 
     accountant = RDPAccountant()
     accountant.history = [(noise_multiplier, sample_rate, steps)]
     return float(accountant.get_epsilon(delta))
+
+
+class ClientLevelDP(StrategyWrapper):
+    """A linear rule whose groups are reduced by the clipped, noised mean of ``CentralDP``."""
+
+    def __init__(self, rule: GroupedStrategy, config: ClientDPConfig) -> None:
+        if not isinstance(rule, GroupedStrategy):
+            raise TypeError(f"client-level DP wraps a GroupedStrategy, got {type(rule)}")
+        require_linear(
+            rule,
+            "client-level DP",
+            "its clip of each site's change bounds the sensitivity of a mean only",
+        )
+        super().__init__(rule)
+        self.mechanism = CentralDP(config, sample_rate=rule.fraction_train)
+
+    def aggregate_train(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        """The rule's aggregation, each group reduced by the mechanism (facts in the record)."""
+        rule = self.rule
+        assert isinstance(rule, GroupedStrategy)
+        facts = rule.round_record(server_round).client_dp
+        reducer = self.mechanism.reducer(rule.global_arrays, facts)
+
+        def combine(server_round: int, replies: list[Message]):
+            return rule.combine_replies(server_round, replies, reducer)
+
+        with rule.combining_with(combine):
+            return rule.aggregate_train(server_round, replies)
+
+    def restore_history(self, rounds: list[dict[str, object]]) -> None:
+        self.mechanism.replay(rounds)
+        self.rule.restore_history(rounds)
+
+    def client_dp_summary(self) -> dict[str, dict[str, float]]:
+        return self.mechanism.summary()

@@ -27,7 +27,6 @@ import numpy as np
 from flwr.app import Array
 from flwr.common.logger import log
 
-from federation.settings import RunSettings, Weighting
 from umedpt import contract
 
 
@@ -40,16 +39,6 @@ class UpdatePolicy:
     norm_bound: float = 0.0  # absolute bound on a group's change norm; 0 = off
     norm_ratio: float = 0.0  # bound as a multiple of the round's median; 0 = off
     local_steps: int = 0  # steps a site is asked to train: its example cap per step
-
-    @classmethod
-    def from_settings(cls, settings: RunSettings) -> UpdatePolicy:
-        return cls(
-            equal_weights=Weighting(settings.weighting) is Weighting.EQUAL,
-            max_site_share=settings.max_site_share,
-            norm_bound=settings.update_norm_bound,
-            norm_ratio=settings.update_norm_ratio,
-            local_steps=settings.local_steps,
-        )
 
 
 # -- norms of a change, per group ------------------------------------------------------------

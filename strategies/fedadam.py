@@ -8,14 +8,31 @@ an upgrade.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from flwr.app import Array, ArrayRecord, Message, MetricRecord
 from flwr.serverapp.strategy import FedAdam
 
+from federation.fields import setting
 from strategies.base import GroupedStrategy
 from strategies.registry import register_strategy
 from umedpt import contract
+
+
+@dataclass(frozen=True)
+class FedAdamOptions:
+    """FedAdam's option: the server's learning rate (Flower's ``eta``)."""
+
+    server_lr: float = setting(0.01, "FedAdam server learning rate (eta).")
+
+    def __post_init__(self) -> None:
+        if self.server_lr <= 0:
+            raise ValueError(f"server-lr must be positive, got {self.server_lr}")
+
+    def rule_args(self) -> dict[str, Any]:
+        return {"eta": self.server_lr}
 
 
 class GroupedFedAdam(FedAdam, GroupedStrategy):
@@ -34,10 +51,9 @@ class GroupedFedAdam(FedAdam, GroupedStrategy):
         arrays, metrics = super().aggregate_train(server_round, replies)
         if arrays is None:
             return arrays, metrics
-        assert self._global is not None  # set by configure_train
         updated = set(self.round_record(server_round).updated_groups)
         for key in list(arrays.keys()):
-            reference = self._global[key]
+            reference = self.global_arrays[key]
             if contract.group_of(key) not in updated:
                 arrays[key] = reference  # stale momentum must not move an untrained group
                 if key in before_m:
@@ -62,4 +78,4 @@ class GroupedFedAdam(FedAdam, GroupedStrategy):
         self.v_t = {k[4:]: v for k, v in state.items() if k.startswith("v_t/")} or None
 
 
-register_strategy("fedadam", GroupedFedAdam, lambda s: {"eta": s.server_lr})
+register_strategy("fedadam", GroupedFedAdam, FedAdamOptions)

@@ -19,6 +19,8 @@ from strategies.registry import register_strategy
 class GroupedFedMedian(GroupedStrategy, FedMedian):
     """GroupedStrategy first in the MRO: its per-group ``aggregate_train`` replaces FedMedian's."""
 
+    linear = False  # a per-coordinate median, not a weighted mean
+
     def reduce_group(
         self, group: str, arrays: list[dict[str, np.ndarray]], weights: list[float]
     ) -> dict[str, np.ndarray]:

@@ -50,8 +50,12 @@ def run_rounds(
     evaluate_fn: EvaluateFn | None,
     start_round: int,
     on_round_end: OnRoundEnd | None,
+    clock: Callable[[], float] = time.monotonic,
 ) -> Result:
-    """Rounds ``start_round..num_rounds`` of ``strategy``; see the module docstring."""
+    """Rounds ``start_round..num_rounds`` of ``strategy``; see the module docstring.
+
+    ``clock`` (seconds) measures each round against its deadline; tests pass a fake one.
+    """
     result = Result(arrays=initial_arrays)
     arrays = initial_arrays
     strategy.num_rounds = num_rounds
@@ -64,7 +68,7 @@ def run_rounds(
         messages = strategy.configure_train(
             server_round, arrays, ConfigRecord(dict(train_config or {})), grid
         )
-        deadline = time.monotonic() + timeout
+        deadline = clock() + timeout
         replies = grid.send_and_receive(messages, timeout=timeout)
         aggregated, train_metrics = strategy.aggregate_train(server_round, replies)
         if aggregated is None:
@@ -80,7 +84,7 @@ def run_rounds(
                 server_round, arrays, ConfigRecord(dict(evaluate_config or {})), grid
             )
         )
-        left = deadline - time.monotonic()
+        left = deadline - clock()
         if messages and left <= 0:
             log(WARNING, "round %s: no time left before its deadline: not evaluated", server_round)
         elif messages:

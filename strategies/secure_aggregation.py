@@ -19,9 +19,11 @@ Differences, on purpose:
   sum of the weights the sites report (in clear, with their metrics), or the group is
   rejected.
 
-``GroupedStrategy`` calls ``configure`` from ``configure_train`` (stages 0-1, then the
-train messages of stage 2) and ``aggregate`` from ``aggregate_train`` (stage 3 and the
-per-group reduction through ``reduce_by_group``).
+``SecureAggregation`` wraps a linear rule (:mod:`strategies.wrapper`): its
+``configure_train`` runs stages 0-1 around the rule's train messages (which become stage
+2's), and its ``aggregate_train`` runs the rule's own with stage 3 and the per-group
+reduction of the unmasked sums in place of the plain reduction (``combining_with``), so
+FedAdam's server step still runs after it.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from logging import INFO, WARNING
-from typing import TYPE_CHECKING, cast
+from typing import cast
 
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
@@ -44,14 +46,11 @@ from flwr.common.secure_aggregation.quantization import dequantize
 from flwr.serverapp import Grid
 
 from federation import secagg, wire
-from federation.settings import SOURCE
 from strategies.aggregation import reduce_by_group
+from strategies.base import GroupedStrategy
 from strategies.records import RoundFailedError, arrays_nbytes
+from strategies.wrapper import StrategyWrapper, require_linear
 from umedpt import contract
-from umedpt.errors import ConfigError
-
-if TYPE_CHECKING:
-    from strategies.base import GroupedStrategy
 
 DEFAULT_MAX_WEIGHT = 1000.0  # SecAgg+'s default, for example counts nobody has reported yet
 
@@ -82,32 +81,24 @@ class SecAggConfig:
             raise ValueError("clipping_range must be positive, max_weight >= 0")
 
 
-def check_rule(strategy: GroupedStrategy) -> None:
+def check_rule(rule: GroupedStrategy) -> None:
     """Refuse what needs single updates, which secure aggregation hides from the server.
 
-    A ``reduce_group`` other than the weighted mean (median, trimmed mean), server-side
-    client DP (clips each site's change), update-norm bounds and ``max-site-share`` (need
-    each site's update or its share of a sum) all look at single replies.
+    A ``reduce_group`` other than the weighted mean (median, trimmed mean), update-norm
+    bounds and a cap on one site's share (they need each site's update or its share of a
+    sum) all look at single replies. ValueError saying which.
     """
-    from strategies.base import GroupedStrategy  # here: base imports this module
-
-    problems = []
-    if type(strategy).reduce_group is not GroupedStrategy.reduce_group:
-        problems.append(f"{type(strategy).__name__} reduces single updates (median, trimmed mean)")
-    if strategy.central_dp is not None:
-        problems.append("client-dp-noise clips each site's change at the server")
-    policy = strategy.policy
+    require_linear(rule, "secure aggregation", "the server only sees sums of updates")
+    policy = rule.policy
     if policy.norm_bound > 0 or policy.norm_ratio > 0:
-        problems.append("update-norm-bound/-ratio check each site's change")
+        raise ValueError(
+            "secure aggregation hides single updates, but the update-norm bounds check each "
+            "site's change"
+        )
     if policy.max_site_share < 1 and not policy.equal_weights:
-        problems.append("max-site-share reweights single sites after training")
-    if problems:
-        raise ConfigError(
-            SOURCE,
-            "secure-aggregation",
-            "the server only sees sums of the sites' updates, but "
-            + "; ".join(problems)
-            + ". Use fedavg, fedprox or fedadam without these, or turn secure aggregation off",
+        raise ValueError(
+            "secure aggregation hides single updates, but a cap on one site's share "
+            "reweights single sites after training"
         )
 
 
@@ -152,18 +143,36 @@ def _stage(
     return answers
 
 
-class SecureAggregator:
-    """Runs the protocol for a ``GroupedStrategy``; see the module docstring."""
+class SecureAggregation(StrategyWrapper):
+    """A linear rule whose train rounds run SecAgg+ per group; see the module docstring."""
 
-    def __init__(self, config: SecAggConfig, strategy: GroupedStrategy) -> None:
+    def __init__(self, rule: GroupedStrategy, config: SecAggConfig) -> None:
+        if not isinstance(rule, GroupedStrategy):
+            raise TypeError(f"secure aggregation wraps a GroupedStrategy, got {type(rule)}")
+        check_rule(rule)
+        super().__init__(rule)
         self.config = config
-        self.strategy = strategy
         self.round: RoundProtocol | None = None
 
+    # -- Flower's hooks -------------------------------------------------------------------
+    def configure_train(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> list[Message]:
+        """The rule's train messages, sent as stage 2 after stages 0-1 (keys, shares)."""
+        messages = list(self.rule.configure_train(server_round, arrays, config, grid))
+        return self._configure(server_round, messages, grid)
+
+    def aggregate_train(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        """The rule's aggregation, over the unmasked per-group sums instead of single updates."""
+        with self.rule.combining_with(self._aggregate):
+            return self.rule.aggregate_train(server_round, replies)
+
     # -- stages 0 and 1, and the messages of stage 2 ----------------------------------
-    def configure(self, server_round: int, messages: list[Message], grid: Grid) -> list[Message]:
+    def _configure(self, server_round: int, messages: list[Message], grid: Grid) -> list[Message]:
         """Advertise and share keys with the sites of ``messages``; their masked-train messages."""
-        st = self.strategy
+        st = self.rule
         payload_keys = {
             m.metadata.dst_node_id: list(m.content[st.arrayrecord_key].keys()) for m in messages
         }
@@ -252,14 +261,14 @@ class SecureAggregator:
             content = RecordDict(dict(message.content.items()))
             content[secagg.RECORD] = ConfigRecord(record)  # type: ignore[arg-type]
             out.append(Message(content, message_type=secagg.COLLECT_TYPE, dst_node_id=node))
-        st._outbox = out
+        st.track_sent(out)
         return out
 
     def _single_site_groups(self, sampled: dict[str, list[int]]) -> dict[str, int]:
         """Groups one site alone trains: refused, or (if allowed) left out with a warning."""
         single = {g: ms[0] for g, ms in sampled.items() if len(ms) < 2}
         for group, node in single.items():
-            name = self.strategy.site_name(node)
+            name = self.rule.site_name(node)
             if not self.config.allow_unshared_blocks:
                 raise SecureAggregationError(
                     f"group '{group}' is trained only by site '{name}' in this round: a sum "
@@ -287,10 +296,10 @@ class SecureAggregator:
         last round's capped weights, else SecAgg+'s default 1000. Choose it close to the real
         weights: a small ``weight / max_weight`` costs quantisation precision.
         """
-        st = self.strategy
+        st = self.rule
         if st.weighted_by_key == wire.UNIT_WEIGHT:
             return 1.0, dict.fromkeys(nodes, 1.0)
-        known = {n: w for n in nodes if (w := self._known_weight(n))}
+        known = {n: w for n in nodes if (w := st.weight_cap(n))}
         if self.config.max_weight > 0:
             max_weight = self.config.max_weight
         else:
@@ -301,13 +310,6 @@ class SecureAggregator:
             max_weight = max([*capped, *known.values()], default=DEFAULT_MAX_WEIGHT)
         return max_weight, {n: min(known.get(n, max_weight), max_weight) for n in nodes}
 
-    def _known_weight(self, node: int) -> float | None:
-        """The example count the server allows ``node`` (None if it knows none yet)."""
-        st = self.strategy
-        site = st.sites.get(node)
-        joined = site.example_cap(st.policy.local_steps) if site is not None else None
-        return st._train_weights.known_cap(node, joined=joined)
-
     def _require(self, active: list[int], stage: str) -> None:
         if self.round is not None and len(active) < self.round.threshold:
             raise RoundFailedError(
@@ -316,19 +318,19 @@ class SecureAggregator:
             )
 
     def _drop(self, node: int, reason: str) -> None:
-        st = self.strategy
+        st = self.rule
         assert self.round is not None
         st.round_record(self.round.server_round).rejected.append((st.site_name(node), reason))
         log(WARNING, "round %s: site %s: %s", self.round.server_round, st.site_name(node), reason)
-        st._sent_to.pop(node, None)
+        st.forget_payload(node)
 
     # -- stage 3 and the reduction -----------------------------------------------------
-    def aggregate(
-        self, server_round: int, replies: Iterable[Message]
+    def _aggregate(
+        self, server_round: int, replies: list[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         """Unmask each group's sum of the masked replies and reduce it into new global arrays."""
-        st, proto = self.strategy, self.round
-        if proto is None or proto.grid is None or st._global is None:
+        st, proto = self.rule, self.round
+        if proto is None or proto.grid is None:
             raise RuntimeError("aggregate_train called before configure_train")
         record = st.round_record(server_round)
         masked: dict[int, Message] = {}
@@ -347,7 +349,7 @@ class SecureAggregator:
             site = st.site_name(node)
             claim = float(reply.content[wire.METRICS][st.weighted_by_key])
             record.weights[site] = min(claim, proto.caps[node])
-            st._train_weights.caps.setdefault(node, min(claim, proto.caps[node]))  # 1st claim
+            st.note_weight(node, min(claim, proto.caps[node]))  # its first becomes its cap
             record.bytes_received[site] = arrays_nbytes(reply.content[wire.SHARED_ARRAYS])
             record.train_metrics[site] = {
                 k: float(v)
@@ -402,7 +404,9 @@ class SecureAggregator:
         if contract.ENCODER not in contributions:
             log(WARNING, "round %s: the encoder could not be unmasked: weights kept", server_round)
             return None, None
-        arrays, updated = reduce_by_group(st._global, list(contributions.values()), st.reduce_group)
+        arrays, updated = reduce_by_group(
+            st.global_arrays, list(contributions.values()), st.reduce_group
+        )
         record.updated_groups.extend(updated)
         key = st.weighted_by_key  # metrics weighed by the server's weights, not the claims
         metrics = st.train_metrics_aggr_fn(
@@ -431,15 +435,14 @@ class SecureAggregator:
         content = reply.content
         if wire.METRICS not in content or wire.SHARED_ARRAYS not in content:
             return "the reply lacks its metrics or its masked arrays"
-        weight = content[wire.METRICS].get(self.strategy.weighted_by_key)
+        weight = content[wire.METRICS].get(self.rule.weighted_by_key)
         if not isinstance(weight, int | float) or not math.isfinite(weight) or weight < 0:
             return f"weight {weight!r} is not a finite, non-negative number"
         arrays = content[wire.SHARED_ARRAYS]
         expected = self.round.expected_keys[node]
         if list(arrays.keys()) != expected:
             return f"masked keys differ from those expected ({len(arrays)} vs {len(expected)})"
-        reference = self.strategy._global
-        assert reference is not None
+        reference = self.rule.global_arrays
         for key, value in arrays.items():
             shape = (1,) if key.startswith(secagg.WEIGHT_PREFIX) else tuple(reference[key].shape)
             if tuple(value.shape) != shape or np.dtype(value.dtype) != secagg.MASKED_DTYPE:
@@ -454,7 +457,7 @@ class SecureAggregator:
         secrets: dict[int, bytes],
     ) -> tuple[ArrayRecord, float] | None:
         """One group's weighted mean and total weight, or None (logged) if it cannot be had."""
-        proto, st = self.round, self.strategy
+        proto, st = self.round, self.rule
         assert proto is not None
         quant = proto.quant
         active = [n for n in members if n in masked]
@@ -475,7 +478,7 @@ class SecureAggregator:
                 missing,
             )
             return None
-        keys = [secagg.weight_key(group), *secagg.group_keys(st._global.keys())[group]]  # type: ignore[union-attr]
+        keys = [secagg.weight_key(group), *secagg.group_keys(st.global_arrays.keys())[group]]
         vectors = [
             sum(masked[n].content[wire.SHARED_ARRAYS][k].numpy().astype(np.int64) for n in active)
             for k in keys

@@ -21,7 +21,7 @@ from flwr.app import (
 
 from federation import wire
 from federation.settings import RunSettings
-from strategies import build_strategy
+from server.rules import build_rule
 from umedpt_fl.inprocess import ClientAppGrid, InProcessGrid
 
 __all__ = ["ClientAppGrid", "ScriptedGrid"]
@@ -82,5 +82,5 @@ def initial() -> ArrayRecord:
 
 
 def make(name: str = "fedavg", **settings):
-    """A strategy as the server builds it, from RunSettings fields."""
-    return build_strategy(RunSettings(strategy=name, **settings), query_timeout=5)
+    """A strategy as the server builds it, from RunSettings fields and rule options."""
+    return build_rule(RunSettings.of(strategy=name, **settings), query_timeout=5)

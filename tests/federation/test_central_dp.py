@@ -9,7 +9,7 @@ import pytest
 from flwr.app import Array, ArrayRecord
 
 from server.report import strategy_sections
-from strategies.central_dp import clip_change, rdp_epsilon
+from strategies.central_dp import ClientDPConfig, ClientLevelDP, clip_change, rdp_epsilon
 from tests.federation.fakes import SITES, ScriptedGrid, make
 from umedpt.errors import ConfigError
 
@@ -36,7 +36,7 @@ def dp_round(name="fedavg", value=unchanged, sites=FOUR, rounds=1, **settings):
     strategy = make(
         name, client_dp_noise=settings.pop("noise", 1.0), client_dp_clip=1.0, **settings
     )
-    strategy.central_dp.rng = np.random.default_rng(0)
+    strategy.mechanism.rng = np.random.default_rng(0)
     result = strategy.start(
         ScriptedGrid(sites, value=value), big_initial(), num_rounds=rounds, timeout=5
     )
@@ -92,8 +92,10 @@ def test_composes_with_fedprox_and_fedadam(name: str) -> None:
 def test_robust_rules_refuse_client_level_dp(name: str) -> None:
     with pytest.raises(ConfigError, match="client-dp-noise"):
         make(name, client_dp_noise=1.0, client_dp_clip=1.0)
+    with pytest.raises(ValueError, match="weighted mean"):  # the wrapper itself refuses too
+        ClientLevelDP(make(name), ClientDPConfig(1.0, 1.0))
 
 
 def test_off_by_default() -> None:
-    assert make("fedavg").central_dp is None
+    assert not isinstance(make("fedavg"), ClientLevelDP)
     assert strategy_sections(make("fedavg"))["client_dp"] == {}

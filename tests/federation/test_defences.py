@@ -12,7 +12,7 @@ from client.app import app as client_app
 from federation import wire
 from federation.settings import RunSettings
 from server.report import strategy_sections
-from strategies import build_strategy
+from server.rules import build_rule
 from strategies.defences import capped_shares, norm_rejections
 from strategies.sites import SiteInfo, admit_sites
 from tests.federation.fakes import SITES, ClientAppGrid, ScriptedGrid, initial, make
@@ -234,7 +234,7 @@ def test_end_to_end_scaled_weights_inflated_count_and_stolen_name(
 
     nodes = {100 + i: {"partition-id": i} for i in range(3)}
     grid = TamperingGrid(client_app, nodes, settings.to_run_config(), tamper=tamper)
-    strategy = build_strategy(settings, query_timeout=30)
+    strategy = build_rule(settings, query_timeout=30)
     before = initial_arrays = _initial(settings)
     result = strategy.start(
         grid,

@@ -19,7 +19,7 @@ from client import secagg as client_secagg
 from federation import secagg, wire
 from federation.settings import RunSettings
 from strategies import RoundFailedError
-from strategies.secure_aggregation import SecAggConfig, SecureAggregationError
+from strategies.secure_aggregation import SecAggConfig, SecureAggregation, SecureAggregationError
 from tests.federation.fakes import ClientAppGrid, ScriptedGrid, make
 from umedpt.errors import ConfigError
 
@@ -300,8 +300,7 @@ def test_a_block_of_a_single_site_is_refused_by_name() -> None:
 
 def test_an_allowed_single_site_block_is_left_out() -> None:
     grid = ClientAppGrid(fake_client_app(THREE), {n: {} for n in THREE}, {})
-    strategy = make("fedavg", secure_aggregation=True)
-    strategy._secagg.config = SecAggConfig(allow_unshared_blocks=True)
+    strategy = make("fedavg", secure_aggregation=True, secagg_allow_unshared_blocks=True)
     result = strategy.start(grid, initial(), num_rounds=1, timeout=30)
     assert strategy.rounds[1].updated_groups == ["blocks.classification", "encoder"]
     np.testing.assert_array_equal(result.arrays["blocks.segmentation.w"].numpy(), 0)
@@ -327,6 +326,12 @@ def test_an_allowed_single_site_block_is_left_out() -> None:
 def test_checks_on_single_updates_are_refused(rule: str, settings: dict, reason: str) -> None:
     with pytest.raises(ConfigError, match=f"secure-aggregation.*{reason}"):
         make(rule, secure_aggregation=True, **settings)
+
+
+@pytest.mark.parametrize("rule", ["fedmedian", "fedtrimmedavg"])
+def test_the_wrapper_refuses_a_rule_that_is_not_linear(rule: str) -> None:
+    with pytest.raises(ValueError, match="weighted mean"):
+        SecureAggregation(make(rule), SecAggConfig())
 
 
 def test_fedadam_runs_on_the_unmasked_mean() -> None:

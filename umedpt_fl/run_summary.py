@@ -1,0 +1,55 @@
+"""What `server` and `simulate` print around a run: the settings checked, and its summary."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from rich.table import Table
+
+from federation.settings import RunSettings
+from umedpt.tracking import TrackingKind, check_tracking
+from umedpt_fl.console import console, print_tracking_hint
+from umedpt_fl.options import RunOptions
+
+
+def checked_settings(run: RunOptions, **overrides: Any) -> RunSettings:
+    """The run's settings, with everything the server will refuse refused now (the rule and
+    its options, tracking), so that a bad flag fails before anything starts."""
+    from server.rules import check_rule_settings
+
+    settings = run.settings(**overrides)
+    check_rule_settings(settings)
+    check_tracking(settings.tracking_config())
+    return settings
+
+
+def print_summary(report: dict) -> None:
+    from server.report import site_summary
+
+    for site, rows in site_summary(report).items():
+        table = Table(title=f"site {site}: validation, first -> last round")
+        for column in ("metric", "first", "last", "change"):
+            table.add_column(column, justify="right" if column != "metric" else "left")
+        for key, (first, last) in rows.items():
+            if first is None or last is None:
+                continue
+            table.add_row(key, f"{first:.4f}", f"{last:.4f}", f"{last - first:+.4f}")
+        console.print(table)
+    rounds = report.get("rounds", [])
+    if rounds:
+        sent = sum(
+            sum(r["bytes_sent"].values()) + sum(r.get("bytes_sent_for_evaluation", {}).values())
+            for r in rounds
+        )
+        received = sum(sum(r["bytes_received"].values()) for r in rounds)
+        console.print(
+            f"{len(rounds)} rounds, {sent / 1e6:.1f} MB sent to sites, "
+            f"{received / 1e6:.1f} MB received; total {report.get('seconds', 0):.1f} s"
+        )
+
+
+def print_run_end(report: dict, settings: RunSettings, out: Path) -> None:
+    """The per-site summary, then where the run's charts are."""
+    print_summary(report)
+    print_tracking_hint(TrackingKind(settings.tracking), out)
