@@ -108,6 +108,11 @@ class RunSettings:
         0.0, "Client-level DP: clipping norm of each site's change, per group."
     )
     client_dp_delta: float = setting(1e-5, "Client-level DP: the delta epsilon is reported at.")
+    client_dp_expected_sites: int = setting(
+        0,
+        "Client-level DP: the fixed number of sites each group's noised sum is divided by, "
+        "set before the run, never the number that replied (0: --min-sites).",
+    )
     # -- secure aggregation per group ---------------------------------------------------
     secure_aggregation: bool = setting(
         False,
@@ -174,6 +179,8 @@ class RunSettings:
                 "client-dp-clip",
                 "client-level DP (client-dp-noise > 0) needs a clipping norm",
             )
+        if self.client_dp_expected_sites < 0:
+            raise ConfigError(SOURCE, "client-dp-expected-sites", "must be >= 0 (0 = min-sites)")
         if not 0 < self.client_dp_delta < 1:
             raise ConfigError(SOURCE, "client-dp-delta", "must be in (0, 1)")
         if not 0 < self.secagg_reconstruction_threshold <= 1:

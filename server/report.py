@@ -103,12 +103,15 @@ def strategy_sections(strategy: Any) -> dict[str, Any]:
 
     ``name_conflicts``: [{name, nodes, filed_as}] for site names claimed by more than one
     node (each is filed under ``"<name> (node <id>)"``, see ``strategies.sites``);
-    ``client_dp``: {group: {epsilon, delta, noise_multiplier, clip, rounds, sample_rate}}
-    of client-level DP (empty when it is off). Spread into the report dict.
+    ``client_dp``: {group: {epsilon, delta, noise_multiplier, clip, expected_sites, rounds,
+    sample_rate}} of client-level DP, and ``client_dp_sites``: {site: {epsilon, delta,
+    releases}}, each site's epsilon composed over the groups it trains (both empty when it
+    is off). Spread into the report dict.
     """
     return {
         "name_conflicts": strategy.name_conflicts(),
         "client_dp": strategy.client_dp_summary(),
+        "client_dp_sites": strategy.client_dp_site_summary(),
     }
 
 

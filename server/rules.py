@@ -85,7 +85,10 @@ def client_dp_config(settings: RunSettings) -> ClientDPConfig | None:
     if settings.client_dp_noise <= 0:
         return None
     return ClientDPConfig(
-        settings.client_dp_noise, settings.client_dp_clip, settings.client_dp_delta
+        settings.client_dp_noise,
+        settings.client_dp_clip,
+        settings.client_dp_delta,
+        expected_sites=settings.client_dp_expected_sites or settings.min_sites,
     )
 
 

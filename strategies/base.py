@@ -343,6 +343,10 @@ class GroupedStrategy(FedAvg):
         """{group: {epsilon, ...}} of client-level DP; empty here (see the DP wrapper)."""
         return {}
 
+    def client_dp_site_summary(self) -> dict[str, dict[str, object]]:
+        """{site: {epsilon, ...}} of client-level DP, over its groups; empty here."""
+        return {}
+
     # -- server-optimizer state, for checkpoints ----------------------------------------
     def state_arrays(self) -> dict[str, np.ndarray]:
         """Arrays the rule must keep across a restart (FedAdam's moments); none here."""

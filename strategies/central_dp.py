@@ -1,37 +1,52 @@
 """Client-level (central) differential privacy at the server, per parameter group.
 
-When ``client-dp-noise`` > 0, each group (the encoder, each block) is reduced as in
-DP-FedAvg with fixed clipping (McMahan et al., 2018; what Flower's
-``DifferentialPrivacyServerSideFixedClipping`` does, but per group):
+When ``client-dp-noise`` (z) > 0, each group (the encoder, each shared block) is released
+as in DP-FedAvg with fixed clipping (McMahan et al., 2018, "Learning differentially
+private recurrent language models"; what Flower's ``DifferentialPrivacyServerSideFixed
+Clipping`` does, but per group):
 
 1. each accepted site's CHANGE of the group (its update minus the global weights) is
-   clipped to L2 norm ``client-dp-clip`` over the group's keys;
-2. the clipped changes are averaged with EQUAL weights (example counts would leak and
-   would change the sensitivity);
-3. Gaussian noise with std ``client-dp-noise * client-dp-clip / n_group`` is added to
-   each coordinate of that mean, where ``n_group`` is the number of sites that trained
-   the group in the round (Flower's wrappers divide by the number of sampled clients for
-   every key, which is too little noise for a block that fewer sites trained);
-4. the group's new weights are the global weights plus that noised mean (FedAdam then
-   treats it as its pseudo-gradient's source, as it would a plain mean).
+   clipped to L2 norm ``client-dp-clip`` (C) over the group's keys;
+2. the clipped changes are SUMMED with equal weights (example counts would leak and would
+   change the sensitivity);
+3. Gaussian noise with std z*C is added to each coordinate of that sum;
+4. the noised sum is divided by a FIXED denominator E, ``client-dp-expected-sites``, set
+   before the run (never by the number of sites that replied, which depends on who took
+   part); the group's new weights are the global weights plus that estimate of the mean
+   (FedAdam then treats it as its pseudo-gradient's source, as it would a plain mean).
 
-Accounting: Opacus' RDP accountant per group, one Gaussian-mechanism step per round in
-which the group was updated, noise multiplier ``client-dp-noise``, sample rate = the
-fraction of the sites that were asked to train (1.0 here: every connected site is).
-Epsilon is reported at ``client-dp-delta``; it protects a whole site's participation
-(all its examples), against anyone who sees the global weights, but NOT against the
-server itself, which sees each site's update in the clear.
+Threat model and adjacency: two federations are adjacent when one has one site more than
+the other (add/remove of one whole site, all its examples: the DP-FedAvg convention).
+Adding a site moves the clipped sum by at most C (L2), so the release is the Gaussian
+mechanism with sensitivity C and noise multiplier z; dividing by the public constant E is
+post-processing. A site that replies late or not at all only lowers the sum. The
+guarantee holds against anyone who sees the global weights (other sites, whoever uses the
+exported encoder); NOT against the server, which sees each site's update in the clear
+(combine with nothing: secure aggregation is refused with client-level DP). The run's
+``report.json`` is the coordinator's own record: it names the sites that took part, and
+with client-level DP it leaves out what would release their updates unnoised (each site's
+change norm, how many were clipped).
+
+Accounting: Opacus' RDP accountant, one Gaussian-mechanism step per round in which a
+group was released, noise multiplier z, sample rate 1 (every connected site is asked).
+Per group, and per SITE over every group it trains: a site that trains the encoder and a
+shared block is released twice per round, so its epsilon composes both (RDP composition
+of the per-group histories). Epsilon is reported at ``client-dp-delta``.
+
+With E larger than the number of sites that train a group (a block few sites share), the
+estimate shrinks toward the global weights: keep blocks at home (the default) under
+client-level DP, or expect that bias.
 
 ``ClientLevelDP`` wraps a linear rule (:mod:`strategies.wrapper`): the rule's own
-``aggregate_train`` runs with this reduction in place of its weighted mean, so FedAdam's
-server step treats the noised mean as it would a plain one. A rule that replaces the mean
-(median, trimmed mean) is refused: the clip does not bound its sensitivity the same way.
+``aggregate_train`` runs with this reduction in place of its weighted mean. A rule that
+replaces the mean (median, trimmed mean) is refused: the clip does not bound its
+sensitivity the same way.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from logging import INFO
 
@@ -42,6 +57,9 @@ from flwr.common.logger import log
 from strategies.aggregation import Reducer
 from strategies.base import GroupedStrategy
 from strategies.wrapper import StrategyWrapper, require_linear
+from umedpt import contract
+
+ADJACENCY = "add/remove one site (all its examples)"
 
 
 @dataclass(frozen=True)
@@ -51,6 +69,7 @@ class ClientDPConfig:
     noise_multiplier: float
     clip: float
     delta: float = 1e-5
+    expected_sites: int = 1  # the fixed denominator E of every group's noised sum
 
     def __post_init__(self) -> None:
         if self.noise_multiplier <= 0 or self.clip <= 0:
@@ -60,6 +79,8 @@ class ClientDPConfig:
             )
         if not 0 < self.delta < 1:
             raise ValueError(f"client-dp-delta must be in (0, 1), got {self.delta}")
+        if self.expected_sites < 1:
+            raise ValueError(f"client-dp-expected-sites must be >= 1, got {self.expected_sites}")
 
 
 def clip_change(change: dict[str, np.ndarray], clip: float) -> tuple[dict[str, np.ndarray], float]:
@@ -77,35 +98,34 @@ class CentralDP:
     sample_rate: float = 1.0
     rng: np.random.Generator = field(default_factory=np.random.default_rng)
     steps: dict[str, int] = field(default_factory=dict)  # group -> noised releases so far
+    # site -> group -> releases that included the site's change
+    site_steps: dict[str, dict[str, int]] = field(default_factory=dict)
 
-    def noise_std(self, n_group: int) -> float:
-        """Std of the noise added to each coordinate of a group's mean over ``n_group``."""
-        return self.config.noise_multiplier * self.config.clip / n_group
+    @property
+    def noise_std(self) -> float:
+        """Std of the noise on each coordinate of a group's released mean: z*C/E."""
+        return self.config.noise_multiplier * self.config.clip / self.config.expected_sites
 
     def reduce(
         self, group: str, arrays: list[dict[str, np.ndarray]], reference: dict[str, np.ndarray]
     ) -> tuple[dict[str, np.ndarray], dict[str, float]]:
-        """The group's new weights: global + noised mean of the clipped changes; and facts."""
-        n = len(arrays)
-        clipped, norms = [], []
-        for part in arrays:
-            change = {
-                k: part[k].astype(np.float64) - reference[k].astype(np.float64) for k in reference
-            }
-            scaled, norm = clip_change(change, self.config.clip)
-            clipped.append(scaled)
-            norms.append(norm)
-        std = self.noise_std(n)
+        """The group's new weights: global + (sum of clipped changes + noise) / E; and facts."""
+        base = {k: v.astype(np.float64) for k, v in reference.items()}
+        clip = self.config.clip
+        clipped = [
+            clip_change({k: part[k].astype(np.float64) - base[k] for k in base}, clip)[0]
+            for part in arrays
+        ]
+        sigma = self.config.noise_multiplier * self.config.clip  # on the sum: sensitivity C
         result = {}
-        for key, base in reference.items():
-            mean = sum(c[key] for c in clipped) / n
-            noise = self.rng.normal(0.0, std, size=mean.shape)
-            result[key] = base.astype(np.float64) + mean + noise
+        for key, start in base.items():
+            total = sum(c[key] for c in clipped)
+            noised = total + self.rng.normal(0.0, sigma, size=np.shape(total))
+            result[key] = start + noised / self.config.expected_sites
         self.steps[group] = self.steps.get(group, 0) + 1
         facts = {
-            "sites": float(n),
-            "noise_std": std,
-            "clipped_sites": float(sum(1 for x in norms if x > self.config.clip)),
+            "noise_std": self.noise_std,
+            "expected_sites": float(self.config.expected_sites),
             "epsilon": self.epsilon(group),
         }
         return result, facts
@@ -116,14 +136,13 @@ class CentralDP:
         def reduce(
             group: str, arrays: list[dict[str, np.ndarray]], weights: list[float]
         ) -> dict[str, np.ndarray]:
-            del weights  # equal weights: the sensitivity of the mean is clip / n_group
+            del weights  # equal weights: each site moves the sum by at most C
             ref = {k: reference[k].numpy() for k in arrays[0]}
             result, facts[group] = self.reduce(group, arrays, ref)
             log(
                 INFO,
-                "client-level DP: %s over %d sites, noise std %.3g, epsilon %.3g at delta %g",
+                "client-level DP: %s released, noise std %.3g, epsilon %.3g at delta %g",
                 group,
-                len(arrays),
                 facts[group]["noise_std"],
                 facts[group]["epsilon"],
                 self.config.delta,
@@ -132,46 +151,73 @@ class CentralDP:
 
         return reduce
 
+    def count_site(self, site: str, groups: Iterable[str]) -> None:
+        """``site``'s change was in this round's release of each of ``groups``."""
+        mine = self.site_steps.setdefault(site, {})
+        for group in groups:
+            mine[group] = mine.get(group, 0) + 1
+
     def epsilon(self, group: str) -> float:
         """Epsilon at ``delta`` of the group's releases so far (Opacus' RDP accountant)."""
-        steps = self.steps.get(group, 0)
-        if steps == 0:
-            return 0.0
-        return rdp_epsilon(self.config.noise_multiplier, self.sample_rate, steps, self.config.delta)
+        return self._epsilon({group: self.steps.get(group, 0)})
+
+    def site_epsilon(self, site: str) -> float:
+        """Epsilon of every release that included ``site``, composed over its groups."""
+        return self._epsilon(self.site_steps.get(site, {}))
+
+    def _epsilon(self, steps_by_group: Mapping[str, int]) -> float:
+        history = [(self.config.noise_multiplier, self.sample_rate, n)
+                   for n in steps_by_group.values() if n > 0]  # fmt: skip
+        return rdp_epsilon(history, self.config.delta) if history else 0.0
 
     def summary(self) -> dict[str, dict[str, float]]:
-        """{group: {epsilon, delta, noise_multiplier, clip, rounds, sample_rate}} for the report."""
+        """{group: {epsilon, delta, noise_multiplier, clip, rounds, ...}} for the report."""
         return {
             group: {
                 "epsilon": self.epsilon(group),
                 "delta": self.config.delta,
                 "noise_multiplier": self.config.noise_multiplier,
                 "clip": self.config.clip,
+                "expected_sites": self.config.expected_sites,
                 "rounds": steps,
                 "sample_rate": self.sample_rate,
             }
             for group, steps in sorted(self.steps.items())
         }
 
+    def site_summary(self) -> dict[str, dict[str, object]]:
+        """{site: {epsilon, delta, releases per group}}: each site's guarantee over its groups."""
+        return {
+            site: {
+                "epsilon": self.site_epsilon(site),
+                "delta": self.config.delta,
+                "releases": dict(sorted(groups.items())),
+            }
+            for site, groups in sorted(self.site_steps.items())
+        }
+
     def replay(self, rounds: list[dict]) -> None:
         """Restore the releases of earlier rounds from their records (on resume)."""
-        self.steps = {}
+        self.steps, self.site_steps = {}, {}
         for record in rounds:
             for group in record.get("client_dp", {}):
                 self.steps[group] = self.steps.get(group, 0) + 1
+            for site, groups in record.get("client_dp_sites", {}).items():
+                self.count_site(site, groups)
 
 
-def rdp_epsilon(noise_multiplier: float, sample_rate: float, steps: int, delta: float) -> float:
-    """Epsilon of ``steps`` subsampled Gaussian releases, by Opacus' RDP accountant."""
+def rdp_epsilon(history: list[tuple[float, float, int]], delta: float) -> float:
+    """Epsilon of the composed (noise multiplier, sample rate, steps) Gaussian releases,
+    by Opacus' RDP accountant."""
     from opacus.accountants import RDPAccountant  # heavy import, only when DP is on
 
     accountant = RDPAccountant()
-    accountant.history = [(noise_multiplier, sample_rate, steps)]
+    accountant.history = list(history)
     return float(accountant.get_epsilon(delta))
 
 
 class ClientLevelDP(StrategyWrapper):
-    """A linear rule whose groups are reduced by the clipped, noised mean of ``CentralDP``."""
+    """A linear rule whose groups are released by the clipped, noised sum of ``CentralDP``."""
 
     def __init__(self, rule: GroupedStrategy, config: ClientDPConfig) -> None:
         if not isinstance(rule, GroupedStrategy):
@@ -179,7 +225,7 @@ class ClientLevelDP(StrategyWrapper):
         require_linear(
             rule,
             "client-level DP",
-            "its clip of each site's change bounds the sensitivity of a mean only",
+            "its clip of each site's change bounds the sensitivity of a sum only",
         )
         super().__init__(rule)
         self.mechanism = CentralDP(config, sample_rate=rule.fraction_train)
@@ -187,17 +233,28 @@ class ClientLevelDP(StrategyWrapper):
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        """The rule's aggregation, each group reduced by the mechanism (facts in the record)."""
+        """The rule's aggregation, each group released by the mechanism (facts in the record)."""
         rule = self.rule
         assert isinstance(rule, GroupedStrategy)
-        facts = rule.round_record(server_round).client_dp
-        reducer = self.mechanism.reducer(rule.global_arrays, facts)
+        record = rule.round_record(server_round)
+        reducer = self.mechanism.reducer(rule.global_arrays, record.client_dp)
 
         def combine(server_round: int, replies: list[Message]):
             return rule.combine_replies(server_round, replies, reducer)
 
         with rule.combining_with(combine):
-            return rule.aggregate_train(server_round, replies)
+            arrays, metrics = rule.aggregate_train(server_round, replies)
+        # What the release included, per site (accepted replies carry a weight)...
+        for reply in replies:
+            site = rule.site_name(rule.replying_node(reply))
+            if site in record.weights and reply.content.array_records:
+                carried = next(iter(reply.content.array_records.values())).keys()
+                groups = sorted({contract.group_of(k) for k in carried} & set(record.client_dp))
+                record.client_dp_sites[site] = groups
+                self.mechanism.count_site(site, groups)
+        # ... and not what would release single updates unnoised.
+        record.update_norms.clear()
+        return arrays, metrics
 
     def restore_history(self, rounds: list[dict[str, object]]) -> None:
         self.mechanism.replay(rounds)
@@ -205,3 +262,6 @@ class ClientLevelDP(StrategyWrapper):
 
     def client_dp_summary(self) -> dict[str, dict[str, float]]:
         return self.mechanism.summary()
+
+    def client_dp_site_summary(self) -> dict[str, dict[str, object]]:
+        return self.mechanism.site_summary()

@@ -25,8 +25,10 @@ class RoundRecord:
     # server gave each accepted training reply (before max-site-share)
     update_norms: dict[str, dict[str, float]] = field(default_factory=dict)
     weights: dict[str, float] = field(default_factory=dict)
-    # strategies.central_dp: per group noised this round, {sites, noise_std, epsilon, ...}
+    # strategies.central_dp: per group released this round, {noise_std, epsilon, ...}, and
+    # per site the groups whose release included its change (for its composed epsilon)
     client_dp: dict[str, dict[str, float]] = field(default_factory=dict)
+    client_dp_sites: dict[str, list[str]] = field(default_factory=dict)
 
 
 class RoundFailedError(RuntimeError):

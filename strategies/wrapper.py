@@ -86,6 +86,9 @@ class StrategyWrapper(Strategy):
     def client_dp_summary(self) -> dict[str, dict[str, float]]:
         return self.rule.client_dp_summary()
 
+    def client_dp_site_summary(self) -> dict[str, dict[str, object]]:
+        return self.rule.client_dp_site_summary()
+
     def state_arrays(self) -> dict[str, np.ndarray]:
         return self.rule.state_arrays()
 
