@@ -29,6 +29,8 @@ TRAIN_SECONDS = "train-seconds"
 RESTORED_ROUND = "restored-round"  # the site round whose local state a reply started from
 DP_EPSILON = "dp-epsilon"  # sample-level DP: the epsilon the site has spent so far
 DP_DELTA = "dp-delta"  # ... and the delta it is accounted at
+DP_TARGET_EPSILON = "dp-target-epsilon"  # ... the site's whole budget (its [privacy] table)
+DP_NOISE_MULTIPLIER = "dp-noise-multiplier"  # ... and the noise multiplier of this round
 
 # ConfigRecord keys of SITE_INFO.
 SITE_NAME = "site-name"

@@ -28,9 +28,11 @@ def metric_series(report: dict[str, Any], site: str, key: str) -> list[tuple[int
 
 
 def privacy_summary(report: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    """{site: {"epsilon", "delta", "round"}}: each site's latest sample-level DP spend.
+    """{site: {"epsilon", "delta", "round", "target_epsilon", "noise_multiplier"}}: each
+    site's latest sample-level DP spend, its budget and the noise multiplier it used.
 
-    From the rounds' training metrics (``dp-epsilon``/``dp-delta`` of accepted replies);
+    From the rounds' training metrics of accepted replies (``dp-epsilon``, ``dp-delta``,
+    ``dp-target-epsilon``, ``dp-noise-multiplier``; the last two where the site sends them);
     sites without ``[privacy]`` do not appear.
     """
     latest: dict[str, dict[str, Any]] = {}
@@ -41,6 +43,8 @@ def privacy_summary(report: dict[str, Any]) -> dict[str, dict[str, Any]]:
                     "epsilon": float(metrics[wire.DP_EPSILON]),
                     "delta": float(metrics.get(wire.DP_DELTA, float("nan"))),
                     "round": record.get("round"),
+                    "target_epsilon": float(metrics.get(wire.DP_TARGET_EPSILON, float("nan"))),
+                    "noise_multiplier": float(metrics.get(wire.DP_NOISE_MULTIPLIER, float("nan"))),
                 }
     return latest
 

@@ -49,7 +49,49 @@ def print_summary(report: dict) -> None:
         )
 
 
+def privacy_table(report: dict) -> Table | None:
+    """Per site: what its DP cost so far, of what budget, at which noise; None without DP.
+
+    Sample-level DP (a site's ``[privacy]`` table: DP-SGD at the site) and client-level DP
+    (the server's noise over whole sites) are separate guarantees: one row each.
+    """
+    from server.report import privacy_summary
+
+    sample_level = report.get("privacy") or privacy_summary(report)
+    client_level = report.get("client_dp_sites", {})
+    if not sample_level and not client_level:
+        return None
+    table = Table(title="privacy spent per site (epsilon at delta)")
+    for column in ("site", "guarantee", "epsilon spent / target", "delta", "noise multiplier"):
+        table.add_column(column, justify="left" if column in ("site", "guarantee") else "right")
+
+    def number(value: float | None, digits: str = ".3g") -> str:
+        return "-" if value is None or value != value else format(value, digits)
+
+    for site, spent in sorted(sample_level.items()):
+        table.add_row(
+            site,
+            "sample-level (DP-SGD at the site)",
+            f"{number(spent['epsilon'])} / {number(spent.get('target_epsilon'))}",
+            number(spent.get("delta")),
+            number(spent.get("noise_multiplier")),
+        )
+    groups = report.get("client_dp", {})
+    noise = next(iter(groups.values()), {}).get("noise_multiplier")
+    for site, spent in sorted(client_level.items()):
+        table.add_row(
+            site,
+            "client-level (noise at the server)",
+            f"{number(spent['epsilon'])} / -",
+            number(spent.get("delta")),
+            number(noise),
+        )
+    return table
+
+
 def print_run_end(report: dict, settings: RunSettings, out: Path) -> None:
-    """The per-site summary, then where the run's charts are."""
+    """The per-site summary and privacy spent, then where the run's charts are."""
     print_summary(report)
+    if (table := privacy_table(report)) is not None:
+        console.print(table)
     print_tracking_hint(TrackingKind(settings.tracking), out)
