@@ -1,1 +1,1 @@
-"""Benchmarks of the UMedPT core (throughput, memory, centralized pretraining); not shipped."""
+"""Performance benchmarks (speed, memory, bytes) of the core and the federation; not shipped."""

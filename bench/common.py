@@ -1,14 +1,13 @@
-"""Helpers shared by the benchmarks: command line, machine description, statistics, output.
+"""Helpers shared by the benchmarks and the experiments: command line, machine, statistics.
 
-Kept tiny and dependency-free so every benchmark takes the same common flags and records the
-same facts about the machine (the 2-core box is shared and noisy, so a number without its
-context is meaningless).
+Kept tiny so every script takes the same common flags and records the same facts about the
+machine (the 2-core box is shared and noisy, so a number without its context is
+meaningless). Results are written by ``bench.report`` (``finish_run`` here assembles them).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import platform
@@ -25,9 +24,11 @@ from typing import Any
 import timm
 import torch
 
+from bench.report import Report, write_results
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 RESULTS_DIR = REPO_ROOT / "bench" / "results"
-SITES_DIR = REPO_ROOT / "bench" / "sites"  # the four ../shared/data sites
+SITES_DIR = REPO_ROOT / "bench" / "sites"  # the four ../shared/data sites (experiments too)
 
 log = logging.getLogger("bench")
 
@@ -39,12 +40,13 @@ def bench_parser(
     threads: int | None = None,
     preset: str | None = None,
     quick: str | None = None,
+    out: Path = RESULTS_DIR,
 ) -> argparse.ArgumentParser:
-    """A parser described by ``doc``'s first paragraph, with the flags every benchmark shares.
+    """A parser described by ``doc``'s first paragraph, with the flags every script shares.
 
-    Always ``--seed`` (0), ``--out`` (``bench/results``) and ``--comment``; ``--name`` (the
-    output file stem), ``--threads``, ``--preset`` and ``--quick`` (a smoke run; ``quick`` is
-    its help) where the script passes their default.
+    Always ``--seed`` (0), ``--out`` (default ``out``: ``bench/results``) and ``--comment``;
+    ``--name`` (the output file stem), ``--threads``, ``--preset`` and ``--quick`` (a smoke
+    run; ``quick`` is its help) where the script passes their default.
     """
     parser = argparse.ArgumentParser(description=(doc or "").split("\n\n")[0])
     parser.add_argument("--seed", type=int, default=0)
@@ -54,7 +56,7 @@ def bench_parser(
         parser.add_argument("--threads", type=int, default=threads)
     if quick is not None:
         parser.add_argument("--quick", action="store_true", help=quick)
-    parser.add_argument("--out", type=Path, default=RESULTS_DIR)
+    parser.add_argument("--out", type=Path, default=out)
     if name is not None:
         parser.add_argument("--name", default=name, help="output file stem")
     parser.add_argument("--comment", default="", help="interpretation, stored with the results")
@@ -131,58 +133,22 @@ def median(values: Sequence[float]) -> float:
     return float(statistics.median(values))
 
 
-def write_json(path: Path, payload: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(payload, indent=2, sort_keys=False) + "\n")
-
-
-def write_results(
-    out: Path, name: str, result: dict[str, Any], render: Callable[[dict[str, Any]], str] | None
-) -> Path:
-    """Write ``<out>/<name>.json`` (every raw number) and, with ``render``, ``<out>/<name>.md``."""
-    out.mkdir(parents=True, exist_ok=True)
-    write_json(out / f"{name}.json", result)
-    if render is not None:
-        (out / f"{name}.md").write_text(render(result))
-    return out / f"{name}.json"
-
-
 def finish_run(
     args: argparse.Namespace,
     benchmark: str,
     fields: dict[str, Any],
-    render: Callable[[dict[str, Any]], str] | None,
+    report: Callable[[dict[str, Any]], Report],
     *,
     start: float | None = None,
-    notes: str = "What the numbers show",
 ) -> dict[str, Any]:
-    """Assemble and write a benchmark's result: its name, the machine, ``fields``, the wall
-    time since ``start`` (where given) and ``--comment``, which the markdown shows under
-    ``## <notes>``. Files are named by ``--name`` where the script has that flag, else by
-    ``benchmark``; without ``render`` only the JSON is written."""
+    """Assemble and write a script's result (``bench.report.write_results``): its name, the
+    machine, ``fields``, the wall time since ``start`` (where given), ``--comment`` (shown
+    under the report's notes heading) and ``report(result)``. Files are named by ``--name``
+    where the script has that flag, else by ``benchmark``."""
     result: dict[str, Any] = {"benchmark": benchmark, "machine": machine_info(), **fields}
     if start is not None:
         result["total_seconds"] = time.perf_counter() - start
     result["comment"] = args.comment
-
-    def markdown(result: dict[str, Any]) -> str:
-        assert render is not None
-        text = render(result)
-        return f"{text}\n## {notes}\n\n{args.comment}\n" if args.comment else text
-
-    path = write_results(
-        args.out, getattr(args, "name", benchmark), result, markdown if render else None
-    )
-    log.info("wrote %s", path)
+    path = write_results(args.out, getattr(args, "name", benchmark), result, report(result))
+    log.info("wrote %s and its .md", path)
     return result
-
-
-def md_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
-    """A GitHub markdown table; floats get 3 significant decimals."""
-
-    def fmt(v: Any) -> str:
-        return f"{v:.3f}" if isinstance(v, float) else str(v)
-
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(fmt(v) for v in row) + " |" for row in rows]
-    return "\n".join(lines)

@@ -12,11 +12,16 @@ Variants: ``plain`` (MultiTaskTrainer, no privacy) and ``dp-k`` (DP-SGD, chunk s
 
 from __future__ import annotations
 
+from federation.entry import enter_command_process
+
+enter_command_process()  # a process entry: no Flower telemetry, whatever imports Flower
+
 import time
 from typing import Any
 
 from bench import synthetic
-from bench.common import bench_parser, finish_run, md_table, median, settings_of, start_run
+from bench.common import bench_parser, finish_run, median, settings_of, start_run
+from bench.report import Report
 from umedpt.model import UMedPTModel
 from umedpt.models.presets import PRESETS
 from umedpt.privacy import DPSGDConfig
@@ -93,32 +98,25 @@ def main() -> None:
         "results": results,
         "goal_ratio": 3.0,
     }
-    finish_run(args, "dp_step", fields, render, start=start, notes="Notes")
+    finish_run(args, "dp_step", fields, report_of, start=start)
 
 
-def render(result: dict[str, Any]) -> str:
+def report_of(result: dict[str, Any]) -> Report:
     s = result["settings"]
-    lines = [
-        "# DP-SGD step vs non-private step (same batch)",
-        "",
+    report = Report("DP-SGD step vs non-private step (same batch)", notes_heading="Notes").text(
         f"Tiny preset, {s['task_type']}, {s['image_size']} px, {s['reps']} interleaved "
         f"repetitions of {s['steps']} steps (one warm-up step excluded), "
         f"{result['machine'].get('torch_threads')} torch threads, CPU. Ratio = median DP step "
-        "time / median non-private step time of the same batch. Goal: <= 3x.",
-        "",
-    ]
+        "time / median non-private step time of the same batch. Goal: <= 3x."
+    )
     for batch_size, variants in result["results"].items():
         rows = [
             [name, v["median_seconds"], v["ratio"], " ".join(f"{r:.2f}" for r in v["ratios"])]
             for name, v in variants.items()
         ]
-        lines += [
-            f"## Batch {batch_size}",
-            "",
-            md_table(["variant", "median s/step", "ratio", "ratios"], rows),
-            "",
-        ]
-    return "\n".join(lines) + "\n"
+        report.heading(f"Batch {batch_size}")
+        report.table(["variant", "median s/step", "ratio", "ratios"], rows)
+    return report
 
 
 if __name__ == "__main__":

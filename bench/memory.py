@@ -20,6 +20,10 @@ On CUDA, ``torch.cuda.max_memory_allocated`` is reported as well.
 
 from __future__ import annotations
 
+from federation.entry import enter_command_process
+
+enter_command_process()  # a process entry: no Flower telemetry, whatever imports Flower
+
 import argparse
 import ctypes
 import gc
@@ -36,7 +40,8 @@ from typing import Any
 import torch
 
 from bench import synthetic
-from bench.common import REPO_ROOT, bench_parser, finish_run, md_table, median, settings_of
+from bench.common import REPO_ROOT, bench_parser, finish_run, median, settings_of
+from bench.report import Report
 from umedpt.model import UMedPTModel
 from umedpt.models.presets import PRESETS
 from umedpt.tasks.base import Batch
@@ -275,20 +280,19 @@ def summarise(samples: dict[str, dict[str, list[dict[str, Any]]]]) -> dict[str, 
     return {"medians": medians, "ratios": ratios}
 
 
-def render_markdown(result: dict[str, Any]) -> str:
+def report_of(result: dict[str, Any]) -> Report:
     s = result["settings"]
-    lines = [
-        "# Peak memory: 4 tasks vs 1 task (constant-memory property)",
-        "",
+    report = Report(
+        "Peak memory: 4 tasks vs 1 task (constant-memory property)", notes_heading="Notes"
+    ).text(
         f"{synthetic.describe_setup(s)}, {s['steps']} measured steps after 1 warm-up step, "
         f"{s['reps']} repetitions (variants interleaved), each variant in a fresh process, "
         f"{s['threads']} torch thread(s), device {s['device']}. "
         "Saved activations = peak bytes of tensors autograd holds for backward (parameters "
         "excluded). Peak = VmHWM, reset after the warm-up step; increase = peak - RSS after "
         "warm-up + malloc_trim (activations, gradients, allocator slack). Children run with a "
-        "fixed glibc mmap threshold. Target for the trainer: 4-task / 1-task <= 1.10x.",
-        "",
-    ]
+        "fixed glibc mmap threshold. Target for the trainer: 4-task / 1-task <= 1.10x."
+    )
     keys = ["saved_activations_mb", "baseline_rss_mb", "peak_rss_mb", "increase_mb", "ru_maxrss_mb"]
     rows = []
     for loop, by_tasks in result["summary"]["medians"].items():
@@ -303,7 +307,7 @@ def render_markdown(result: dict[str, Any]) -> str:
         "increase MB",
         "maxrss MB",
     ]
-    lines += ["## Medians", "", md_table(header, rows), "", "## Ratios (median; per rep)", ""]
+    report.heading("Medians").table(header, rows).heading("Ratios (median; per rep)")
     rows = []
     ratio_keys = ("saved_activations_mb", "peak_rss_mb", "increase_mb")
     for loop, comps in result["summary"]["ratios"].items():
@@ -314,8 +318,7 @@ def render_markdown(result: dict[str, Any]) -> str:
                 row.append(f"**{entry[k]['median']:.3f}** ({per_rep})")
             rows.append(row)
     header = ["loop", "comparison", "saved activations", "peak RSS", "increase over baseline"]
-    lines += [md_table(header, rows), ""]
-    return "\n".join(lines)
+    return report.table(header, rows)
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -363,7 +366,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any] | None:
         "samples": samples,
         "summary": summary,
     }
-    return finish_run(args, "memory", fields, render_markdown, notes="Notes")
+    return finish_run(args, "memory", fields, report_of)
 
 
 if __name__ == "__main__":

@@ -21,14 +21,20 @@ A no-evaluation variant's last round still carries the final evaluation (the str
 evaluates after the last round), so its median is over rounds 2 .. R-1.
 
 Then, in this process without Ray, the site-side costs of one round are timed piece by piece
-(building the SiteRunner, restoring state, training, saving state, copying weights out) to
-say where the overhead goes.
+through the site's public API, as ``client.app.train`` runs a round: building the
+``SiteRunner``, its ``train_round`` (split into the training it reports and the rest:
+restoring last round's state, loading the shared weights, saving state, copying weights out)
+and serialising the reply's arrays, to say where the overhead goes.
 
     PYTHONPATH=. python3 bench/overhead.py                   # ~10 min on 2 cores
     PYTHONPATH=. python3 bench/overhead.py --quick --out /tmp/bench
 """
 
 from __future__ import annotations
+
+from federation.entry import enter_command_process
+
+enter_command_process()  # a process entry: no Flower telemetry, whatever imports Flower
 
 import argparse
 import logging
@@ -40,7 +46,8 @@ from typing import Any
 
 import torch
 
-from bench.common import bench_parser, finish_run, md_table, median, scratch_dir, start_run
+from bench.common import bench_parser, finish_run, median, scratch_dir, start_run
+from bench.report import Report
 from bench.simtools import add_round_args, check_rounds, demo_sites, round_summary, simulate_rounds
 
 log = logging.getLogger("bench.overhead")
@@ -89,12 +96,11 @@ def run_variant(
 
 
 def site_breakdown(site_files: Sequence[Path], args: argparse.Namespace, work: Path) -> list[dict]:
-    """Time the parts of one training round of each site in this process (no Ray, no Flower).
-
-    Mirrors ``client.app.train``: a new SiteRunner per message (the site's data is cached per
-    process), restore last round's local state, load the shared weights, train, save state,
-    copy the shared weights out.
-    """
+    """Time the parts of one training round of each site in this process (no Ray, no Flower
+    messages), through ``SiteRunner``'s public API only, as ``client.app.train`` runs it: a
+    new SiteRunner per message (the site's data is cached per process), its ``train_round``
+    (restore last round's local state, load the shared weights, train, save state, copy the
+    shared weights out), then the reply's arrays serialised."""
     from client.site import SiteRunner
     from federation.settings import RunSettings
     from umedpt.config import load_site_config
@@ -110,11 +116,11 @@ def site_breakdown(site_files: Sequence[Path], args: argparse.Namespace, work: P
             run_key="breakdown",
         )
         first = SiteRunner(site, settings)  # warms the per-process data cache
-        shared = {k: v.clone() for k, v in first.model.shared_state_dict().items()}
+        shared = {k: v.clone() for k, v in first.shared_state().items()}
         first.train_round(shared, 1)  # round 1 leaves state on disk to restore
         timings: dict[str, list[float]] = {}
         for server_round in range(2, 2 + args.breakdown_reps):
-            for label, seconds in _timed_round(site, settings, shared, server_round).items():
+            for label, seconds in timed_round(site, settings, shared, server_round).items():
                 timings.setdefault(label, []).append(seconds)
         row: dict[str, Any] = {"site": site.name, "blocks": ",".join(first.blocks)}
         row.update({k: median(v) for k, v in timings.items()})
@@ -122,39 +128,30 @@ def site_breakdown(site_files: Sequence[Path], args: argparse.Namespace, work: P
     return rows
 
 
-def _timed_round(site, settings, shared: dict, server_round: int) -> dict[str, float]:
+def timed_round(site, settings, shared: dict, server_round: int) -> dict[str, float]:
     """One site round as ``client.app.train`` runs it, timed part by part."""
     from flwr.app import ArrayRecord
 
     from client.site import SiteRunner
     from strategies import arrays_nbytes
 
-    times: dict[str, float] = {}
     tic = time.perf_counter()
-
-    def lap(label: str) -> None:
-        nonlocal tic
-        now = time.perf_counter()
-        times[label] = now - tic
-        tic = now
-
     runner = SiteRunner(site, settings)
-    lap("build SiteRunner")
-    runner.restore(server_round)
-    lap("restore state")
-    runner.load_shared(shared)
-    lap("load shared")
-    runner.trainer.train_steps(settings.local_steps)
-    lap("train")
-    runner._save(server_round)
-    lap("save state")
-    state = runner.model.state_dict()
-    arrays_nbytes(ArrayRecord({k: state[k].detach().cpu() for k in shared}))
-    lap("weights out + serialise")
-    return times
+    built = time.perf_counter()
+    outcome = runner.train_round(shared, server_round)
+    trained = time.perf_counter()
+    arrays_nbytes(ArrayRecord({k: outcome.shared[k] for k in shared}))
+    serialised = time.perf_counter()
+    return {
+        "build SiteRunner": built - tic,
+        "train": outcome.train_seconds,
+        # restore state, load shared, save state, copy the weights out
+        "rest of train_round": trained - built - outcome.train_seconds,
+        "serialise the reply's arrays": serialised - trained,
+    }
 
 
-def render_markdown(result: dict[str, Any]) -> str:
+def report_of(result: dict[str, Any]) -> Report:
     variants = result["variants"]
     header = [
         "variant",
@@ -185,39 +182,34 @@ def render_markdown(result: dict[str, Any]) -> str:
                 f"{v['first_round_seconds']:.1f}",
             ]
         )
-    lines = [
-        "# Federation overhead in Flower's Ray simulation",
-        "",
+    report = Report("Federation overhead in Flower's Ray simulation")
+    report.text(
         f"Four demo sites (cls, seg, det, cls; {result['images_per_site']} images each), tiny "
         f"preset, {result['rounds']} rounds x {result['local_steps']} local steps, 2 cores "
         "(shared, noisy machine). Ratio = round wall time / sum of the sites' `train-seconds` "
-        "in that round; round 1 (Ray/actor start-up, data loading) excluded. Target <= 1.15x.",
-        "",
-        md_table(header, rows),
-        "",
-    ]
+        "in that round; round 1 (Ray/actor start-up, data loading) excluded. Target <= 1.15x."
+    )
+    report.table(header, rows)
     if result.get("breakdown"):
         parts = [k for k in result["breakdown"][0] if k not in ("site", "blocks")]
-        lines += [
+        report.text(
             "Where a site's round goes (in-process, no Ray; median seconds over "
             f"{result['breakdown_reps']} rounds, {result['breakdown_threads']} torch "
-            "thread(s)):",
-            "",
-            md_table(
-                ["site", "blocks", *parts, "non-train share"],
+            "thread(s)):"
+        )
+        report.table(
+            ["site", "blocks", *parts, "non-train share"],
+            [
                 [
-                    [
-                        b["site"],
-                        b["blocks"],
-                        *[f"{b[p]:.3f}" for p in parts],
-                        f"{1 - b['train'] / sum(b[p] for p in parts):.0%}",
-                    ]
-                    for b in result["breakdown"]
-                ],
-            ),
-            "",
-        ]
-    return "\n".join(lines)
+                    b["site"],
+                    b["blocks"],
+                    *[f"{b[p]:.3f}" for p in parts],
+                    f"{1 - b['train'] / sum(b[p] for p in parts):.0%}",
+                ]
+                for b in result["breakdown"]
+            ],
+        )
+    return report
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -252,7 +244,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "breakdown_reps": args.breakdown_reps,
         "breakdown_threads": args.breakdown_threads,
     }
-    return finish_run(args, "overhead", fields, render_markdown, start=start)
+    return finish_run(args, "overhead", fields, report_of, start=start)
 
 
 if __name__ == "__main__":

@@ -17,6 +17,10 @@ line seconds = a + b * sites and its R^2.
 
 from __future__ import annotations
 
+from federation.entry import enter_command_process
+
+enter_command_process()  # a process entry: no Flower telemetry, whatever imports Flower
+
 import argparse
 import logging
 import os
@@ -24,7 +28,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from bench.common import bench_parser, finish_run, md_table, median, scratch_dir, start_run
+from bench.common import bench_parser, finish_run, median, scratch_dir, start_run
+from bench.report import Report
 from bench.simtools import add_round_args, check_rounds, demo_sites, round_summary, simulate_rounds
 
 log = logging.getLogger("bench.scale")
@@ -89,7 +94,7 @@ def summarise(count: int, rows: list[dict[str, Any]], rounds: int) -> dict[str, 
     }
 
 
-def render_markdown(result: dict[str, Any]) -> str:
+def report_of(result: dict[str, Any]) -> Report:
     fit = result["fit"]
     units = result["fit_site_trainings"]
 
@@ -125,25 +130,21 @@ def render_markdown(result: dict[str, Any]) -> str:
         "round 1 s",
         "whole simulate s",
     ]
-    lines = [
-        "# Seconds per round vs number of sites (Ray simulation, 2 cores)",
-        "",
+    report = Report("Seconds per round vs number of sites (Ray simulation, 2 cores)")
+    report.text(
         f"Demo sites, tiny preset, {result['rounds']} rounds x {result['local_steps']} local "
         f"steps, {result['images_per_site']} images per site, evaluation only after the last "
-        f"round, `cpus_per_site=1` on {result['cores']} cores (shared, noisy machine).",
-        "",
-        md_table(header, rows),
-        "",
+        f"round, `cpus_per_site=1` on {result['cores']} cores (shared, noisy machine)."
+    )
+    report.table(header, rows)
+    return report.text(
         f"Linear fit: seconds/round = {fit['intercept']:.2f} + {fit['slope']:.2f} x sites, "
         f"R^2 = {fit['r2']:.4f}.",
-        "",
         "Load-robust version (round seconds / the mean site's train-seconds in that round, i.e. "
         "the round's cost in single-site local trainings; ideal with 2 parallel slots: "
         f"sites / 2): {units['intercept']:.2f} + {units['slope']:.3f} x sites, "
         f"R^2 = {units['r2']:.4f}.",
-        "",
-    ]
-    return "\n".join(lines)
+    )
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -176,7 +177,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "fit": fit,
         "fit_site_trainings": fit_units,
     }
-    return finish_run(args, "scale", fields, render_markdown, start=start)
+    return finish_run(args, "scale", fields, report_of, start=start)
 
 
 if __name__ == "__main__":

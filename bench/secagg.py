@@ -16,6 +16,10 @@ figure is ``site seconds / sites``.
 
 from __future__ import annotations
 
+from federation.entry import enter_command_process
+
+enter_command_process()  # a process entry: before Flower is imported
+
 import argparse
 import time
 from collections import defaultdict
@@ -25,10 +29,11 @@ from typing import Any
 import numpy as np
 from flwr.app import Array, ArrayRecord, Context, Message, MetricRecord, RecordDict
 
-from bench.common import bench_parser, finish_run, md_table, median, scratch_dir, start_run
+from bench.common import bench_parser, finish_run, median, scratch_dir, start_run
+from bench.report import Report
 from federation import secagg, wire
 from federation.settings import RunSettings
-from strategies import build_strategy
+from server.rules import build_rule
 from umedpt.config import load_site_config
 from umedpt.data.demo import write_demo_federation
 from umedpt.model import UMedPTModel
@@ -59,7 +64,7 @@ class TimedGrid(ClientAppGrid):
 
 
 def fake_app(arrays: dict[str, np.ndarray], blocks: str):
-    """A site that describes itself, 'trains' instantly, evaluates nothing; real secagg."""
+    """A site that describes itself, 'trains' instantly, scores nothing; real secagg."""
     from flwr.app import ConfigRecord
     from flwr.clientapp import ClientApp
 
@@ -76,8 +81,14 @@ def fake_app(arrays: dict[str, np.ndarray], blocks: str):
 
     trained: dict[int, dict[str, np.ndarray]] = {}  # made once per site, reused each round
 
-    @app.train()
-    def train(message: Message, context: Context) -> Message:
+    class Unlogged:
+        """The real site logs each reply as it leaves; this fake one logs nothing."""
+
+        def log_as_sent(self, sent: Message, context: Context) -> Message:
+            return sent
+
+    def train_reply(message: Message, context: Context) -> tuple[Message, Unlogged]:
+        """The plain reply and its logger, as ``client.secagg.register`` expects them."""
         node = message.metadata.dst_node_id
         if node not in trained:
             rng = np.random.default_rng(node)
@@ -87,9 +98,19 @@ def fake_app(arrays: dict[str, np.ndarray], blocks: str):
         out = {k: Array(trained[node][k]) for k in message.content[wire.SHARED_ARRAYS].keys()}
         metrics = MetricRecord({wire.NUM_EXAMPLES: 64, wire.UNIT_WEIGHT: 1})
         content = RecordDict({wire.METRICS: metrics, wire.SHARED_ARRAYS: ArrayRecord(out)})
-        return Message(content, reply_to=message)
+        return Message(content, reply_to=message), Unlogged()
 
-    client_secagg.register(app, train)
+    @app.train()
+    def train(message: Message, context: Context) -> Message:
+        return train_reply(message, context)[0]
+
+    @app.evaluate()
+    def evaluate(message: Message, context: Context) -> Message:
+        """Nothing to score: answered at once (the strategy evaluates after its last round)."""
+        metrics = MetricRecord({wire.NUM_EXAMPLES: 1, wire.UNIT_WEIGHT: 1})
+        return Message(RecordDict({wire.METRICS: metrics}), reply_to=message)
+
+    client_secagg.register(app, train_reply)
     return app
 
 
@@ -101,7 +122,7 @@ def run_variant(
     settings = RunSettings(
         num_server_rounds=rounds, eval_every=10_000, secure_aggregation=secure, min_sites=sites
     )
-    strategy = build_strategy(settings, query_timeout=60)
+    strategy = build_rule(settings, query_timeout=60)
     strategy.fraction_evaluate = 0.0  # rounds of training only
     initial = ArrayRecord({k: Array(v) for k, v in arrays.items()})
     per_round: list[dict[str, float]] = []  # site seconds by message type, round by round
@@ -113,7 +134,10 @@ def run_variant(
     strategy.start(grid, initial, num_rounds=rounds, timeout=600, on_round_end=snapshot)
     measured = range(2, rounds + 1)  # round 1 also asks every site which site it is
     seconds = [strategy.rounds[r].seconds for r in measured]
-    site = [{k: v for k, v in per_round[r - 1].items() if k != "query"} for r in measured]
+    # Site seconds of the protocol: not the round-1 query, nor the last round's evaluation
+    # (a no-op here, sent where the strategy evaluates after its last round regardless).
+    skip = ("query", "evaluate")
+    site = [{k: v for k, v in per_round[r - 1].items() if k not in skip} for r in measured]
     # The machine is shared: the fastest round is the least disturbed one; its breakdown.
     fastest = min(range(len(seconds)), key=seconds.__getitem__)
     return {
@@ -130,7 +154,7 @@ def run_variant(
     }
 
 
-def render_markdown(result: dict[str, Any]) -> str:
+def report_of(result: dict[str, Any]) -> Report:
     rows = []
     for n in result["site_counts"]:
         plain, secure = result["variants"][f"plain-{n}"], result["variants"][f"secure-{n}"]
@@ -193,27 +217,18 @@ def render_markdown(result: dict[str, Any]) -> str:
         f" noisy), torch threads {machine.get('torch_threads')}; total run"
         f" {result.get('total_seconds', 0):.0f} s.",
     ]
-    return "\n".join(
-        [
-            "# Secure aggregation overhead",
-            "",
-            f"Tiny preset shared arrays ({result['parameters']:,} values: encoder + "
-            f"classification block, float32), rounds 2-{result['rounds']} of each variant; "
-            "the breakdown is the fastest "
-            "round's (the 2-core machine is shared); "
-            "sites run one after another in one process (in-process grid: messages pass as "
-            "objects, no network); 'training' is instant, so the plain round is only array "
-            "decoding and aggregation, and the ratio column overstates what a real round feels: "
-            "compare the overhead with the seconds of local training instead.",
-            "",
-            md_table(header, rows),
-            "",
-            "## Notes",
-            "",
-            *notes,
-            "",
-        ]
+    report = Report("Secure aggregation overhead")
+    report.text(
+        f"Tiny preset shared arrays ({result['parameters']:,} values: encoder + "
+        f"classification block, float32), rounds 2-{result['rounds']} of each variant; "
+        "the breakdown is the fastest "
+        "round's (the 2-core machine is shared); "
+        "sites run one after another in one process (in-process grid: messages pass as "
+        "objects, no network); 'training' is instant, so the plain round is only array "
+        "decoding and aggregation, and the ratio column overstates what a real round feels: "
+        "compare the overhead with the seconds of local training instead."
     )
+    return report.table(header, rows).heading("Notes").text("\n".join(notes))
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -242,7 +257,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "site_counts": args.site_counts,
         "variants": variants,
     }
-    return finish_run(args, "secagg", fields, render_markdown, start=start, notes="Notes")
+    return finish_run(args, "secagg", fields, report_of, start=start)
 
 
 if __name__ == "__main__":

@@ -1,5 +1,5 @@
-"""Helpers for the federation benchmarks (``overhead.py``, ``scale.py``, ``wire.py``,
-``recipe.py``, ``leave_one_site_out.py``).
+"""Helpers for the federation benchmarks (``overhead.py``, ``scale.py``, ``wire.py``) and
+experiments (``experiments/recipe.py``, ``leave_one_site_out.py``, ``privacy_utility.py``).
 
 - ``federation_settings``: the RunSettings fields of a benchmark run writing under one folder.
 - ``federate_in_process``: one ``server.federation.run_federation`` with the real ClientApp in
@@ -17,6 +17,9 @@
 - ``add_round_args``: the ``--rounds``, ``--local-steps`` and ``--images-per-site`` flags.
 
     PYTHONPATH=. python3 -m bench.simtools --help   (the subprocess entry point)
+
+The scripts that use this are process entries and switch Flower's telemetry off before
+anything imports Flower (``federation.entry``); so does the subprocess entry point.
 """
 
 from __future__ import annotations
@@ -44,14 +47,15 @@ def federation_settings(out: Path, **fields: Any) -> dict[str, Any]:
 
 
 def federate_in_process(site_files: Sequence[Path], out: Path, **fields: Any) -> dict[str, Any]:
-    """One federation (RunSettings ``fields``) through the real ClientApp, one node per site
-    file, in this process; returns its report."""
+    """One federation through the real ClientApp, one node per site file, in this process;
+    returns its report. ``fields``: RunSettings fields, and an aggregation rule's options by
+    field name (``RunSettings.of``)."""
     from client.app import app as client_app
     from federation.settings import RunSettings
     from server.federation import run_federation
     from umedpt_fl.inprocess import ClientAppGrid
 
-    settings = RunSettings(
+    settings = RunSettings.of(
         site_configs=",".join(str(Path(f).resolve()) for f in site_files),
         **federation_settings(out, **fields),
     )
@@ -186,6 +190,9 @@ def round_summary(rows: list[dict[str, Any]], last: int) -> dict[str, Any]:
 
 
 def _worker(argv: Sequence[str] | None = None) -> None:
+    from federation.entry import enter_command_process
+
+    enter_command_process()  # this process' entry: before simulate imports Flower
     parser = argparse.ArgumentParser(description="one simulate() run (used by the benchmarks)")
     parser.add_argument("sites", type=Path, nargs="+")
     parser.add_argument("--settings", required=True, help="RunSettings fields as JSON")

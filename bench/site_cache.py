@@ -22,6 +22,10 @@ the whole subprocess (interpreter, imports of torch and umedpt, load).
 
 from __future__ import annotations
 
+from federation.entry import enter_command_process
+
+enter_command_process()  # a process entry: no Flower telemetry, whatever imports Flower
+
 import json
 import os
 import subprocess
@@ -30,6 +34,8 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+
+from bench.report import Report
 
 VARIANTS = ("no-cache", "cold", "warm")
 # bench.common is imported inside the functions that need it: it imports timm, which the
@@ -121,9 +127,7 @@ def measure_site(site_file: Path, reps: int, work: Path) -> dict[str, Any]:
     }
 
 
-def render_markdown(result: dict[str, Any]) -> str:
-    from bench.common import md_table
-
+def report_of(result: dict[str, Any]) -> Report:
     machine = result["machine"]
     rows = []
     for s in result["sites"]:
@@ -154,24 +158,19 @@ def render_markdown(result: dict[str, Any]) -> str:
         "cold / no-cache",
         "process s no-cache / warm",
     ]
-    return "\n".join(
-        [
-            "# A deployed site's data load per message: decode vs the site's disk cache",
-            "",
-            "Each load in a fresh Python process, as Flower's deployment engine starts a "
-            "`flwr-clientapp` per message (twice per round). `no-cache`: decode every image "
-            "(before this cache); `cold`: decode and write `<state_dir>/cache/` (the first "
-            "round); `warm`: list the files, check the key, read the cache (every later "
-            f"round). Medians of {result['reps']} counterbalanced repetitions, measured side "
-            f"by side in one run on {machine.get('Model name', 'a CPU')}, "
-            f"{machine.get('nproc')} cores (shared with other jobs, noisy); ratios per "
-            "repetition, then the median. `process s` includes starting Python and "
-            "importing torch and umedpt.",
-            "",
-            md_table(header, rows),
-            "",
-        ]
+    report = Report("A deployed site's data load per message: decode vs the site's disk cache")
+    report.text(
+        "Each load in a fresh Python process, as Flower's deployment engine starts a "
+        "`flwr-clientapp` per message (twice per round). `no-cache`: decode every image "
+        "(before this cache); `cold`: decode and write `<state_dir>/cache/` (the first "
+        "round); `warm`: list the files, check the key, read the cache (every later "
+        f"round). Medians of {result['reps']} counterbalanced repetitions, measured side "
+        f"by side in one run on {machine.get('Model name', 'a CPU')}, "
+        f"{machine.get('nproc')} cores (shared with other jobs, noisy); ratios per "
+        "repetition, then the median. `process s` includes starting Python and "
+        "importing torch and umedpt."
     )
+    return report.table(header, rows)
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
@@ -192,7 +191,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     with scratch_dir("bench-site-cache-") as work:
         sites = [measure_site(f, args.reps, work) for f in site_files(args)]
     fields = {"reps": args.reps, "variants": list(VARIANTS), "sites": sites}
-    return finish_run(args, "site_cache", fields, render_markdown, start=start)
+    return finish_run(args, "site_cache", fields, report_of, start=start)
 
 
 if __name__ == "__main__":

@@ -1,9 +1,9 @@
 """Synthetic in-memory tasks and loop pieces for the throughput and memory benchmarks.
 
-Why not ``tests/helpers.py``: the benchmarks must not depend on test code that changes under
-other engineers' feet, and they need any image size and batch size. Content is irrelevant to
-speed and memory, but targets are well-formed (detection boxes land on FCOS points), so every
-loss takes its full code path.
+The samples are each task type's own ``synthetic_samples`` (what the tests train on too), at
+any image size and batch size, so every registered type can be benchmarked. Content is
+irrelevant to speed and memory, but targets are well-formed (detection boxes land on FCOS
+points), so every loss takes its full code path.
 """
 
 from __future__ import annotations
@@ -17,41 +17,11 @@ from typing import Any
 import torch
 
 from umedpt.config import TaskConfig
-from umedpt.data.samples import Sample, TaskData
+from umedpt.data.samples import TaskData
 from umedpt.model import UMedPTModel
 from umedpt.tasks import get_task_type, total_loss
 from umedpt.tasks.base import Batch
 from umedpt.training.trainer import MultiTaskTrainer, TaskRun
-
-CLASSES = {
-    "classification": ("absent", "present"),
-    "segmentation": ("square",),
-    "detection": ("square",),
-}
-
-
-def make_samples(task_type: str, n: int, size: int, generator: torch.Generator) -> list[Sample]:
-    """``n`` noise images with a bright square; the target describes the square."""
-    samples = []
-    side = max(4, size // 4)
-    for i in range(n):
-        image = torch.randint(0, 100, (3, size, size), generator=generator, dtype=torch.uint8)
-        y, x = torch.randint(0, size - side, (2,), generator=generator).tolist()
-        image[:, y : y + side, x : x + side] += 120
-        sample = Sample(image, f"{task_type}-{i}")
-        if task_type == "classification":
-            sample.label = i % 2
-        elif task_type == "segmentation":
-            mask = torch.zeros(size, size, dtype=torch.uint8)
-            mask[y : y + side, x : x + side] = 1
-            sample.mask = mask
-        elif task_type == "detection":
-            sample.boxes = torch.tensor([[x, y, x + side, y + side]], dtype=torch.float32)
-            sample.box_labels = torch.tensor([0])
-        else:
-            raise ValueError(f"unknown task type {task_type!r}; use one of {sorted(CLASSES)}")
-        samples.append(sample)
-    return samples
 
 
 def make_run(
@@ -59,16 +29,17 @@ def make_run(
 ) -> TaskRun:
     """A task with ``n`` training samples (no validation data: benchmarks only train)."""
     generator = torch.Generator().manual_seed(seed)
+    kind = get_task_type(task_type)  # RegistryError names the registered types
     config = TaskConfig(
         name,
         task_type,
         "memory",
         Path("memory"),
-        CLASSES[task_type],
+        kind.synthetic_classes,
         image_size=size,
         batch_size=batch_size,
     )
-    samples = make_samples(task_type, n, size, generator)
+    samples = kind.synthetic_samples(n, generator, image_size=size)
     return TaskRun(config, TaskData({"train": samples, "val": [], "test": []}))
 
 

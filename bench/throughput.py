@@ -17,6 +17,10 @@ Variants per scenario:
 
 from __future__ import annotations
 
+from federation.entry import enter_command_process
+
+enter_command_process()  # a process entry: no Flower telemetry, whatever imports Flower
+
 import argparse
 import gc
 import time
@@ -24,7 +28,8 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from bench import synthetic
-from bench.common import bench_parser, finish_run, md_table, median, settings_of, start_run
+from bench.common import bench_parser, finish_run, median, settings_of, start_run
+from bench.report import Report
 from umedpt.model import UMedPTModel
 from umedpt.models.presets import PRESETS, ModelConfig
 from umedpt.tasks.base import Batch
@@ -142,18 +147,17 @@ def bench_scenario(
     }
 
 
-def render_markdown(result: dict[str, Any]) -> str:
+def report_of(result: dict[str, Any]) -> Report:
     a = result["settings"]
-    lines = [
-        "# Throughput: MultiTaskTrainer vs a hand-written loop",
-        "",
+    report = Report(
+        "Throughput: MultiTaskTrainer vs a hand-written loop", notes_heading="Notes"
+    ).text(
         f"{synthetic.describe_setup(a)}, {a['steps']} steps per repetition, "
         f"{a['reps']} interleaved repetitions (order alternates), "
         f"{a['warmup']} warm-up steps excluded, "
         f"{a['threads']} torch threads, CPU ({result['machine'].get('Model name', '?')}). "
-        "Ratio = images/s of the variant / images/s of the plain loop in the same repetition.",
-        "",
-    ]
+        "Ratio = images/s of the variant / images/s of the plain loop in the same repetition."
+    )
     for name, sc in result["scenarios"].items():
         rows = []
         for v, ips in sc["images_per_s"].items():
@@ -167,13 +171,10 @@ def render_markdown(result: dict[str, Any]) -> str:
                     " ".join(f"{x:.3f}" for x in ratio) if ratio else "",
                 ]
             )
-        lines += [
-            f"## {name}",
-            "",
-            md_table(["variant", "median img/s", "img/s per rep", "median ratio", "ratios"], rows),
-            "",
-        ]
-    return "\n".join(lines)
+        report.heading(name).table(
+            ["variant", "median img/s", "img/s per rep", "median ratio", "ratios"], rows
+        )
+    return report
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -207,7 +208,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "settings": {**settings, "threads": args.threads, "seed": args.seed},
         "scenarios": scenarios,
     }
-    return finish_run(args, "throughput", fields, render_markdown, notes="Notes")
+    return finish_run(args, "throughput", fields, report_of)
 
 
 if __name__ == "__main__":

@@ -23,6 +23,10 @@ downstream traffic is 2x the payload in evaluated rounds.
 
 from __future__ import annotations
 
+from federation.entry import enter_command_process
+
+enter_command_process()  # a process entry: before Flower is imported
+
 import argparse
 import logging
 from collections.abc import Sequence
@@ -31,7 +35,8 @@ from typing import Any
 
 import torch
 
-from bench.common import bench_parser, finish_run, md_table, scratch_dir, start_run
+from bench.common import bench_parser, finish_run, scratch_dir, start_run
+from bench.report import Report
 from bench.simtools import federate_in_process
 from federation.settings import RunSettings
 from server.federation import initial_weights
@@ -119,17 +124,15 @@ def confirm_with_run(site_files: Sequence[Path], work: Path, seed: int) -> dict[
     }
 
 
-def render_markdown(result: dict[str, Any]) -> str:
-    lines = [
-        "# Bytes on the wire per site and round vs the whole model",
-        "",
+def report_of(result: dict[str, Any]) -> Report:
+    report = Report("Bytes on the wire per site and round vs the whole model")
+    report.text(
         "Four demo sites (`umedpt-fl demo-data`): clinic-a classification, clinic-b "
         "segmentation, clinic-c detection, clinic-d classification. Payload = what the strategy "
         "sends a site for training, and what the site sends back (same keys), as serialised "
         "npy arrays (`strategies.arrays_nbytes`), measured with `--share-blocks` (the largest "
-        "payload; by default a site sends its encoder only, the encoder column). MB = 10^6 bytes.",
-        "",
-    ]
+        "payload; by default a site sends its encoder only, the encoder column). MB = 10^6 bytes."
+    )
     header = [
         "preset",
         "site",
@@ -160,44 +163,41 @@ def render_markdown(result: dict[str, Any]) -> str:
                     f"{s['payload_bytes'] / g:.3f}",
                 ]
             )
-    lines += [md_table(header, rows), ""]
+    report.table(header, rows)
+    totals = []
     for preset in result["presets"]:
         blocks = ", ".join(f"{b} {v / MB:.2f}" for b, v in preset["global_blocks_bytes"].items())
-        lines.append(
+        totals.append(
             f"- {preset['preset']} ({preset['encoder']}): global shared "
             f"{preset['global_shared_bytes'] / MB:.2f} MB = encoder "
             f"{preset['sites'][0]['encoder_bytes'] / MB:.2f} MB + blocks ({blocks}) MB."
         )
+    report.text("\n".join(totals))
     check = result.get("confirmed")
     if check:
-        lines += [
-            "",
+        report.text(
             "Confirmation (tiny, 1 round x 1 local step, `run_federation` in-process): "
-            "`report.json` bytes_sent / bytes_received per site vs computed payload:",
-            "",
-            md_table(
-                ["site", "report bytes_sent", "report bytes_received", "computed", "match"],
+            "`report.json` bytes_sent / bytes_received per site vs computed payload:"
+        )
+        report.table(
+            ["site", "report bytes_sent", "report bytes_received", "computed", "match"],
+            [
                 [
-                    [
-                        site,
-                        check["bytes_sent"][site],
-                        check["bytes_received"][site],
-                        computed,
-                        "yes"
-                        if check["bytes_sent"][site] == check["bytes_received"][site] == computed
-                        else "NO",
-                    ]
-                    for site, computed in check["computed"].items()
-                ],
-            ),
-        ]
-    lines += [
-        "",
+                    site,
+                    check["bytes_sent"][site],
+                    check["bytes_received"][site],
+                    computed,
+                    "yes"
+                    if check["bytes_sent"][site] == check["bytes_received"][site] == computed
+                    else "NO",
+                ]
+                for site, computed in check["computed"].items()
+            ],
+        )
+    return report.text(
         "Rounds that also evaluate send the payload down once more (not in `report.json`): "
-        "3x payload per site in such a round.",
-        "",
-    ]
-    return "\n".join(lines)
+        "3x payload per site in such a round."
+    )
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -226,7 +226,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             confirmed["computed"] = {s["site"]: s["payload_bytes"] for s in tiny["sites"]}
             confirmed["global_computed"] = tiny["global_shared_bytes"]
     fields = {"seed": args.seed, "presets": presets, "confirmed": confirmed}
-    return finish_run(args, "wire", fields, render_markdown, start=start)
+    return finish_run(args, "wire", fields, report_of, start=start)
 
 
 if __name__ == "__main__":

@@ -1,17 +1,23 @@
 """Centralized multi-task pretraining on the four shared datasets vs each task trained alone.
 
 Why: UMedPT's claim is that one shared encoder trained on many small tasks is at least as good
-for each task as a model trained on that task alone. This benchmark trains the tiny preset on
+for each task as a model trained on that task alone. This experiment trains the tiny preset on
 the four sites of ``bench/sites/*.toml`` together for ``--steps`` multi-task steps, then trains
 one single-task model per task for the same number of steps *with the identical batch
 sequence* of that task (same stream seed), so every task's examples seen are equal and the only
 difference is the other tasks sharing the encoder. Validation metrics of both are reported.
 
-    PYTHONPATH=. python3 bench/centralized.py             # full run (~25 min on 2 cores)
-    PYTHONPATH=. python3 bench/centralized.py --steps 20  # smoke test
+Results: ``experiments/results/centralized.{json,md}``.
+
+    PYTHONPATH=. python3 experiments/centralized.py             # full run (~25 min on 2 cores)
+    PYTHONPATH=. python3 experiments/centralized.py --steps 20 --out /tmp/bench  # smoke test
 """
 
 from __future__ import annotations
+
+from federation.entry import enter_command_process
+
+enter_command_process()  # a process entry: no Flower telemetry, whatever imports Flower
 
 import argparse
 import logging
@@ -19,7 +25,9 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from bench.common import add_sites_arg, bench_parser, finish_run, md_table, site_files, start_run
+from bench.common import add_sites_arg, finish_run, site_files, start_run
+from bench.report import Report
+from experiments.common import experiment_parser
 from umedpt.config import load_site_config
 from umedpt.model import UMedPTModel, count_parameters
 from umedpt.models.presets import PRESETS, ModelConfig
@@ -28,7 +36,7 @@ from umedpt.training.seeding import seed_everything
 from umedpt.training.streams import TaskStream
 from umedpt.training.trainer import MultiTaskTrainer, TaskRun, TrainConfig
 
-log = logging.getLogger("bench.centralized")
+log = logging.getLogger("experiments.centralized")
 
 
 def stream_seed(seed: int, index: int) -> int:
@@ -87,7 +95,7 @@ def _summary(tasks: Sequence[TaskRun], val: dict[str, dict[str, float]]) -> str:
     return ", ".join(parts)
 
 
-def render_markdown(result: dict[str, Any]) -> str:
+def report_of(result: dict[str, Any]) -> Report:
     """Per-task table: primary metric (and the rest) multi-task vs single-task."""
     rows = []
     for name, info in result["tasks"].items():
@@ -120,24 +128,21 @@ def render_markdown(result: dict[str, Any]) -> str:
     mt = result["multi_task"]
     singles = result["single_task"]
     single_train = sum(s["train_seconds"] for s in singles.values())
-    lines = [
-        "# Centralized pretraining: 4 tasks together vs each task alone",
-        "",
+    report = Report("Centralized pretraining: 4 tasks together vs each task alone")
+    report.text(
         f"Tiny preset ({result['parameters_m']:.2f}M parameters), seed {result['seed']}, "
         f"{result['steps']} steps (one batch of every task per multi-task step; each "
-        "single-task run replays exactly the same batches of its task). Validation split.",
-        "",
-        md_table(header, rows),
-        "",
+        "single-task run replays exactly the same batches of its task). Validation split."
+    )
+    report.table(header, rows)
+    report.text(
         f"Wall time: multi-task {mt['train_seconds']:.0f} s training "
         f"({mt['seconds_per_step']:.2f} s/step) + {mt['eval_seconds']:.0f} s eval; "
         f"single-task runs {single_train:.0f} s training in total; "
         f"whole benchmark {result['total_seconds']:.0f} s. "
         f"Epochs of the longest task: {result['epochs']:.1f}.",
-        "",
         "Learning curve (primary metric, multi-task / single-task):",
-        "",
-    ]
+    )
     names = list(result["tasks"])
     curve_rows = []
     for i, entry in enumerate(mt["history"]):
@@ -149,12 +154,11 @@ def render_markdown(result: dict[str, Any]) -> str:
                 f"{entry['val'][name][primary]:.3f} / {single_entry['val'][name][primary]:.3f}"
             )
         curve_rows.append(row)
-    lines += [md_table(["step", *names], curve_rows), ""]
-    return "\n".join(lines)
+    return report.table(["step", *names], curve_rows)
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    parser = bench_parser(__doc__, name="centralized", threads=2, preset="tiny")
+    parser = experiment_parser(__doc__, name="centralized", threads=2, preset="tiny")
     parser.add_argument("--steps", type=int, default=300, help="multi-task steps (and per task)")
     parser.add_argument("--eval-every", type=int, default=None, help="default: steps // 4")
     add_sites_arg(parser)
@@ -208,7 +212,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "multi_task": multi_result,
         "single_task": single_results,
     }
-    return finish_run(args, "centralized", fields, render_markdown, start=start)
+    return finish_run(args, "centralized", fields, report_of, start=start)
 
 
 if __name__ == "__main__":

@@ -1,8 +1,8 @@
 """Why a pretrained encoder can transfer worse than a random one: rank and separability per stage.
 
-On the leave-one-site-out benchmark a random-init encoder is often the best frozen encoder
+On the leave-one-site-out experiment a random-init encoder is often the best frozen encoder
 (PBC at 10% labels). This diagnostic looks inside the cached encoders of
-``bench/leave_one_site_out.py``: for each held-out target and pretraining budget it mean-pools
+``experiments/leave_one_site_out.py``: for each held-out target and pretraining budget it mean-pools
 each pyramid stage's features of the target's training images and reports
 
 - the effective rank (Roy & Vetterli 2007: exp of the entropy of the normalised singular
@@ -11,18 +11,23 @@ each pyramid stage's features of the target's training images and reports
   directions those tasks need;
 - for single-label classification targets, the balanced accuracy of a closed-form ridge probe
   (standardised features, one-vs-rest least squares) on the test split, trained on all the
-  training labels and on the benchmark's 10% subsets (the same class-stratified subsets as
+  training labels and on the experiment's 10% subsets (the same class-stratified subsets as
   ``umedpt.evaluation``, 3 seeds). A closed form has no step budget or learning rate, so it
   separates what the features hold from how a probe is trained.
 
-    PYTHONPATH=. python3 bench/feature_rank.py                 # 300 and 600 steps/task caches
-    PYTHONPATH=. python3 bench/feature_rank.py --steps 300 --targets pbc_blood_cells
+Results: ``experiments/results/feature-rank.{json,md}``.
+
+    PYTHONPATH=. python3 experiments/feature_rank.py           # 300 and 600 steps/task caches
+    PYTHONPATH=. python3 experiments/feature_rank.py --steps 300 --targets pbc_blood_cells
 """
 
 from __future__ import annotations
 
+from federation.entry import enter_command_process
+
+enter_command_process()  # a process entry: before anything imports Flower
+
 import argparse
-import json
 import statistics
 from collections.abc import Sequence
 from pathlib import Path
@@ -31,8 +36,10 @@ from typing import Any
 import torch
 from torchmetrics.functional.classification import multiclass_accuracy
 
-from bench import leave_one_site_out as loso
-from bench.common import SITES_DIR, bench_parser, md_table, start_run
+from bench.common import SITES_DIR, start_run
+from bench.report import Report, write_results
+from experiments import leave_one_site_out as loso
+from experiments.common import experiment_parser
 from umedpt.config import load_site_config
 from umedpt.evaluation import load_target, parse_encoders
 from umedpt.evaluation.subsets import stratified_subset
@@ -43,7 +50,7 @@ RIDGE = 1.0  # penalty per sqrt(sample): mild, the same for every encoder
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    parser = bench_parser(__doc__, name=NAME, threads=1)
+    parser = experiment_parser(__doc__, name=NAME, threads=1)
     parser.add_argument("--steps", default="300,600", help="pretraining budgets (cached)")
     parser.add_argument("--targets", nargs="*", default=None, help="site names (default: all)")
     parser.add_argument("--fraction", type=float, default=10.0, help="%% of labels of the probe")
@@ -102,7 +109,8 @@ def measure(
         return []  # this budget's encoders for the target are not all trained yet
     task = load_site_config(SITES_DIR / f"{target}.toml").tasks[0]
     loaded = load_target(task)
-    collate = get_task_type(task.type).collate
+    task_type = get_task_type(task.type)
+    collate = task_type.collate
     train, test = loaded.splits["train"], loaded.splits["test"]
     labelled = task.type == "classification"
     rows = []
@@ -116,8 +124,8 @@ def measure(
             "effective_rank": [effective_rank(s) for s in stages],
         }
         if labelled:
-            y_train = torch.tensor([s.label for s in train])
-            y_test = torch.tensor([s.label for s in test])
+            y_train = torch.tensor([s.targets["label"] for s in train])
+            y_test = torch.tensor([s.targets["label"] for s in test])
             classes = len(task.classes)
             x_train = torch.cat(stages, 1)
             x_test = torch.cat(pooled_stages(encoder, test, collate), 1)
@@ -125,7 +133,9 @@ def measure(
                 x_train, y_train, x_test, y_test, classes
             )
             subsets = [
-                torch.tensor(stratified_subset(train, args.fraction, seed))
+                torch.tensor(
+                    stratified_subset(train, args.fraction, seed, stratum=task_type.stratum)
+                )
                 for seed in range(args.seeds)
             ]
             row["ridge_fraction"] = statistics.fmean(
@@ -136,24 +146,23 @@ def measure(
     return rows
 
 
-def render_markdown(rows: list[dict[str, Any]], args: argparse.Namespace) -> str:
-    lines = [
-        "# Feature rank and linear separability of the leave-one-site-out encoders",
-        "",
+def report_of(result: dict[str, Any]) -> Report:
+    rows, s = result["rows"], result["settings"]
+    report = Report("Feature rank and linear separability of the leave-one-site-out encoders")
+    report.text(
         "Per held-out target and pretraining budget (steps per task, default recipe, pretraining "
-        f"seed {args.seed}): the effective rank of each stage's mean-pooled features of the "
+        f"seed {s['seed']}): the effective rank of each stage's mean-pooled features of the "
         "target's training images (stage 1 -> 4), and for classification targets the test "
         "balanced accuracy of a closed-form ridge probe on all four stages, with all training "
-        f"labels and with {args.fraction:g}% ({args.seeds} class-stratified subsets, mean). "
-        "Written by `bench/feature_rank.py`.",
-        "",
-    ]
+        f"labels and with {s['fraction']:g}% ({s['seeds']} class-stratified subsets, mean). "
+        "Written by `experiments/feature_rank.py`."
+    )
     for target in dict.fromkeys(r["target"] for r in rows):
         mine = [r for r in rows if r["target"] == target]
         labelled = "ridge_all_labels" in mine[0]
         header = ["steps/task", "encoder", "effective rank, stages 1-4"]
         if labelled:
-            header += ["ridge, all labels", f"ridge, {args.fraction:g}%"]
+            header += ["ridge, all labels", f"ridge, {s['fraction']:g}%"]
         table = []
         for r in mine:
             line = [
@@ -164,8 +173,8 @@ def render_markdown(rows: list[dict[str, Any]], args: argparse.Namespace) -> str
             if labelled:
                 line += [f"{r['ridge_all_labels']:.3f}", f"{r['ridge_fraction']:.3f}"]
             table.append(line)
-        lines += [f"## {target}", "", md_table(header, table), ""]
-    return "\n".join(lines)
+        report.heading(target).table(header, table)
+    return report
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -179,9 +188,17 @@ def main(argv: Sequence[str] | None = None) -> None:
         for budget in (int(s) for s in args.steps.split(","))
         for row in measure(target, sites, budget, args)
     ]
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / f"{args.name}.json").write_text(json.dumps(rows, indent=1) + "\n")
-    (args.out / f"{args.name}.md").write_text(render_markdown(rows, args))
+    result = {
+        "settings": {
+            "steps": args.steps,
+            "seed": args.seed,
+            "fraction": args.fraction,
+            "seeds": args.seeds,
+        },
+        "rows": rows,
+        "comment": args.comment,
+    }
+    write_results(args.out, args.name, result, report_of(result))
 
 
 if __name__ == "__main__":

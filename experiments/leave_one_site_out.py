@@ -7,17 +7,23 @@ number of steps per task, then ``umedpt.evaluation`` trains fresh heads on 1/10/
 held-out site's training labels (frozen and finetune, 3 seeds, plus the random baseline of
 the same architecture) and scores its test split once.
 
-Every pretraining run and every evaluation cell is cached under ``--work``; a rerun skips
-what is done, so the benchmark can be run in pieces and still end as one table. Rows go to
-``bench/results/leave-one-site-out.json`` (a list of ``{target, encoder, mode, fraction,
-seed, metric, value}``) beside a ``.md`` with labels saved, federated - centralized and
+Every pretraining run and every evaluation cell is cached under ``--work`` (default
+``experiments/.work/leave-one-site-out/<key of the pretraining settings>``); a rerun skips
+what is done, so the experiment can be run in pieces and still end as one table. Results go
+to ``experiments/results/leave-one-site-out.json`` (``rows``: one ``{target, encoder, mode,
+fraction, seed, metric, value}`` per cell; ``summaries``: each target's means; ``meta``: the
+settings) beside a ``.md`` rendered from it with labels saved, federated - centralized and
 federated - best site-alone per target, and what is still missing.
 
-    PYTHONPATH=. python3 bench/leave_one_site_out.py            # hours on 2 cores; resumable
-    PYTHONPATH=. python3 bench/leave_one_site_out.py --targets pbc_blood_cells --quick
+    PYTHONPATH=. python3 experiments/leave_one_site_out.py     # hours on 2 cores; resumable
+    PYTHONPATH=. python3 experiments/leave_one_site_out.py --targets pbc_blood_cells --quick
 """
 
 from __future__ import annotations
+
+from federation.entry import enter_command_process
+
+enter_command_process()  # a process entry: before anything imports Flower
 
 import argparse
 import contextlib
@@ -25,23 +31,16 @@ import fcntl
 import hashlib
 import json
 import logging
-import os
 import shutil
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from bench.common import (
-    REPO_ROOT,
-    add_sites_arg,
-    bench_parser,
-    md_table,
-    site_files,
-    start_run,
-    write_json,
-)
+from bench.common import REPO_ROOT, add_sites_arg, site_files, start_run
+from bench.report import Report, write_json, write_results
 from bench.simtools import federate_in_process
+from experiments.common import WORK_DIR, experiment_parser
 from federation.settings import SCHEDULES, RunSettings
 from umedpt.checkpoint import read_meta, read_model_config
 from umedpt.config import SiteConfig, load_site_config
@@ -50,16 +49,16 @@ from umedpt.evaluation.summary import summarize
 from umedpt.models.presets import model_config
 from umedpt.pretrain import PretrainConfig, pretrain
 
-log = logging.getLogger("bench.leave_one_site_out")
+log = logging.getLogger("experiments.leave_one_site_out")
 
 NAME = "leave-one-site-out"
 FEDERATED, CENTRALIZED, SITE_ALONE, RANDOM = "federated", "centralized", "site-alone", "random"
 DEFAULTS = RunSettings()  # the recipe `simulate` and `server` run by default
-DEFAULT_STEPS = 300  # steps per task: the budget bench/recipe.py measured the recipe at
+DEFAULT_STEPS = 300  # steps per task: the budget experiments/recipe.py measured the recipe at
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    parser = bench_parser(
+    parser = experiment_parser(
         __doc__, preset="tiny", threads=1, quick="2 rounds x 5 steps, 1 seed, 1 and 100%%"
     )
     add_sites_arg(parser)
@@ -81,7 +80,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--work",
         type=Path,
         default=None,
-        help=f"cache folder (default: bench/.work/{NAME}/<key of the pretraining settings>)",
+        help=f"cache folder (default: experiments/.work/{NAME}/<key of the pretraining settings>)",
     )
     args = parser.parse_args(argv)
     if args.quick:
@@ -92,7 +91,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     args.rounds = args.steps // args.local_steps
     if args.work is None:  # one folder per pretraining recipe: cached encoders never mix
         key = hashlib.sha256(json.dumps(pretraining_of(args), sort_keys=True).encode())
-        args.work = REPO_ROOT / "bench" / ".work" / NAME / key.hexdigest()[:10]
+        args.work = WORK_DIR / NAME / key.hexdigest()[:10]
     return args
 
 
@@ -161,7 +160,7 @@ def pretrain_encoders(target: SiteConfig, others: list[SiteConfig], args, work: 
 @contextlib.contextmanager
 def exclusive(folder: Path) -> Iterator[None]:
     """Hold ``<folder>.lock`` while working on ``folder``: several processes may run this
-    benchmark on one cache (``--targets`` in different orders) without doing a unit twice."""
+    experiment on one cache (``--targets`` in different orders) without doing a unit twice."""
     folder.parent.mkdir(parents=True, exist_ok=True)
     with open(folder.with_name(folder.name + ".lock"), "w") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
@@ -267,31 +266,29 @@ def collect(work: Path, targets: list[str]) -> tuple[list[dict[str, Any]], dict[
     return rows, summaries
 
 
-def render_markdown(meta: dict[str, Any], summaries: dict[str, Any]) -> str:
-    lines = [
-        "# Leave-one-site-out transfer (tiny preset, 64 px, CPU)",
-        "",
+def report_of(result: dict[str, Any]) -> Report:
+    """Per target: each arm's mean ± sd per fraction, the federated encoder's lead over the
+    centralized and the best site-alone one, and the labels saved."""
+    meta, summaries = result["meta"], result["summaries"]
+    recipe = (
+        f"{meta['schedule']} learning-rate schedule over those steps in every arm, blocks "
+        f"{'shared' if meta['share_blocks'] else 'kept at each site'} in the federation, "
+        if "schedule" in meta  # not recorded by the first run (leave-one-site-out-150-steps)
+        else ""
+    )
+    report = Report("Leave-one-site-out transfer (tiny preset, 64 px, CPU)").text(
         f"Pretraining: {meta['rounds']} rounds x {meta['local_steps']} local steps "
         f"(= {meta['rounds'] * meta['local_steps']} steps per task in every arm), "
-        f"{meta['schedule']} learning-rate schedule over those steps in every arm, blocks "
-        f"{'shared' if meta['share_blocks'] else 'kept at each site'} in the federation, seed "
-        f"{meta['seed']}. Evaluation: fractions {meta['fractions']} %, {meta['seeds']} seeds, "
-        f"{meta['eval_min_steps']}..{meta['eval_steps']} steps per cell, frozen and finetune "
-        "(protocol in docs/evaluation.md). Rows: `leave-one-site-out.json`.",
-        "",
+        f"{recipe}seed {meta['seed']}. Evaluation: fractions {meta['fractions']} %, "
+        f"{meta['seeds']} seeds, {meta['eval_min_steps']}..{meta['eval_steps']} steps per cell, "
+        f"frozen and finetune (protocol in docs/evaluation.md). Rows: `{result['name']}.json`.",
         f"Targets finished: {meta['finished']}; missing: {meta['missing'] or 'none'}. "
         f"Wall time of the last invocation: {meta['seconds'] / 60:.0f} min.",
-        "",
-    ]
+    )
     for target, summary in summaries.items():
         metric = summary["primary_metric"]
-        lines += [f"## target {target} ({metric})", ""]
+        report.heading(f"target {target} ({metric})")
         means = {(r["encoder"], r["mode"], r["fraction"]): r for r in summary["rows"]}
-        header = [
-            "encoder",
-            "mode",
-            *[f"{f:g}%" for f in sorted({r["fraction"] for r in summary["rows"]})],
-        ]
         fractions = sorted({r["fraction"] for r in summary["rows"]})
         table = []
         for encoder, mode in dict.fromkeys((r["encoder"], r["mode"]) for r in summary["rows"]):
@@ -307,7 +304,7 @@ def render_markdown(meta: dict[str, Any], summaries: dict[str, Any]) -> str:
                     ],
                 ]
             )
-        lines += [md_table(header, table), ""]
+        report.table(["encoder", "mode", *[f"{f:g}%" for f in fractions]], table)
         diffs = []
         for mode in dict.fromkeys(r["mode"] for r in summary["rows"]):
             for f in fractions:
@@ -329,13 +326,9 @@ def render_markdown(meta: dict[str, Any], summaries: dict[str, Any]) -> str:
                         else "-",
                     ]
                 )
-        lines += [
-            md_table(
-                ["mode", "fraction", "federated - centralized", "federated - best site-alone"],
-                diffs,
-            ),
-            "",
-        ]
+        report.table(
+            ["mode", "fraction", "federated - centralized", "federated - best site-alone"], diffs
+        )
         saved = [
             [
                 e["encoder"],
@@ -349,13 +342,9 @@ def render_markdown(meta: dict[str, Any], summaries: dict[str, Any]) -> str:
             ]
             for e in summary["labels_saved"]
         ]
-        lines += [
-            "Labels saved (reaches the random baseline's mean at 100%):",
-            "",
-            md_table(["encoder", "mode", "reaches it at", "labels saved"], saved),
-            "",
-        ]
-    return "\n".join(lines)
+        report.text("Labels saved (reaches the random baseline's mean at 100%):")
+        report.table(["encoder", "mode", "reaches it at", "labels saved"], saved)
+    return report
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -367,9 +356,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     args.work.mkdir(parents=True, exist_ok=True)
     saved = args.work / "settings.json"
     if not saved.is_file():  # written whole, then renamed: another process may be reading
-        tmp = saved.with_suffix(f".{os.getpid()}.tmp")
-        write_json(tmp, pretraining_of(args))
-        tmp.replace(saved)
+        write_json(saved, pretraining_of(args))
     if json.loads(saved.read_text()) != pretraining_of(args):
         raise SystemExit(f"{args.work}: caches encoders of other settings ({saved}); use another")
     for target in targets:
@@ -406,9 +393,13 @@ def write_outputs(args: argparse.Namespace, sites: list[SiteConfig], start: floa
         "missing": [n for n in names if n not in finished],
         "seconds": time.perf_counter() - start,
     }
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / f"{NAME}.json").write_text(json.dumps(rows, indent=1) + "\n")
-    (args.out / f"{NAME}.md").write_text(render_markdown(meta, summaries))
+    # The summaries without their site file's path (this machine's): the tables' numbers.
+    summaries = {
+        t: {k: v for k, v in summary.items() if k != "target_file"}
+        for t, summary in summaries.items()
+    }
+    result = {"name": NAME, "meta": meta, "summaries": summaries, "rows": rows}
+    write_results(args.out, NAME, result, report_of(result))
     log.info("wrote %d rows; finished %s, missing %s", len(rows), finished, meta["missing"])
 
 

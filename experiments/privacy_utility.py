@@ -11,14 +11,20 @@ and ``server.federation.run_federation`` (no Ray). The only difference between a
 ``target_delta`` and ``max_grad_norm`` shared by all. Validation split, primary metric of each
 task, global weights with each site's own head (what ``report.json`` records).
 
-Each arm's report is cached under ``--work``; a rerun skips finished arms, so the benchmark
-can be run in pieces and still ends as one table.
+Each arm's report is cached under ``--work`` (default
+``experiments/.work/privacy-utility``); a rerun skips finished arms, so the experiment can be
+run in pieces and still ends as one table. Results:
+``experiments/results/privacy_utility.{json,md}``.
 
-    PYTHONPATH=. python3 bench/privacy_utility.py --work runs/bench-privacy   # ~1 h on 2 cores
-    PYTHONPATH=. python3 bench/privacy_utility.py --quick --out /tmp/bench
+    PYTHONPATH=. python3 experiments/privacy_utility.py                # ~1 h on 2 cores
+    PYTHONPATH=. python3 experiments/privacy_utility.py --quick --out /tmp/bench --work /tmp/pu
 """
 
 from __future__ import annotations
+
+from federation.entry import enter_command_process
+
+enter_command_process()  # a process entry: before anything imports Flower
 
 import argparse
 import json
@@ -32,19 +38,14 @@ from typing import Any
 
 import tomli_w
 
-from bench.common import (
-    add_sites_arg,
-    bench_parser,
-    finish_run,
-    md_table,
-    site_files,
-    start_run,
-)
+from bench.common import add_sites_arg, finish_run, site_files, start_run
+from bench.report import Report
 from bench.simtools import federate_in_process
+from experiments.common import WORK_DIR, experiment_parser
 from federation import wire
 from federation.settings import THREADS_ENV
 
-log = logging.getLogger("bench.privacy_utility")
+log = logging.getLogger("experiments.privacy_utility")
 
 NON_PRIVATE = "none"
 
@@ -134,7 +135,7 @@ def run_arm(
     return arm
 
 
-def render_markdown(result: dict[str, Any]) -> str:
+def report_of(result: dict[str, Any]) -> Report:
     arms = result["arms"]
     base = arms[NON_PRIVATE]["final"]
     labels = [a for a in arms if a != NON_PRIVATE]
@@ -159,33 +160,28 @@ def render_markdown(result: dict[str, Any]) -> str:
         for label in labels
     ]
     steps = result["rounds"] * result["local_steps"]
-    return "\n".join(
-        [
-            "# Utility vs privacy (sample-level DP-SGD at every site)",
-            "",
-            f"Tiny preset, seed {result['seed']}, four sites of `bench/sites`, "
-            f"{result['rounds']} rounds x {result['local_steps']} local steps ({steps} steps per "
-            f"task), FedAvg, in-process `run_federation` + `ClientAppGrid`. Every site has the "
-            f"same `[privacy]` table: target_delta {result['delta']:g}, max_grad_norm "
-            f"{result['clip']:g}; batch size "
-            f"{result.get('batch_size') or 'as in the site files'}. Validation split, primary "
-            "metric; in brackets the change from "
-            "no DP in points. Goal: within 3 points of no DP at epsilon 8.",
-            "",
-            md_table(header, rows),
-            "",
-            "Epsilon each site reported with its last reply, and wall time per arm "
-            f"({result['threads']} torch thread(s), shared machine; no DP: "
-            f"{arms[NON_PRIVATE]['seconds']:.0f} s):",
-            "",
-            md_table(["arm", "target epsilon", "spent epsilon per site", "seconds"], spent),
-            "",
-        ]
+    report = Report("Utility vs privacy (sample-level DP-SGD at every site)")
+    report.text(
+        f"Tiny preset, seed {result['seed']}, four sites of `bench/sites`, "
+        f"{result['rounds']} rounds x {result['local_steps']} local steps ({steps} steps per "
+        f"task), FedAvg, in-process `run_federation` + `ClientAppGrid`. Every site has the "
+        f"same `[privacy]` table: target_delta {result['delta']:g}, max_grad_norm "
+        f"{result['clip']:g}; batch size "
+        f"{result.get('batch_size') or 'as in the site files'}. Validation split, primary "
+        "metric; in brackets the change from "
+        "no DP in points. Goal: within 3 points of no DP at epsilon 8."
     )
+    report.table(header, rows)
+    report.text(
+        "Epsilon each site reported with its last reply, and wall time per arm "
+        f"({result['threads']} torch thread(s), shared machine; no DP: "
+        f"{arms[NON_PRIVATE]['seconds']:.0f} s):"
+    )
+    return report.table(["arm", "target epsilon", "spent epsilon per site", "seconds"], spent)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = bench_parser(
+    parser = experiment_parser(
         __doc__, name="privacy_utility", threads=1, preset="tiny", quick="2 rounds x 2 steps"
     )
     add_sites_arg(parser)
@@ -198,7 +194,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument(
         "--batch-size", type=int, default=0, help="every task's batch size (0: the site files')"
     )
-    parser.add_argument("--work", type=Path, default=Path("runs/bench-privacy-utility"))
+    parser.add_argument(
+        "--work", type=Path, default=WORK_DIR / "privacy-utility", help="cache folder"
+    )
     args = parser.parse_args(argv)
     if args.quick:
         args.rounds, args.local_steps = 2, 2
@@ -231,7 +229,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             "primary_metrics": primary,
             "arms": arms,
         },
-        render_markdown,
+        report_of,
         start=start,
     )
 

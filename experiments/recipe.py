@@ -1,7 +1,7 @@
 """Federated vs centralized vs site-alone on the pretraining tasks, several seeds: the recipe.
 
 Why: a hospital joins a federation only if the shared model does (nearly) what pooling the
-data would, and more than it could do alone. This benchmark measures a federated *recipe*
+data would, and more than it could do alone. This experiment measures a federated *recipe*
 (rounds x local steps, learning-rate schedule, aggregation rule, weighting, whether the
 task-type blocks are shared) against centralized multi-task training and each site alone,
 on the four ``../shared/data`` sites, with the same number of gradient steps per task and
@@ -17,16 +17,23 @@ Every arm's final weights (no checkpoint selection) are scored on the validation
 once, on the test split; the recipe was chosen on validation, so ``recipe.json`` reports the
 test split. Classification leads with balanced accuracy (accuracy beside it).
 
-Each (arm, seed) run is cached as JSON under ``--work/<recipe key>`` and the pretraining
-arms, which do not depend on the federation's settings, under ``--work/pretrain-<key>``: a
-rerun skips what is done, and several processes may share the work (``--arms``, ``--seeds``).
+Each (arm, seed) run is cached as JSON under ``--work/<recipe key>`` (default
+``experiments/.work/recipe``) and the pretraining arms, which do not depend on the
+federation's settings, under ``--work/pretrain-<key>``: a rerun skips what is done, and
+several processes may share the work (``--arms``, ``--seeds``). Results:
+``experiments/results/recipe.{json,md}`` (``--screen``: ``recipe-screen``).
 
-    PYTHONPATH=. python3 bench/recipe.py                       # the default recipe, 3 seeds
-    PYTHONPATH=. python3 bench/recipe.py --local-steps 15 --schedule constant --name recipe-old
-    PYTHONPATH=. python3 bench/recipe.py --quick --out /tmp/bench
+    PYTHONPATH=. python3 experiments/recipe.py            # the default recipe, 3 seeds
+    PYTHONPATH=. python3 experiments/recipe.py --local-steps 15 --schedule constant --name old
+    PYTHONPATH=. python3 experiments/recipe.py --screen --name recipe-screen
+    PYTHONPATH=. python3 experiments/recipe.py --quick --out /tmp/bench
 """
 
 from __future__ import annotations
+
+from federation.entry import enter_command_process
+
+enter_command_process()  # a process entry: before anything imports Flower
 
 import argparse
 import fcntl
@@ -38,20 +45,17 @@ import shutil
 import statistics
 import time
 from collections.abc import Sequence
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from bench.common import (
-    REPO_ROOT,
-    add_sites_arg,
-    bench_parser,
-    finish_run,
-    md_table,
-    site_files,
-    start_run,
-)
+from bench.common import add_sites_arg, finish_run, site_files, start_run
+from bench.report import Report
 from bench.simtools import federate_in_process
+from experiments.common import WORK_DIR, experiment_parser
 from federation.settings import THREADS_ENV, RunSettings
+from strategies.fedadam import FedAdamOptions
+from strategies.fedprox import FedProxOptions
 from umedpt import contract
 from umedpt.checkpoint import load_model, load_weights, read_header
 from umedpt.config import SiteConfig, load_site_config
@@ -61,18 +65,21 @@ from umedpt.pretrain import PretrainConfig, load_runs, pretrain
 from umedpt.tasks import get_task_type
 from umedpt.training.trainer import MultiTaskTrainer, TaskRun, TrainConfig
 
-log = logging.getLogger("bench.recipe")
+log = logging.getLogger("experiments.recipe")
 
 FEDERATED, CENTRALIZED, SITE_ALONE = "federated", "centralized", "site-alone"
 ARMS = (FEDERATED, CENTRALIZED, SITE_ALONE)
 DEFAULTS = RunSettings()
-# The federation's settings a recipe consists of (RunSettings field names).
+# The rules' own options (FedProx's mu, FedAdam's server learning rate) and their defaults.
+RULE_DEFAULTS = {**asdict(FedProxOptions()), **asdict(FedAdamOptions())}
+# The federation's settings a recipe consists of (RunSettings field names, and the rules'
+# options by field name: ``RunSettings.of`` takes both).
 RECIPE_FIELDS = ("local_steps", "schedule", "strategy", "weighting", "share_blocks", "proximal_mu")
 RECIPE_FIELDS += ("server_lr",)
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    parser = bench_parser(
+    parser = experiment_parser(
         __doc__, name="recipe", threads=1, preset="tiny", quick="20 steps per task, 1 seed"
     )
     add_sites_arg(parser)
@@ -84,14 +91,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--schedule", default=DEFAULTS.schedule, choices=("constant", "cosine"))
     parser.add_argument("--strategy", default=DEFAULTS.strategy)
     parser.add_argument("--weighting", default=DEFAULTS.weighting)
-    parser.add_argument("--proximal-mu", type=float, default=DEFAULTS.proximal_mu)
-    parser.add_argument("--server-lr", type=float, default=DEFAULTS.server_lr)
+    parser.add_argument("--proximal-mu", type=float, default=RULE_DEFAULTS["proximal_mu"])
+    parser.add_argument("--server-lr", type=float, default=RULE_DEFAULTS["server_lr"])
     parser.add_argument(
         "--share-blocks", action=argparse.BooleanOptionalAction, default=DEFAULTS.share_blocks
     )
-    parser.add_argument(
-        "--work", type=Path, default=REPO_ROOT / "bench" / ".work" / "recipe", help="cache folder"
-    )
+    parser.add_argument("--work", type=Path, default=WORK_DIR / "recipe", help="cache folder")
     parser.add_argument(
         "--no-write", action="store_true", help="run the units only (another process writes)"
     )
@@ -104,7 +109,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.quick:
         args.steps, args.seeds, args.local_steps = 20, [0], min(args.local_steps, 10)
-        if args.work == REPO_ROOT / "bench" / ".work" / "recipe":
+        if args.work == WORK_DIR / "recipe":
             args.work = args.work.with_name("recipe-quick")
     if args.steps % args.local_steps:
         parser.error("--steps must be a multiple of --local-steps (whole rounds)")
@@ -290,18 +295,16 @@ def mean_sd(values: Sequence[float]) -> str:
     return f"{statistics.mean(values):.3f} ± {sd:.3f}"
 
 
-def render_markdown(result: dict[str, Any]) -> str:
+def report_of(result: dict[str, Any]) -> Report:
     budget = result["budget"]
-    lines = [
-        f"# Recipe: federated vs centralized vs site-alone ({result['label']})",
-        "",
+    report = Report(f"Recipe: federated vs centralized vs site-alone ({result['label']})")
+    report.text(
         f"Recipe: `{json.dumps(result['recipe'])}`. Budget: {budget['steps_per_task']} steps per "
         f"task ({budget['rounds']} rounds x {budget['local_steps']} local steps), tiny preset "
         f"(Swin, 64 px), lr {budget['lr']}, {budget['threads']} torch thread(s), seeds "
         f"{budget['seeds']}. Final weights, **test split** (validation beside it in the JSON); "
-        "mean ± sd over seeds.",
-        "",
-    ]
+        "mean ± sd over seeds."
+    )
     header = ["task", "metric", *ARMS, "fed - cen (pts)", "fed - alone (pts)", "within 1 pt"]
     rows = []
     for task, entry in result["tasks"].items():
@@ -317,22 +320,19 @@ def render_markdown(result: dict[str, Any]) -> str:
                 "yes" if fed >= cen - 0.01 else "no",
             ]
         )
-    lines += [md_table(header, rows), ""]
+    report.table(header, rows)
     acc_rows = [
         [task, *(mean_sd(entry["accuracy"][a]) for a in ARMS)]
         for task, entry in result["tasks"].items()
         if "accuracy" in entry
     ]
     if acc_rows:
-        lines += ["Accuracy beside it (classification):", "", md_table(["task", *ARMS], acc_rows)]
+        report.text("Accuracy beside it (classification):").table(["task", *ARMS], acc_rows)
     seconds = result["seconds"]
-    lines += [
-        "",
+    return report.text(
         "Wall time per seed (s, mean): "
-        + ", ".join(f"{arm} {statistics.mean(v):.0f}" for arm, v in seconds.items() if v),
-        "",
-    ]
-    return "\n".join(lines)
+        + ", ".join(f"{arm} {statistics.mean(v):.0f}" for arm, v in seconds.items() if v)
+    )
 
 
 def screen(args: argparse.Namespace, tasks: dict[str, dict[str, Any]]) -> dict[str, Any]:
@@ -367,15 +367,13 @@ def screen(args: argparse.Namespace, tasks: dict[str, dict[str, Any]]) -> dict[s
     return {"split": "val", "recipes": entries}
 
 
-def render_screen(result: dict[str, Any]) -> str:
-    lines = [
-        "# Recipe screen: the levers tried, on the validation split",
-        "",
+def screen_report_of(result: dict[str, Any]) -> Report:
+    report = Report("Recipe screen: the levers tried, on the validation split")
+    report.text(
         "Federated mean over its seeds / centralized / site-alone over the same seeds, each "
         "with the same schedule and budget (n = seeds per arm where they differ); the final "
-        "recipe's test-split numbers are in `recipe.md`. `-` = not run.",
-        "",
-    ]
+        "recipe's test-split numbers are in `recipe.md`. `-` = not run."
+    )
     tasks = list(result["recipes"][0]["tasks"]) if result["recipes"] else []
     header = ["steps", "L", "schedule", "rule", "blocks", "seeds", *tasks]
     rows = []
@@ -394,8 +392,7 @@ def render_screen(result: dict[str, Any]) -> str:
         blocks = "shared" if st["share_blocks"] else "at home"
         seeds = ",".join(map(str, entry["seeds"]))
         rows.append([st["steps"], st["local_steps"], st["schedule"], rule, blocks, seeds, *cells])
-    lines += [md_table(header, rows), ""]
-    return "\n".join(lines)
+    return report.table(header, rows)
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any] | None:
@@ -404,7 +401,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any] | None:
     if args.screen:
         sites = [load_site_config(f) for f in site_files(args)]
         fields = screen(args, task_info(sites))
-        return finish_run(args, "recipe-screen", fields, render_screen, start=start)
+        return finish_run(args, "recipe-screen", fields, screen_report_of, start=start)
     os.environ[THREADS_ENV] = str(args.threads)
     files = site_files(args)
     sites = [load_site_config(f) for f in files]
@@ -431,7 +428,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any] | None:
             arm: [r["seconds"] for r in by_seed.values()] for arm, by_seed in results.items()
         },
     }
-    return finish_run(args, "recipe", fields, render_markdown, start=start)
+    return finish_run(args, "recipe", fields, report_of, start=start)
 
 
 if __name__ == "__main__":

@@ -2,24 +2,28 @@
 
 Issue 10's transfer goal (leave-one-site-out, 10% of the held-out site's labels): the
 federated encoder within 1 point of the centralized one and above every site-alone encoder,
-frozen and finetune. Where one budget does not show it, this benchmark shows the curve:
-``bench/leave_one_site_out.py`` at several pretraining budgets (steps per task, the same in
-every arm) and pretraining seeds, one cache per (budget, seed), gathered into one table.
+frozen and finetune. Where one budget does not show it, this experiment shows the curve:
+``experiments/leave_one_site_out.py`` at several pretraining budgets (steps per task, the
+same in every arm) and pretraining seeds, one cache per (budget, seed), gathered into one
+table.
 
 It runs what is missing (``--run``; resumable, two processes may share the caches) or only
-gathers what the caches hold, and writes ``bench/results/transfer-vs-budget.{json,md,png}``:
+gathers what the caches hold, and writes ``experiments/results/transfer-vs-budget.{json,md,png}``:
 per target, mode and budget the mean of each arm (over evaluation seeds, and over pretraining
 seeds where there are several), federated - centralized, federated - best site-alone, the
 random-init baseline, and whether the goal holds.
 
-    PYTHONPATH=. python3 bench/transfer_curve.py                    # gather 150,300,600
-    PYTHONPATH=. python3 bench/transfer_curve.py --run --steps 150  # train what is missing
+    PYTHONPATH=. python3 experiments/transfer_curve.py                    # gather 150,300,600
+    PYTHONPATH=. python3 experiments/transfer_curve.py --run --steps 150  # train what is missing
 """
 
 from __future__ import annotations
 
+from federation.entry import enter_command_process
+
+enter_command_process()  # a process entry: before anything imports Flower
+
 import argparse
-import json
 import statistics
 import time
 from collections import defaultdict
@@ -27,15 +31,17 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from bench import leave_one_site_out as loso
-from bench.common import SITES_DIR, bench_parser, md_table, start_run
+from bench.common import SITES_DIR, start_run
+from bench.report import Report, write_results
+from experiments import leave_one_site_out as loso
+from experiments.common import experiment_parser
 
 NAME = "transfer-vs-budget"
 TOLERANCE = 0.01  # "within 1 point" of centralized
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    parser = bench_parser(__doc__, name=NAME)
+    parser = experiment_parser(__doc__, name=NAME)
     parser.add_argument("--steps", default="150,300,600", help="pretraining steps per task")
     parser.add_argument("--pretrain-seeds", default="0", help="pretraining seeds per budget")
     parser.add_argument("--fraction", type=float, default=10.0, help="%% of the target's labels")
@@ -146,24 +152,25 @@ def verdicts(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
-def render_markdown(args, rows, judged, missing, seconds: float) -> str:
+def report_of(result: dict[str, Any]) -> Report:
+    rows, judged, missing = result["arms"], result["goal"], result["missing"]
     metric = {r["target"]: r["metric"] for r in rows}
-    lines = [
-        "# Transfer over pretraining budget (leave-one-site-out, tiny preset, 64 px, CPU)",
-        "",
-        f"Held-out site's labels: {args.fraction:g}%. Budgets: {args.budgets} steps per task in "
-        f"every arm, with the default recipe (`bench/leave_one_site_out.py --steps N`); "
-        f"pretraining seeds {args.seeds_pretrain}; 3 evaluation seeds each. Goal (issue 10): "
-        "federated >= centralized - 0.01 and > every site-alone encoder. Each cell is the mean "
-        "± sd over evaluation seeds, or over the means of n pretraining seeds where it says [n].",
-        "",
+    seconds = result.get("seconds")  # only when this invocation trained (--run)
+    report = Report(
+        "Transfer over pretraining budget (leave-one-site-out, tiny preset, 64 px, CPU)"
+    ).text(
+        f"Held-out site's labels: {result['fraction']:g}%. Budgets: {result['budgets']} steps "
+        "per task in every arm, with the default recipe "
+        "(`experiments/leave_one_site_out.py --steps N`); "
+        f"pretraining seeds {result['pretraining_seeds']}; 3 evaluation seeds each. Goal "
+        "(issue 10): federated >= centralized - 0.01 and > every site-alone encoder. Each cell "
+        "is the mean ± sd over evaluation seeds, or over the means of n pretraining seeds where "
+        "it says [n].",
         f"Missing points: {missing or 'none'}."
-        + (f" This invocation ran for {seconds / 60:.0f} min." if args.run else ""),
-        "",
-    ]
+        + (f" This invocation ran for {seconds / 60:.0f} min." if seconds is not None else ""),
+    )
     arms = {(r["target"], r["budget"], r["mode"], r["encoder"]): r for r in rows}
     for target in sorted(metric):
-        lines += [f"## {target} ({metric[target]})", ""]
         table = []
         for v in [j for j in judged if j["target"] == target]:
             key = (target, v["budget"], v["mode"])
@@ -192,8 +199,7 @@ def render_markdown(args, rows, judged, missing, seconds: float) -> str:
         table.sort(key=lambda row: (row[0] != "frozen", int(row[1])))
         header = ["mode", "steps/task", "federated", "centralized", "best site-alone"]
         header += ["random init", "fed - cen (pt)", "fed - best alone (pt)", "goal"]
-        lines += [md_table(header, table), ""]
-    lines += ["## Where the goal holds", ""]
+        report.heading(f"{target} ({metric[target]})").table(header, table)
     summary = []
     for (target, mode), group in _by(judged, "target", "mode").items():
         held = sorted(v["budget"] for v in group if v["holds"])
@@ -211,8 +217,8 @@ def render_markdown(args, rows, judged, missing, seconds: float) -> str:
                 ", ".join(map(str, budgets)),
             ]
         )
-    lines += [md_table(["target", "mode", "goal holds", "budgets measured"], summary), ""]
-    return "\n".join(lines)
+    report.heading("Where the goal holds")
+    return report.table(["target", "mode", "goal holds", "budgets measured"], summary)
 
 
 def _by(items: list[dict[str, Any]], *keys: str) -> dict[tuple, list[dict[str, Any]]]:
@@ -268,8 +274,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                 loso.main([*loso_argv(budget, seed, args), "--out", str(point.work / "results")])
     rows, missing = gather(args)
     judged = verdicts(rows)
-    args.out.mkdir(parents=True, exist_ok=True)
-    result = {
+    result: dict[str, Any] = {
         "fraction": args.fraction,
         "budgets": args.budgets,
         "pretraining_seeds": args.seeds_pretrain,
@@ -278,10 +283,10 @@ def main(argv: Sequence[str] | None = None) -> None:
         "arms": rows,
         "goal": judged,
     }
-    (args.out / f"{args.name}.json").write_text(json.dumps(result, indent=1) + "\n")
-    (args.out / f"{args.name}.md").write_text(
-        render_markdown(args, rows, judged, missing, time.perf_counter() - start)
-    )
+    if args.run:
+        result["seconds"] = time.perf_counter() - start
+    result["comment"] = args.comment
+    write_results(args.out, args.name, result, report_of(result))
     plot(rows, args.out / f"{args.name}.png")
 
 

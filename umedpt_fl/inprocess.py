@@ -1,7 +1,7 @@
 """In-process Flower Grids: every message is answered in this process, one after another.
 
 ``ClientAppGrid`` delivers each message to the real ClientApp of its node, for
-deterministic experiments (bench/recipe.py) and tests: the same ServerApp logic and
+deterministic experiments (experiments/recipe.py) and tests: the same ServerApp logic and
 ClientApp code as a real federation, without Ray or network. Tests read every message both
 ways (``sent``, ``received``); long benchmark runs pass ``record_messages=False``, since each
 message holds the weights (120 rounds of 3 sites held 15 GB). Not for production: nodes run

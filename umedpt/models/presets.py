@@ -85,7 +85,7 @@ PRESETS.register(
         tower_depth=2,
         # Without warm-up, 1e-3 collapses the image-level features of a Swin trained from
         # scratch (every image maps to the same vector; PBC stays at chance). 20 warm-up
-        # steps fix that and learn faster than 1e-4 or 3e-4 (bench/README.md).
+        # steps fix that and learn faster than 1e-4 or 3e-4 (experiments/results/centralized.md).
         lr=1e-3,
         warmup_steps=20,
     ),

@@ -1,0 +1,1 @@
+"""Research experiments (accuracy and transfer studies) with committed results; not shipped."""

@@ -1,0 +1,22 @@
+"""Where the experiments write: results beside the scripts, caches in a git-ignored folder.
+
+Everything else they share with the benchmarks (flags, machine facts, the result writer,
+the in-process federation) comes from ``bench`` (``bench.common``, ``bench.report``,
+``bench.simtools``); the site files of the four ``../shared/data`` datasets are
+``bench/sites``, which ``bench/site_cache.py`` loads too.
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from bench.common import REPO_ROOT, bench_parser
+
+RESULTS_DIR = REPO_ROOT / "experiments" / "results"
+WORK_DIR = REPO_ROOT / "experiments" / ".work"  # caches of pretrained encoders and runs
+
+
+def experiment_parser(doc: str | None, **kwargs: Any) -> argparse.ArgumentParser:
+    """``bench.common.bench_parser`` writing to ``experiments/results`` by default."""
+    return bench_parser(doc, out=RESULTS_DIR, **kwargs)
