@@ -11,6 +11,7 @@ from federation.entry import enter_app_process
 enter_app_process()  # before Flower and torch are imported: see federation.entry
 
 import dataclasses
+import logging
 import math
 import os
 from collections.abc import Mapping
@@ -28,6 +29,7 @@ from flwr.app import (
 )
 from flwr.clientapp import ClientApp
 from flwr.common.constant import ErrorCode
+from flwr.common.logger import FLOWER_LOGGER
 
 from client import secagg
 from client.site import (
@@ -48,6 +50,29 @@ SITE_CONFIG_NODE_KEY = "site-config"
 COORDINATOR_NODE_KEY = "coordinator"
 
 app = ClientApp()
+
+
+class _ToFlowerLog(logging.Handler):
+    """Hands a record to Flower's logger, whose handlers make the site's log."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        FLOWER_LOGGER.handle(record)
+
+
+def show_site_lines_in_flowers_log() -> None:
+    """The site's modules (``client.site`` and the ones it uses) log with the standard
+    ``logging`` module, under ``client``; in a ClientApp process the site's log is Flower's
+    (its console handler, which a SuperNode shows), so their lines go there."""
+    site_log = logging.getLogger("client")
+    if not any(isinstance(h, _ToFlowerLog) for h in site_log.handlers):
+        site_log.addHandler(_ToFlowerLog())
+    site_log.setLevel(logging.INFO)
+    # Not to the root logger as well: where it has a handler too (a `umedpt-fl` command
+    # that runs the sites in its own process) every line would show twice.
+    site_log.propagate = False
+
+
+show_site_lines_in_flowers_log()
 
 
 def run_settings(context: Context, message: Message | None = None) -> RunSettings:

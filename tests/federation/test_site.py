@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import logging
+from types import SimpleNamespace
+
 import pytest
 import torch
 
@@ -21,26 +24,61 @@ def distance(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
     return float(sum(((a[k].float() - b[k].float()) ** 2).sum() for k in a).sqrt())
 
 
-def test_the_proximal_term_keeps_shared_weights_near_the_global_ones(demo_sites, tmp_path) -> None:
-    start = runner_for(demo_sites[3], tmp_path / "init").shared_state()
-    plain = runner_for(demo_sites[3], tmp_path / "plain").train_round(start, 1)
-    pulled = runner_for(demo_sites[3], tmp_path / "prox").train_round(start, 1, proximal_mu=1e4)
-    assert distance(pulled.shared, start) < 0.5 * distance(plain.shared, start)
-    assert distance(plain.shared, start) > 0
+MU = 1e4  # FedProx's mu: strong enough to hold the sent weights near where they started
+STEPS = 2  # the term's gradient is zero at the first step: the second is where it pulls
 
 
-def test_the_proximal_term_leaves_blocks_kept_at_home_free(demo_sites, tmp_path) -> None:
-    """Only what the server sent has a global value: blocks kept at home are not anchored."""
-    start = runner_for(demo_sites[3], tmp_path / "init").shared_state()
-    plain = runner_for(demo_sites[3], tmp_path / "plain")
-    pulled = runner_for(demo_sites[3], tmp_path / "prox")
+@pytest.fixture(scope="module")
+def proximal_rounds(demo_sites, tmp_path_factory) -> SimpleNamespace:
+    """Round 1 of one site from the same start: plain, with FedProx, and a FedProx reference
+    written here: the site's trainer's own steps plus (mu / 2) ||w - w_sent||^2 over the
+    weights the server sent (the encoder), nothing else."""
+    root = tmp_path_factory.mktemp("proximal")
+    plain = runner_for(demo_sites[3], root / "plain", local_steps=STEPS)
+    start = {k: v.clone() for k, v in plain.shared_state().items()}
     init_blocks = block_state(plain)
-    plain.train_round(start, 1)
-    pulled.train_round(start, 1, proximal_mu=1e4)
-    assert set(start) == {k for k in start if k.startswith("encoder.")}
-    moved_plain = distance(block_state(plain), init_blocks)
-    assert moved_plain > 0
-    assert distance(block_state(pulled), init_blocks) > 0.5 * moved_plain
+    plain_out = plain.train_round(start, 1)
+    pulled = runner_for(demo_sites[3], root / "prox", local_steps=STEPS)
+    pulled_out = pulled.train_round(start, 1, proximal_mu=MU)
+
+    reference = runner_for(demo_sites[3], root / "reference", local_steps=STEPS)
+    reference.model.load_state_dict(start, strict=False)
+    sent = [(p, start[n].clone()) for n, p in reference.model.named_parameters() if n in start]
+    assert len(sent) == len(start)
+
+    def fedprox() -> torch.Tensor:
+        return 0.5 * MU * sum(((p - anchor) ** 2).sum() for p, anchor in sent)
+
+    reference.trainer.train_steps(STEPS, shared_regularizer=fedprox)
+    return SimpleNamespace(
+        start=start, init_blocks=init_blocks, plain=plain, plain_out=plain_out,
+        pulled=pulled, pulled_out=pulled_out, reference=reference.model.state_dict(),
+    )  # fmt: skip
+
+
+def test_the_proximal_term_keeps_shared_weights_near_the_global_ones(proximal_rounds) -> None:
+    rounds = proximal_rounds
+    assert rounds.pulled_out.shared.keys() == rounds.start.keys()
+    for key, value in rounds.pulled_out.shared.items():
+        torch.testing.assert_close(
+            value, rounds.reference[key], rtol=0, atol=1e-7, msg=lambda m, k=key: f"{k}: {m}"
+        )
+    pulled = distance(rounds.pulled_out.shared, rounds.start)
+    assert pulled < 0.5 * distance(rounds.plain_out.shared, rounds.start)
+
+
+def test_the_proximal_term_leaves_blocks_kept_at_home_free(proximal_rounds) -> None:
+    """Only what the server sent has a global value: blocks kept at home are not anchored."""
+    rounds = proximal_rounds
+    assert set(rounds.start) == {k for k in rounds.start if k.startswith("encoder.")}
+    pulled_blocks = block_state(rounds.pulled)
+    assert pulled_blocks.keys() == rounds.init_blocks.keys() and pulled_blocks
+    for key, value in pulled_blocks.items():  # trained as the reference, which anchors no block
+        torch.testing.assert_close(
+            value, rounds.reference[key], rtol=0, atol=1e-7, msg=lambda m, k=key: f"{k}: {m}"
+        )
+    moved_plain = distance(block_state(rounds.plain), rounds.init_blocks)
+    assert distance(pulled_blocks, rounds.init_blocks) > 0.5 * moved_plain
 
 
 def block_state(runner: SiteRunner) -> dict[str, torch.Tensor]:
@@ -80,7 +118,7 @@ def test_describing_a_site_reads_neither_data_nor_builds_a_model(demo_sites, mon
         raise AssertionError("describe must not load data or build a model")
 
     monkeypatch.setattr(site_module, "UMedPTModel", forbidden)
-    monkeypatch.setattr(site_module, "_cached_runs", forbidden)
+    monkeypatch.setattr(site_module, "cached_runs", forbidden)
     info = describe_site(load_site_config(demo_sites[2]))
     assert info[wire.SITE_NAME] == "clinic-c"
     assert info[wire.BLOCKS_USED] == "detection"
@@ -122,16 +160,16 @@ def test_task_metric_keys_round_trip() -> None:
 
 
 def test_a_site_evaluated_before_training_says_its_local_layers_are_fresh(
-    demo_sites, tmp_path, monkeypatch
+    demo_sites, tmp_path, request
 ) -> None:
     """A late joiner's scores measure untrained heads (and blocks): its log says so, once it has
     trained it does not."""
     warnings: list[str] = []
-    monkeypatch.setattr(
-        site_module,
-        "flower_log",
-        lambda level, message, *args: warnings.append(message % args) if level >= 30 else None,
-    )
+    handler = logging.Handler(logging.WARNING)
+    handler.emit = lambda record: warnings.append(record.getMessage())  # type: ignore[method-assign]
+    site_log = logging.getLogger(site_module.__name__)
+    site_log.addHandler(handler)
+    request.addfinalizer(lambda: site_log.removeHandler(handler))
     runner = runner_for(demo_sites[3], tmp_path, local_steps=1)
     shared = runner.shared_state()
     runner.evaluate_round(shared, 1)

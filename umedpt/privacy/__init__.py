@@ -6,7 +6,7 @@
 - :mod:`~umedpt.privacy.accounting`: Opacus' accountants (RDP, PRV)
 - :mod:`~umedpt.privacy.budget`: per-task noise for a run, the check before each round
 - :mod:`~umedpt.privacy.ledger`: every round's spend, on the site's disk
-- :mod:`~umedpt.privacy.validation`: no BatchNorm in what is trained privately
+- :mod:`~umedpt.privacy.validation`: no module DP-SGD cannot train (BatchNorm; Opacus' checks)
 
 See docs/privacy.md for what this protects and what it does not.
 """

@@ -6,9 +6,10 @@ so only one task's activations exist at a time (memory of one batch, however man
 shared gradients accumulate across tasks. Each head's optimizer steps after its own
 backward; the shared optimizer (encoder + blocks) steps once per step, after every task.
 
-With a :class:`umedpt.privacy.DPSGDConfig` the loop is DP-SGD: each task's batch is
-Poisson-sampled and its gradient (encoder + block + head) is clipped per sample, noised
-and averaged by :class:`umedpt.privacy.PrivateTaskGradient`; the optimizers step as above.
+How a task's batch becomes its gradient is a step object (:mod:`umedpt.training.steps`):
+:class:`PlainStep`, or :class:`PrivateStep` with a :class:`umedpt.privacy.DPSGDConfig`
+(DP-SGD: each task's batch is Poisson-sampled and its gradient, encoder + block + head, is
+clipped per sample, noised and averaged); the optimizers step the same way after either.
 
 The loop knows nothing about federation: a federated client builds a trainer over its
 own tasks, loads the round's shared weights, calls ``train_steps`` and reports.
@@ -17,14 +18,12 @@ own tasks, loads the round's shared weights, calls ``train_steps`` and reports.
 from __future__ import annotations
 
 import contextlib
-import functools
 import logging
 import math
-import secrets
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple
+from typing import Any
 
 import torch
 from torch import nn
@@ -32,9 +31,9 @@ from torch import nn
 from umedpt.config import TaskConfig
 from umedpt.data.samples import Sample, TaskData
 from umedpt.model import UMedPTModel
-from umedpt.privacy import DPSGDConfig, PrivateTaskGradient, check_private_modules
-from umedpt.privacy.noise import secret_generator
+from umedpt.privacy import DPSGDConfig
 from umedpt.tasks import TaskType, get_task_type, total_loss
+from umedpt.training.steps import PlainStep, PrivateStep, TaskGradientStep, TaskStep, autocast
 from umedpt.training.streams import PoissonStream, TaskStream
 
 logger = logging.getLogger(__name__)
@@ -77,14 +76,6 @@ class TaskRun:
     @property
     def name(self) -> str:
         return self.config.name
-
-
-class TaskStep(NamedTuple):
-    """One task's part of one step: its loss, batch size and named loss components."""
-
-    loss: float  # the sum of the components
-    size: int
-    components: dict[str, float]
 
 
 @dataclass
@@ -140,57 +131,47 @@ class MultiTaskTrainer:
             for opt in [self.shared_optimizer, *self.head_optimizers.values()]
         ]
         self.privacy = privacy
-        self.streams: dict[str, TaskStream | PoissonStream] = {
-            t.name: TaskStream(
-                t.data["train"],
-                t.config.batch_size,
-                t.task_type.collate,
-                seed=config.seed * 1000 + i,
+        # One batch of a task -> its gradient in .grad. Its streams are the trainer's
+        # (saved with its state; a benchmark may swap one for a replay).
+        self.task_step: TaskGradientStep
+        self.streams: dict[str, TaskStream | PoissonStream]
+        if privacy is None:
+            self.streams = {
+                t.name: TaskStream(
+                    t.data["train"],
+                    t.config.batch_size,
+                    t.task_type.collate,
+                    seed=config.seed * 1000 + i,
+                )
+                for i, t in enumerate(self.tasks)
+            }
+            self.task_step = PlainStep(
+                model, self.streams, self.device, mixed_precision=config.mixed_precision
             )
-            for i, t in enumerate(self.tasks)
-        }
-        self.private_gradients: dict[str, PrivateTaskGradient] = {}
-        if privacy is not None:
-            self._make_private(privacy)
+        else:
+            private = PrivateStep(
+                model, self.tasks, privacy, self.device, mixed_precision=config.mixed_precision
+            )
+            self.streams, self.task_step = private.streams, private
         # Dropout and stochastic depth draw from torch's global RNG: start it from the seed
         # so that the same seed gives the same run wherever the trainer is built.
         torch.manual_seed(config.seed)
-
-    def _make_private(self, privacy: DPSGDConfig) -> None:
-        """Poisson streams and a private gradient per task (DP-SGD)."""
-        used_blocks = sorted({self.model.task_blocks[t.name] for t in self.tasks})
-        check_private_modules(
-            [("encoder", self.model.encoder)]
-            + [(f"blocks.{b}", self.model.blocks[b]) for b in used_blocks]
-            + [(f"heads.{t.name}", self.model.heads[t.name]) for t in self.tasks]
-        )
-        missing = [t.name for t in self.tasks if t.name not in privacy.noise_multipliers]
-        if missing:
-            raise ValueError(f"the privacy config has no noise multiplier for task(s) {missing}")
-        # Sampling and noise draw from OS entropy, not the run's seed (which the server knows).
-        generator = secret_generator(self.device)
-        for t in self.tasks:
-            stream = PoissonStream(
-                t.data["train"], t.config.batch_size, t.task_type.collate, seed=secrets.randbits(63)
-            )
-            self.streams[t.name] = stream
-            self.private_gradients[t.name] = PrivateTaskGradient(
-                self.model,
-                t.name,
-                self.model.task_blocks[t.name],
-                functools.partial(_task_loss, t),
-                max_grad_norm=privacy.max_grad_norm,
-                noise_multiplier=privacy.noise_multipliers[t.name],
-                expected_batch_size=stream.expected_batch_size,
-                generator=generator,
-                chunk_size=privacy.chunk_size,
-            )
 
     def sample_rates(self) -> dict[str, float]:
         """Each task's Poisson sample rate (batch size / training samples, at most 1)."""
         return {t.name: sample_rate(t) for t in self.tasks}
 
     # -- schedule ---------------------------------------------------------------------
+    # Not timm's CosineLRScheduler (nor its other schedulers): it has one clock, ``t``, and
+    # this factor is the product of two. (1) The warm-up counts the steps this trainer took
+    # itself, the decay the federation's step: a site that joins at round r warms up its
+    # fresh optimizer *and* is at step (r - 1) * L of the cosine; timm at t = (r - 1) * L
+    # would skip the warm-up. (2) Even on one clock the shapes differ: ours is (c + 1) / W
+    # at step c, 1.0 at steps W - 1 and W, then the cosine from W; timm's warm-up is
+    # lr_init + t * (base - lr_init) / warmup_t, reaching the base lr at t = warmup_t where
+    # its cosine starts, so no (warmup_t, warmup_lr_init) gives both the warm-up and the
+    # cosine (feeding it t = c + 1 shifts the cosine by a step). Results would change; the
+    # LambdaLR below writes exactly today's factor (the "constant" schedule is its warm-up).
     def _lr_factor(self, step: int) -> float:
         """Warm-up over this trainer's own first steps, times the decay at schedule ``step``.
 
@@ -224,9 +205,7 @@ class MultiTaskTrainer:
                 group["lr"] = base_lr * factor
 
     def _autocast(self) -> contextlib.AbstractContextManager[Any]:
-        if self.device.type == "cuda" and self.config.mixed_precision:
-            return torch.autocast("cuda", dtype=torch.bfloat16)
-        return contextlib.nullcontext()
+        return autocast(self.device, self.config.mixed_precision)
 
     # -- training ---------------------------------------------------------------------
     def train_step(
@@ -236,37 +215,22 @@ class MultiTaskTrainer:
         self.model.train()
         results: dict[str, TaskStep] = {}
         for task in self.tasks:
-            if self.privacy is not None:
-                results[task.name] = self._private_task_step(task)
-                continue
-            batch = self.streams[task.name].next_batch().to(self.device)
-            with self._autocast():
-                outputs = self.model(batch.images, task.name)
-                components = task.task_type.loss(outputs, batch, task.config)
-                loss = total_loss(components)
-            # One host sync per task for the total and every component.
-            values = torch.stack(
-                [loss.detach(), *(c.detach().float() for c in components.values())]
-            )
-            value, *rest = values.tolist()
-            parts = dict(zip(components, rest))
-            if not math.isfinite(value):
+            step = self.task_step(task)  # the task's gradient is in .grad now
+            if step.size and not math.isfinite(step.loss):  # size 0: an empty Poisson batch
                 raise FloatingPointError(
-                    f"task '{task.name}': loss became {value} at step {self.step_count} "
-                    f"({_format(parts)}); "
-                    "lower the learning rate or check the data"
+                    f"task '{task.name}': loss became {step.loss} at step {self.step_count} "
+                    f"({_format(step.components)}); lower the learning rate or check the data"
                 )
-            loss.backward()  # frees this task's graph before the next task's forward
             head_optimizer = self.head_optimizers[task.name]
             head_optimizer.step()
             head_optimizer.zero_grad(set_to_none=True)
-            results[task.name] = TaskStep(value, batch.size, parts)
+            results[task.name] = step
             logger.debug(
                 "step %d, task '%s': loss %.4f (%s)",
                 self.step_count,
                 task.name,
-                value,
-                _format(parts),
+                step.loss,
+                _format(step.components),
             )
         if shared_regularizer is not None:
             shared_regularizer().backward()
@@ -278,27 +242,6 @@ class MultiTaskTrainer:
         for scheduler in self.schedulers:
             scheduler.step()
         return results
-
-    def _private_task_step(self, task: TaskRun) -> TaskStep:
-        """DP-SGD for one task: its noisy gradient, then its head's step."""
-        batch = self.streams[task.name].next_batch()
-        with self._autocast():
-            clipped = self.private_gradients[task.name](
-                None if batch is None else batch.to(self.device)
-            )
-        head_optimizer = self.head_optimizers[task.name]
-        head_optimizer.step()
-        head_optimizer.zero_grad(set_to_none=True)
-        if not clipped.size:  # an empty Poisson batch: noise only, no loss to report
-            return TaskStep(math.nan, 0, {})
-        value = float(clipped.losses.mean())
-        parts = {k: float(v.mean()) for k, v in clipped.components.items()}
-        if not math.isfinite(value):
-            raise FloatingPointError(
-                f"task '{task.name}': loss became {value} at step {self.step_count} "
-                f"({_format(parts)}); lower the learning rate or check the data"
-            )
-        return TaskStep(value, clipped.size, parts)
 
     def train_steps(
         self,
@@ -395,10 +338,6 @@ class MultiTaskTrainer:
 def sample_rate(task: TaskRun) -> float:
     """A task's Poisson sample rate under DP-SGD: batch size / training samples, at most 1."""
     return min(1.0, task.config.batch_size / max(1, len(task.data["train"])))
-
-
-def _task_loss(task: TaskRun, outputs: Any, batch: Any) -> dict[str, torch.Tensor]:
-    return task.task_type.loss(outputs, batch, task.config)
 
 
 def _format(components: Mapping[str, float]) -> str:
