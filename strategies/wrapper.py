@@ -68,6 +68,15 @@ class StrategyWrapper(Strategy):
         self.rule.num_rounds = value
 
     @property
+    def fraction_evaluate(self) -> float:
+        """The rule's share of sites asked to evaluate (0: training rounds only)."""
+        return self.rule.fraction_evaluate
+
+    @fraction_evaluate.setter
+    def fraction_evaluate(self, value: float) -> None:
+        self.rule.fraction_evaluate = value
+
+    @property
     def linear(self) -> bool:
         return self.rule.linear
 
