@@ -10,7 +10,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from tests.helpers import MAKERS, make_task
+from tests.helpers import make_task, synthetic_samples
 from umedpt.checkpoint import save_checkpoint
 from umedpt.data.samples import Sample
 from umedpt.evaluation import (
@@ -26,6 +26,7 @@ from umedpt.evaluation.probe import CellTrainer, Probe
 from umedpt.evaluation.summary import labels_saved
 from umedpt.model import UMedPTModel
 from umedpt.models.presets import model_config
+from umedpt.tasks import get_task_type
 from umedpt_fl.cli import app
 
 # Two frozen cells (features computed once), and one cell per mode: seconds, not minutes.
@@ -36,14 +37,15 @@ BOTH = EvalProtocol(fractions=(100.0,), seeds=1, max_steps=2, min_steps=2, evals
 
 def _labelled(counts: dict[int, int]) -> list[Sample]:
     image = torch.zeros(3, 8, 8, dtype=torch.uint8)
-    return [Sample(image, f"{c}-{i}", label=c) for c, n in counts.items() for i in range(n)]
+    return [Sample(image, f"{c}-{i}", {"label": c}) for c, n in counts.items() for i in range(n)]
 
 
 def _target(task_type: str, n_train: int = 8, n_val: int = 4, n_test: int = 4) -> Target:
     generator = torch.Generator().manual_seed(0)
-    maker = MAKERS[task_type][0]
-    splits = {"train": maker(n_train, generator), "val": maker(n_val, generator)}
-    splits["test"] = maker(n_test, generator)
+    splits = {
+        split: synthetic_samples(task_type, n, generator)
+        for split, n in (("train", n_train), ("val", n_val), ("test", n_test))
+    }
     return Target(make_task("target", task_type, batch_size=4), splits)
 
 
@@ -56,19 +58,21 @@ def _checkpoint(folder: Path, seed: int = 3) -> Path:
 # -- subsets -------------------------------------------------------------------------------
 def test_subset_keeps_class_proportions_and_every_class() -> None:
     samples = _labelled({0: 80, 1: 15, 2: 5})
-    subset = stratified_subset(samples, 10.0, seed=0)
-    counts = Counter(samples[i].label for i in subset)
+    stratum = get_task_type("classification").stratum
+    subset = stratified_subset(samples, 10.0, seed=0, stratum=stratum)
+    counts = Counter(samples[i].targets["label"] for i in subset)
     assert len(subset) == 10
     assert counts == {0: 8, 1: 1, 2: 1}  # largest remainder, and no class left out
-    assert stratified_subset(samples, 10.0, seed=0) == subset
-    assert stratified_subset(samples, 10.0, seed=1) != subset
-    assert stratified_subset(samples, 100.0, seed=4) == list(range(100))
+    assert stratified_subset(samples, 10.0, seed=0, stratum=stratum) == subset
+    assert stratified_subset(samples, 10.0, seed=1, stratum=stratum) != subset
+    assert stratified_subset(samples, 100.0, seed=4, stratum=stratum) == list(range(100))
 
 
 def test_subset_strata_for_masks_and_boxes() -> None:
     for task_type in ("segmentation", "detection", "multilabel"):
-        samples = MAKERS[task_type][0](20, torch.Generator().manual_seed(0))
-        subset = stratified_subset(samples, 25.0, seed=2)
+        samples = synthetic_samples(task_type, 20, torch.Generator().manual_seed(0))
+        stratum = get_task_type(task_type).stratum
+        subset = stratified_subset(samples, 25.0, seed=2, stratum=stratum)
         assert len(subset) == 5 and len(set(subset)) == 5
 
 

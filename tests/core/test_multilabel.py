@@ -32,7 +32,7 @@ def _task():
 def _sample(labels: list[int] | None = None) -> Sample:
     sample = Sample(torch.zeros(3, 8, 8, dtype=torch.uint8), "x.png", original_size=(8, 8))
     if labels is not None:
-        sample.labels = torch.tensor(labels, dtype=torch.uint8)
+        sample.targets["labels"] = torch.tensor(labels, dtype=torch.uint8)
     return sample
 
 
@@ -44,13 +44,14 @@ def test_registered_with_the_image_level_block() -> None:
 def test_load_targets_makes_a_multi_hot_vector() -> None:
     task = make_task("chest", "multilabel")  # classes: left, right
     context = LoadContext(task, ImageSource())
-    rec = Record(ImageRef(Path("x.png")), labels=(1,))
+    rec = Record(ImageRef(Path("x.png")), targets={"labels": (1,)})
     sample = _sample()
     MULTI.load_targets(rec, sample, context)
-    assert sample.labels.dtype == torch.uint8 and sample.labels.tolist() == [0, 1]
+    labels = sample.targets["labels"]
+    assert labels.dtype == torch.uint8 and labels.tolist() == [0, 1]
     none = _sample()
-    MULTI.load_targets(Record(ImageRef(Path("x.png")), labels=()), none, context)
-    assert none.labels.tolist() == [0, 0]  # no positive label is a valid answer
+    MULTI.load_targets(Record(ImageRef(Path("x.png")), targets={"labels": ()}), none, context)
+    assert none.targets["labels"].tolist() == [0, 0]  # no positive label is a valid answer
 
 
 @pytest.mark.parametrize(
@@ -58,8 +59,9 @@ def test_load_targets_makes_a_multi_hot_vector() -> None:
 )
 def test_load_targets_rejects_bad_labels(labels, problem) -> None:
     context = LoadContext(make_task("chest", "multilabel"), ImageSource())
+    rec = Record(ImageRef(Path("x.png")), targets={} if labels is None else {"labels": labels})
     with pytest.raises(DataError, match=problem) as info:
-        MULTI.load_targets(Record(ImageRef(Path("x.png")), labels=labels), _sample(), context)
+        MULTI.load_targets(rec, _sample(), context)
     assert info.value.source == "x.png"
 
 

@@ -6,17 +6,29 @@ import os
 import threading
 import warnings
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 import torch
 
+from tests.helpers import make_task as memory_task
+from tests.helpers import synthetic_samples
 from umedpt.config import SplitConfig
-from umedpt.data.cache import SUFFIX, TaskCache
+from umedpt.data.cache import SUFFIX, CachedData, TaskCache
 from umedpt.data.loading import load_task, load_task_data
 from umedpt.data.samples import TaskData
+from umedpt.data.targets import Dropped
+from umedpt.tasks import TASK_TYPES
 
-FIELDS = ("image", "labels", "mask", "boxes", "box_labels")
+
+def assert_same_value(u: Any, v: Any, name: str) -> None:
+    assert type(u) is type(v), name
+    if isinstance(u, torch.Tensor):
+        assert u.dtype == v.dtype and u.shape == v.shape, name
+        assert torch.equal(u, v), name
+    else:
+        assert u == v, name
 
 
 def assert_same(a: TaskData, b: TaskData) -> None:
@@ -24,13 +36,11 @@ def assert_same(a: TaskData, b: TaskData) -> None:
     for split in a.splits:
         assert len(a[split]) == len(b[split])
         for x, y in zip(a[split], b[split], strict=True):
-            assert (x.source, x.label, x.original_size) == (y.source, y.label, y.original_size)
-            for name in FIELDS:
-                u, v = getattr(x, name), getattr(y, name)
-                assert (u is None) == (v is None), name
-                if u is not None:
-                    assert u.dtype == v.dtype and u.shape == v.shape, name
-                    assert torch.equal(u, v), name
+            assert (x.source, x.original_size) == (y.source, y.original_size)
+            assert_same_value(x.image, y.image, "image")
+            assert sorted(x.targets) == sorted(y.targets)
+            for name in x.targets:
+                assert_same_value(x.targets[name], y.targets[name], name)
     assert a.skipped == b.skipped
 
 
@@ -102,6 +112,31 @@ def test_a_cached_load_equals_a_fresh_one(any_task, tmp_path) -> None:
     assert first.cache_file.name.startswith(f"{any_task.name}.")
     assert_same(fresh, first.data)
     assert_same(fresh, second.data)
+
+
+@pytest.mark.parametrize("task_type", TASK_TYPES.names())
+def test_every_task_types_targets_survive_the_cache(task_type, tmp_path) -> None:
+    """Stored by the kinds the type declares: a new type (or kind) needs nothing in the cache."""
+    generator = torch.Generator().manual_seed(0)
+    splits = {
+        "train": synthetic_samples(task_type, 5, generator),
+        "val": [],  # an empty split stores no tensors
+        "test": synthetic_samples(task_type, 2, generator),
+    }
+    data = TaskData(splits, skipped=[("gone.png", "unreadable")])
+    cache = TaskCache(tmp_path, memory_task("t", task_type), "0123abcd")
+    assert cache.write(CachedData(data, Dropped()))
+    again = cache.read()
+    assert again is not None
+    assert_same(data, again.data)
+
+
+def test_a_target_its_type_does_not_declare_is_not_cached(tmp_path, caplog) -> None:
+    samples = synthetic_samples("classification", 2, torch.Generator().manual_seed(0))
+    samples[1].targets["mask"] = torch.zeros(4, 4)
+    cache = TaskCache(tmp_path, memory_task("t", "classification"), "0123abcd")
+    assert not cache.write(CachedData(TaskData({"train": samples}), Dropped()))
+    assert "does not declare" in caplog.text and cache.read() is None
 
 
 def test_the_same_warnings_come_from_the_cache(tmp_path, make_task, save_png, grey, write_voc):

@@ -64,7 +64,7 @@ def test_bad_type(tmp_path):
 
 
 def test_bad_task_type(tmp_path):
-    err = _error(_site(tmp_path, {"type": "regression"}))
+    err = _error(_site(tmp_path, {"type": "no-such-type"}))
     assert err.field == "tasks[0].type"
 
 

@@ -93,12 +93,15 @@ def test_lesion_textures_are_separable(loaded):
         return np.array([changes / max(lesion.sum(), 1), bright.sum() / max(lesion.sum(), 1)])
 
     centroids = np.array(
-        [np.mean([features(s) for s in data["train"] if s.label == c], axis=0) for c in range(3)]
+        [
+            np.mean([features(s) for s in data["train"] if s.targets["label"] == c], axis=0)
+            for c in range(3)
+        ]
     )
     scale = centroids.std(axis=0) + 1e-6
     held_out = data["val"] + data["test"]
     hits = [
-        int(np.argmin(np.abs((centroids - features(s)) / scale).sum(axis=1))) == s.label
+        int(np.argmin(np.abs((centroids - features(s)) / scale).sum(axis=1))) == s.targets["label"]
         for s in held_out
     ]
     assert np.mean(hits) > 0.6  # chance is 1/3
@@ -108,7 +111,7 @@ def test_blobs_masks_match_bright_regions(loaded):
     _, data = loaded["clinic-b"]
     ious = []
     for sample in data["train"]:
-        pred, mask = _foreground(sample), sample.mask.numpy() > 0
+        pred, mask = _foreground(sample), sample.targets["mask"].numpy() > 0
         ious.append((pred & mask).sum() / (pred | mask).sum())
     assert np.mean(ious) > 0.6
 
@@ -120,11 +123,11 @@ def test_spots_boxes_cover_bright_pixels(loaded):
         grey = sample.image[0].numpy()
         bright = grey > 150
         covered = np.zeros_like(bright)
-        for x0, y0, x1, y1 in sample.boxes.round().int().tolist():
+        for x0, y0, x1, y1 in sample.targets["boxes"].round().int().tolist():
             covered[y0:y1, x0:x1] = True
         inside += (bright & covered).sum()
         total += bright.sum()
-        empty += len(sample.boxes) == 0
+        empty += len(sample.targets["boxes"]) == 0
     assert total > 0 and inside / total > 0.9
     assert empty > 0  # some images have no objects
 
@@ -136,7 +139,7 @@ def test_stripes_orientation_from_gradients(loaded):
         grey = sample.image[0].float().numpy()
         vertical_change = np.abs(np.diff(grey, axis=0)).mean()  # horizontal stripes
         horizontal_change = np.abs(np.diff(grey, axis=1)).mean()
-        hits.append(int(horizontal_change > vertical_change) == sample.label)
+        hits.append(int(horizontal_change > vertical_change) == sample.targets["label"])
     assert np.mean(hits) > 0.9
 
 

@@ -44,16 +44,17 @@ def test_csv_labels_column_lists_positive_classes(tmp_path, make_task, save_png,
     )
     task = make_task(type="multilabel", format="csv", path=path, classes=CHEST)
     records = read_records(task)
-    assert [(r.labels, r.split) for r in records] == [
+    assert [(r.targets["labels"], r.split) for r in records] == [
         ((0, 2), "train"),
         ((), "train"),
         ((0, 1), "val"),
         ((2,), "test"),
     ]
-    assert all(r.label is None for r in records)
+    assert all(set(r.targets) == {"labels"} for r in records)
     data = load_task_data(task)
-    assert [s.labels.tolist() for s in data["train"]] == [[1, 0, 1], [0, 0, 0]]
-    assert data["val"][0].labels.dtype == torch.uint8 and data["val"][0].label is None
+    assert [s.targets["labels"].tolist() for s in data["train"]] == [[1, 0, 1], [0, 0, 0]]
+    assert set(data["val"][0].targets) == {"labels"}
+    assert data["val"][0].targets["labels"].dtype == torch.uint8
 
 
 def test_csv_column_and_separator_options(tmp_path, make_task, save_png, grey):
@@ -65,7 +66,7 @@ def test_csv_column_and_separator_options(tmp_path, make_task, save_png, grey):
         classes=CHEST,
         options={"path_column": "file", "labels_column": "findings", "separator": ";"},
     )
-    assert read_records(task)[0].labels == (1, 2)
+    assert read_records(task)[0].targets["labels"] == (1, 2)
 
 
 def test_csv_single_label_options_are_not_multilabel_options(tmp_path, make_task):
@@ -129,10 +130,11 @@ def test_npz_chestmnist_layout(tmp_path, make_task):
     path = _chestmnist(tmp_path / "chest.npz")
     task = make_task(type="multilabel", format="npz", path=path, classes=CHEST)
     records = read_records(task)
-    assert [r.labels for r in records if r.split == "train"] == [(0, 2), (), (1,), (0, 1, 2)]
+    train = [r.targets["labels"] for r in records if r.split == "train"]
+    assert train == [(0, 2), (), (1,), (0, 1, 2)]
     data = load_task_data(task)
     assert {k: len(v) for k, v in data.splits.items()} == {"train": 4, "val": 2, "test": 1}
-    assert data["train"][3].labels.tolist() == [1, 1, 1]
+    assert data["train"][3].targets["labels"].tolist() == [1, 1, 1]
     assert data["val"][0].image.shape == (3, 32, 32)
     summary = summarize(task, data)
     assert summary["positives_per_class"] == {
@@ -148,7 +150,7 @@ def test_npz_chestmnist_layout(tmp_path, make_task):
 def test_npz_float_labels_are_accepted(tmp_path, make_task):
     path = _chestmnist(tmp_path / "c.npz", test_labels=np.array([[1.0, 0.0, 1.0]]))
     task = make_task(type="multilabel", format="npz", path=path, classes=CHEST)
-    assert [r.labels for r in read_records(task) if r.split == "test"] == [(0, 2)]
+    assert [r.targets["labels"] for r in read_records(task) if r.split == "test"] == [(0, 2)]
 
 
 @pytest.mark.parametrize(

@@ -53,7 +53,9 @@ def test_unknown_format_lists_valid_names():
 
 def test_a_format_of_another_task_type_is_a_config_error(tmp_path, make_task):
     task = make_task(type="segmentation", format="csv", path=tmp_path / "x.csv", classes=("a",))
-    with pytest.raises(ConfigError, match="holds classification or multilabel data") as info:
+    # the message lists every type 'csv' holds: classification, multilabel (and any new one)
+    holds = r"format 'csv' holds classification or multilabel( or \w+)* data, not segmentation"
+    with pytest.raises(ConfigError, match=holds) as info:
         read_records(task)
     assert info.value.field == "tasks[0].format" and "mask-folder" in info.value.problem
 
@@ -104,12 +106,13 @@ def test_npz_medmnist_layout(tmp_path, make_task):
     task = make_task(type="classification", format="npz", path=path, classes=("a", "b"))
     records = read_records(task)
     assert [r.split for r in records].count("train") == 5
-    assert records[1].image == ImageRef(path, "train_images", 1) and records[1].label == 1
+    assert records[1].image == ImageRef(path, "train_images", 1)
+    assert records[1].targets == {"label": 1}
     data = load_task_data(task)
     assert {k: len(v) for k, v in data.splits.items()} == {"train": 5, "val": 2, "test": 3}
     sample = data["test"][2]
     assert sample.image.shape == (3, 32, 32) and sample.image.dtype == torch.uint8
-    assert sample.label == 0 and sample.original_size == (28, 28)
+    assert sample.targets == {"label": 0} and sample.original_size == (28, 28)
     assert "m.npz[test_images][2]" in sample.source
 
 
@@ -154,7 +157,7 @@ def test_csv_with_class_names_ints_and_split_aliases(tmp_path, make_task, save_p
         options={"path_column": "file", "label_column": "diagnosis", "split_column": "fold"},
     )
     records = read_records(task)
-    assert [(r.label, r.split) for r in records] == [
+    assert [(r.targets["label"], r.split) for r in records] == [
         (0, "train"),
         (1, "val"),
         (1, "val"),
@@ -241,7 +244,7 @@ def test_class_folders_grey_rgb_16bit_palette_rgba(tmp_path, make_task, save_png
     (root / "b" / "notes.txt").write_text("not an image")
     task = make_task(type="classification", format="class-folders", path=root, classes=("a", "b"))
     records = read_records(task)
-    assert sorted((r.image.path.name, r.label) for r in records) == [
+    assert sorted((r.image.path.name, r.targets["label"]) for r in records) == [
         ("deep.png", 1),
         ("grey.png", 0),
         ("palette.png", 1),
@@ -305,10 +308,10 @@ def test_mask_folder_with_suffix_and_255_masks(tmp_path, make_task, save_png, gr
     data = load_task_data(task)
     samples = _all(data)
     assert len(samples) == 3
-    for s in samples:
-        assert s.mask.shape == (32, 32) and s.mask.dtype == torch.uint8
-        assert set(s.mask.unique().tolist()) == {0, 1}
-        assert abs(float((s.mask > 0).float().mean()) - 0.25) < 0.05
+    for mask in (s.targets["mask"] for s in samples):
+        assert mask.shape == (32, 32) and mask.dtype == torch.uint8
+        assert set(mask.unique().tolist()) == {0, 1}
+        assert abs(float((mask > 0).float().mean()) - 0.25) < 0.05
 
 
 def test_mask_folder_multiclass_values_kept(tmp_path, make_task, save_png, grey):
@@ -323,7 +326,7 @@ def test_mask_folder_multiclass_values_kept(tmp_path, make_task, save_png, grey)
         type="segmentation", format="mask-folder", path=root, classes=("a", "b"), image_size=32
     )
     sample = _all(load_task_data(task))[0]
-    assert sample.mask.unique().tolist() == [0, 1, 2]
+    assert sample.targets["mask"].unique().tolist() == [0, 1, 2]
 
 
 @pytest.mark.parametrize("missing", ["mask", "image"])
@@ -357,20 +360,24 @@ def test_voc_boxes_splits_empty_images_and_zero_area(tmp_path, make_task, write_
     (sets / "val.txt").write_text("b\n")
     task = make_task(type="detection", format="voc", path=root, classes=("cell", "blob"))
     records = {r.image.path.stem: r for r in read_records(task)}
-    assert records["a"].boxes == ((10, 20, 50, 60), (100, 0, 200, 100))
-    assert records["a"].box_labels == (0, 1) and records["a"].split == "train"
-    assert records["b"].boxes == () and records["b"].split == "val"
+    assert records["a"].targets == {
+        "boxes": ((10, 20, 50, 60), (100, 0, 200, 100)),
+        "box_labels": (0, 1),
+    }
+    assert records["a"].split == "train"
+    assert records["b"].targets["boxes"] == () and records["b"].split == "val"
     with pytest.warns(
         UserWarning, match=r"dropped 1 zero-width/height boxes from 1 images: .*c\.png"
     ):
         data = load_task_data(task)
-    by_name = {Path(s.source).stem: s for s in _all(data)}
+    by_name = {Path(s.source).stem: s.targets for s in _all(data)}
     a = by_name["a"]
-    assert a.boxes.dtype == torch.float32 and a.box_labels.dtype == torch.int64
+    assert a["boxes"].dtype == torch.float32 and a["box_labels"].dtype == torch.int64
     # 200 x 100 image resized to 32 x 32: x scaled by 0.16, y by 0.32
-    torch.testing.assert_close(a.boxes, torch.tensor([[1.6, 6.4, 8.0, 19.2], [16, 0, 32, 32]]))
-    assert by_name["b"].boxes.shape == (0, 4) and by_name["b"].box_labels.shape == (0,)
-    assert by_name["c"].boxes.shape == (1, 4)
+    expected = torch.tensor([[1.6, 6.4, 8.0, 19.2], [16, 0, 32, 32]])
+    torch.testing.assert_close(a["boxes"], expected)
+    assert by_name["b"]["boxes"].shape == (0, 4) and by_name["b"]["box_labels"].shape == (0,)
+    assert by_name["c"]["boxes"].shape == (1, 4)
     assert len(data["train"]) == 2 and len(data["val"]) == 1
 
 
@@ -380,7 +387,7 @@ def test_voc_box_within_tolerance_is_clipped(tmp_path, make_task, write_voc):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         sample = _all(load_task_data(task))[0]
-    torch.testing.assert_close(sample.boxes, torch.tensor([[0.0, 0.0, 32.0, 20.0]]))
+    torch.testing.assert_close(sample.targets["boxes"], torch.tensor([[0.0, 0.0, 32.0, 20.0]]))
 
 
 def test_voc_unknown_class_names_xml(tmp_path, make_task, write_voc):
@@ -414,9 +421,11 @@ def test_coco_xywh_to_xyxy(tmp_path, make_task, save_png, grey):
         options={"images_root": "imgs"},
     )
     records = {r.image.path.name: r for r in read_records(task)}
-    assert records["one.png"].boxes == ((10, 5, 30, 15), (0, 0, 8, 8))
-    assert records["one.png"].box_labels == (0, 1)
-    assert records["two.png"].boxes == ()
+    assert records["one.png"].targets == {
+        "boxes": ((10, 5, 30, 15), (0, 0, 8, 8)),
+        "box_labels": (0, 1),
+    }
+    assert records["two.png"].targets == {"boxes": (), "box_labels": ()}
     assert len(_all(load_task_data(task))) == 2
 
 

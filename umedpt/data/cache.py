@@ -3,16 +3,18 @@
 Flower starts a fresh ``flwr-clientapp`` process for every message, so without this a site
 would read and decode all its images twice per round. One file per task,
 ``<cache_dir>/<task>.<key>.safetensors``: the stacked uint8 images and the targets of each
-split as tensors (boxes as one flat tensor plus offsets), and the rest (sources, original
+split as tensors, each target field stored by the kind its task type declares
+(``TaskType.target_fields``, :mod:`umedpt.data.kinds`), and the rest (sources, original
 sizes, skipped samples, dropped parts) as JSON in the file's own metadata header, so one
 ``os.replace`` publishes tensors and metadata together. Nothing is pickled.
 
 The key (:func:`cache_key`) covers everything the decoded samples depend on: the cache
-format, the task's data settings, the records the reader listed (labels, boxes, splits,
-groups: so annotation files are covered by their content) and the size and mtime of every
-file whose pixels are decoded. Any change gives another key, and the old file is removed when
-the new one is written. An unreadable file is discarded with a warning; the data is then
-loaded afresh. The cache never leaves the site: it lives in the site's state folder.
+format, the task's data settings and its type's target fields, the records the reader listed
+(annotations, splits, groups: so annotation files are covered by their content) and the size
+and mtime of every file whose pixels are decoded (images, and masks: ``Record.files``). Any
+change gives another key, and the old file is removed when the new one is written. An
+unreadable file is discarded with a warning; the data is then loaded afresh. The cache never
+leaves the site: it lives in the site's state folder.
 """
 
 from __future__ import annotations
@@ -26,12 +28,11 @@ import re
 import time
 import uuid
 import warnings
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import PIL
 import torch
 from safetensors import SafetensorError, safe_open
@@ -39,16 +40,17 @@ from safetensors.torch import save_file
 
 import umedpt
 from umedpt.config import SiteConfig, TaskConfig
+from umedpt.data.kinds import Stacked, TargetKind
 from umedpt.data.samples import Record, Sample, TaskData
 from umedpt.data.targets import Dropped
+from umedpt.tasks import get_task_type
 
 logger = logging.getLogger(__name__)
 
-CACHE_FORMAT = 1  # bump when decoding or this layout changes: every old cache becomes stale
+CACHE_FORMAT = 2  # bump when decoding or this layout changes: every old cache becomes stale
 SUFFIX = ".safetensors"
 _META_KEY = "umedpt"
-_STACKED = ("image", "labels", "mask")  # same shape in every sample: one (N, ...) tensor
-_RAGGED = ("boxes", "box_labels")  # a different count per sample: flat tensor + offsets
+_IMAGES = Stacked()  # every image has the task's size
 _STALE_TEMP_SECONDS = 3600.0  # a temp file this old belongs to a writer that died
 
 
@@ -90,6 +92,7 @@ def cache_key(
         "skip_bad_samples": task.skip_bad_samples,
         "split": asdict(task.split),
         "options": dict(task.options),
+        "targets": {name: repr(kind) for name, kind in _target_fields(task).items()},
     }
     digest.update(json.dumps(settings, sort_keys=True, default=str).encode())
     for rec in records:
@@ -108,10 +111,13 @@ def cache_key(
 def _decoded_files(task: TaskConfig, records: Sequence[Record]) -> set[Path]:
     files = {task.path} if task.path.is_file() else set()
     for rec in records:
-        files.add(rec.image.path)
-        if rec.mask is not None:
-            files.add(rec.mask.path)
+        files.update(rec.files())
     return files
+
+
+def _target_fields(task: TaskConfig) -> Mapping[str, TargetKind]:
+    """The Sample targets of ``task``'s type, by kind: what the file holds besides images."""
+    return get_task_type(task.type).target_fields
 
 
 # What a damaged or foreign file raises while it is read back.
@@ -140,7 +146,7 @@ class TaskCache:
         if not self.file.is_file():
             return None
         try:
-            return _read(self.file, self.key)
+            return _read(self.file, self.key, _target_fields(self.task))
         except _UNREADABLE as exc:
             warnings.warn(
                 f"task '{self.task.name}': data cache {self.file} is unreadable ({exc}); "
@@ -158,7 +164,7 @@ class TaskCache:
         """
         temp = self.folder / f".{self.file.name}.{os.getpid()}.{uuid.uuid4().hex}.tmp"
         try:
-            tensors, meta = _encode(cached, self.key)
+            tensors, meta = _encode(cached, self.key, _target_fields(self.task))
             # Created 0700 and the file 0600: other accounts never read decoded patient images,
             # not even while the file is being written.
             self.folder.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -195,26 +201,24 @@ class TaskCache:
                 pass  # another process removed it first
 
 
-def _encode(cached: CachedData, key: str) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+def _encode(
+    cached: CachedData, key: str, fields: Mapping[str, TargetKind]
+) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     tensors: dict[str, torch.Tensor] = {}
     splits = []
     for split, samples in cached.data.splits.items():
-        fields = _present_fields(split, samples)
-        for name in fields:
-            values = [getattr(s, name) for s in samples]
-            if name == "label":
-                tensors[f"{split}.label"] = torch.tensor(values, dtype=torch.int64)
-            elif name in _STACKED:
-                tensors[f"{split}.{name}"] = _join_arrays(np.stack, values)
-            else:
-                counts = torch.tensor([0] + [len(v) for v in values], dtype=torch.int64)
-                tensors[f"{split}.{name}"] = _join_arrays(np.concatenate, values)
-                tensors[f"{split}.{name}.offsets"] = counts.cumsum(0)
+        if samples:
+            tensors[f"{split}.image"] = _IMAGES.encode([s.image for s in samples])[""]
+        stored: dict[str, list[str]] = {}  # field -> the suffixes of its tensors
+        for name in _present_fields(split, samples, fields):
+            encoded = fields[name].encode([s.targets[name] for s in samples])
+            tensors.update({_tensor_name(split, name, sfx): t for sfx, t in encoded.items()})
+            stored[name] = sorted(encoded)
         splits.append(
             {
                 "name": split,
                 "count": len(samples),
-                "fields": fields,
+                "targets": stored,
                 "sources": [s.source for s in samples],
                 "original_sizes": [list(s.original_size) for s in samples],
             }
@@ -229,59 +233,67 @@ def _encode(cached: CachedData, key: str) -> tuple[dict[str, torch.Tensor], dict
     return tensors, meta
 
 
-def _join_arrays(join: Any, values: list[torch.Tensor]) -> torch.Tensor:
-    # numpy, single-threaded: torch.stack's OpenMP threads can stall for seconds on a busy
-    # machine (bench/results/site_cache.md), for what is one memory copy.
-    return torch.from_numpy(np.ascontiguousarray(join([v.numpy() for v in values])))
+def _tensor_name(split: str, field: str, suffix: str) -> str:
+    return f"{split}.targets.{field}" + (f".{suffix}" if suffix else "")
 
 
-def _present_fields(split: str, samples: Sequence[Sample]) -> list[str]:
-    """The optional fields set on the samples; each must be set on all of them or on none."""
-    fields = []
-    for name in ("image", "label", "labels", "mask", *_RAGGED):
-        present = sum(getattr(s, name) is not None for s in samples)
-        if present and present != len(samples):
+def _present_fields(
+    split: str, samples: Sequence[Sample], fields: Mapping[str, TargetKind]
+) -> list[str]:
+    """The declared fields set on the samples; each must be set on all of them or on none."""
+    for sample in samples:
+        undeclared = set(sample.targets) - set(fields)
+        if undeclared:
+            raise CacheError(
+                f"split '{split}': {sample.source} has targets {sorted(undeclared)} "
+                "that its task type does not declare"
+            )
+    present = []
+    for name in fields:
+        count = sum(name in s.targets for s in samples)
+        if count and count != len(samples):
             raise CacheError(f"split '{split}': '{name}' is set on only some samples")
-        if present:
-            fields.append(name)
-    return fields
+        if count:
+            present.append(name)
+    return present
 
 
-def _read(file: Path, key: str) -> CachedData:
+def _read(file: Path, key: str, fields: Mapping[str, TargetKind]) -> CachedData:
     with safe_open(str(file), framework="pt") as handle:
         meta = json.loads((handle.metadata() or {})[_META_KEY])
         if meta.get("format") != CACHE_FORMAT or meta.get("key") != key:
             raise CacheError("written by another cache format or for another key")
         tensors = {name: handle.get_tensor(name) for name in handle.keys()}  # noqa: SIM118
-    splits = {entry["name"]: _samples(entry, tensors) for entry in meta["splits"]}
+    splits = {entry["name"]: _samples(entry, tensors, fields) for entry in meta["splits"]}
     skipped = [(str(src), str(why)) for src, why in meta["skipped"]]
     dropped = Dropped(counts=dict(meta["dropped"]["counts"]), files=dict(meta["dropped"]["files"]))
     return CachedData(TaskData(splits=splits, skipped=skipped), dropped)
 
 
-def _samples(entry: dict[str, Any], tensors: dict[str, torch.Tensor]) -> list[Sample]:
+def _samples(
+    entry: dict[str, Any], tensors: dict[str, torch.Tensor], fields: Mapping[str, TargetKind]
+) -> list[Sample]:
     split, count = entry["name"], int(entry["count"])
     if len(entry["sources"]) != count or len(entry["original_sizes"]) != count:
         raise CacheError(f"split '{split}': {count} samples but other counts of sources/sizes")
+    if not count:
+        return []
+    images = _IMAGES.decode({"": tensors[f"{split}.image"]}, count)
     columns: dict[str, list[Any]] = {}
-    for name in entry["fields"]:
-        values = tensors[f"{split}.{name}"]
-        if name in _RAGGED:
-            offsets = tensors[f"{split}.{name}.offsets"].tolist()
-            if len(offsets) != count + 1 or offsets[-1] != len(values):
-                raise CacheError(f"split '{split}': offsets of '{name}' do not fit")
-            columns[name] = [values[a:b] for a, b in zip(offsets[:-1], offsets[1:])]
-        else:
-            if len(values) != count:
-                raise CacheError(f"split '{split}': {len(values)} values of '{name}', not {count}")
-            columns[name] = values.tolist() if name == "label" else list(values.unbind(0))
-    if count and "image" not in columns:
-        raise CacheError(f"split '{split}': no images")
+    for name, suffixes in entry["targets"].items():
+        if name not in fields:
+            raise CacheError(f"split '{split}': '{name}' is not a target of this task type")
+        stored = {sfx: tensors[_tensor_name(split, name, sfx)] for sfx in suffixes}
+        try:
+            columns[name] = fields[name].decode(stored, count)
+        except ValueError as exc:
+            raise CacheError(f"split '{split}': target '{name}': {exc}") from exc
     return [
         Sample(
+            image=images[i],
             source=entry["sources"][i],
+            targets={name: values[i] for name, values in columns.items()},
             original_size=(int(entry["original_sizes"][i][0]), int(entry["original_sizes"][i][1])),
-            **{name: values[i] for name, values in columns.items()},
         )
         for i in range(count)
     ]

@@ -225,7 +225,7 @@ class NpzOptions:
     key_prefix: str = ""  # arrays are named f"{key_prefix}{split}_images" / "_labels"
 
 
-# A label array -> the label fields of one Record per row, or a DataError for the archive.
+# A label array -> the targets of one Record per row, or a DataError for the archive.
 NpzLabels = Callable[[np.ndarray, str, TaskConfig], list[dict[str, Any]]]
 
 
@@ -263,8 +263,8 @@ def _read_npz(task: TaskConfig, to_fields: NpzLabels) -> list[Record]:
                         task=task.name,
                     )
                 records += [
-                    Record(image=ImageRef(task.path, img_key, i), split=split, **fields)
-                    for i, fields in enumerate(labels)
+                    Record(image=ImageRef(task.path, img_key, i), split=split, targets=targets)
+                    for i, targets in enumerate(labels)
                 ]
             if not records:
                 raise DataError(
@@ -348,7 +348,7 @@ _SPLIT_NAMES = {
     "testing": "test",
 }
 
-# A label cell -> the label fields of its Record, or the problem as a string.
+# A label cell -> the targets of its Record, or the problem as a string.
 CellLabels = Callable[[str], dict[str, Any] | str]
 
 
@@ -419,9 +419,9 @@ def _read_csv(
         if not rel:
             problems.report(where, f"empty '{opts.path_column}'")
             continue
-        fields = parse_label((row.get(label_column) or "").strip())
-        if isinstance(fields, str):
-            problems.report(where, fields)
+        targets = parse_label((row.get(label_column) or "").strip())
+        if isinstance(targets, str):
+            problems.report(where, targets)
             continue
         split = None
         if has_split:
@@ -432,7 +432,7 @@ def _read_csv(
                     where, f"split '{raw_split}' is not one of train, val (validation), test"
                 )
                 continue
-        records.append(Record(image=ImageRef(root / rel), split=split, **fields))
+        records.append(Record(image=ImageRef(root / rel), split=split, targets=targets))
     if not records and not problems.skipped:
         raise DataError(str(task.path), "the CSV lists no images", task=task.name)
     return records
@@ -479,7 +479,8 @@ def read_class_folders(task: TaskConfig, problems: Problems) -> list[Record]:
         images, others = _image_files(folder)
         _warn_ignored(folder, others)
         records += [
-            Record(image=ImageRef(p), label=class_index[folder.name]) for p in images.values()
+            Record(image=ImageRef(p), targets={"label": class_index[folder.name]})
+            for p in images.values()
         ]
     missing = [c for c in task.classes if not (task.path / c).is_dir()]
     if missing:
@@ -521,7 +522,7 @@ def read_mask_folder(task: TaskConfig, problems: Problems) -> list[Record]:
         if stem not in masks:
             problems.report(str(path), f"no mask '{stem}{opts.mask_suffix}.*' in {mask_dir}")
             continue
-        records.append(Record(image=ImageRef(path), mask=ImageRef(masks[stem])))
+        records.append(Record(image=ImageRef(path), targets={"mask": ImageRef(masks[stem])}))
     for stem in sorted(set(masks) - set(images)):
         problems.report(str(masks[stem]), f"mask has no image '{stem}.*' in {image_dir}")
     if not records and not problems.skipped:
@@ -566,8 +567,7 @@ def read_voc(task: TaskConfig, problems: Problems) -> list[Record]:
             Record(
                 image=ImageRef(image),
                 split=split_of.get(xml.stem),
-                boxes=tuple(boxes),
-                box_labels=tuple(labels),
+                targets={"boxes": tuple(boxes), "box_labels": tuple(labels)},
             )
         )
     for stem in sorted(set(split_of) - xml_stems):
@@ -680,8 +680,7 @@ def read_coco(task: TaskConfig, problems: Problems) -> list[Record]:
     return [
         Record(
             image=ImageRef(root / file_name),
-            boxes=tuple(boxes[image_id]),
-            box_labels=tuple(labels[image_id]),
+            targets={"boxes": tuple(boxes[image_id]), "box_labels": tuple(labels[image_id])},
         )
         for image_id, file_name in sorted(images.items(), key=lambda kv: str(kv[1]))
         if image_id not in bad_images

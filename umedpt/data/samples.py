@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -26,36 +27,34 @@ class ImageRef:
 class Record:
     """One labelled example as found on disk, before it is read.
 
-    Labels use class indices into the task's ``classes``. ``labels`` lists the positive
-    classes of a multi-label example (``()``: none is positive; ``None``: not annotated).
-    Segmentation masks hold 0 for background and ``1..len(classes)`` for the foreground
-    classes. Boxes are ``(x_min, y_min, x_max, y_max)`` in pixels of the original image.
+    ``targets`` holds the annotations as the task type's reader found them (class indices
+    into the task's ``classes``, boxes in pixels of the original image, ...); the task type's
+    ``load_targets`` checks them and turns them into the Sample's targets. An ``ImageRef``
+    among them (a mask) is a file whose pixels are decoded: see :meth:`files`.
     """
 
     image: ImageRef
     split: str | None = None  # "train" | "val" | "test"; None when the data has no split
-    label: int | None = None
-    labels: tuple[int, ...] | None = None
-    mask: ImageRef | None = None
-    boxes: tuple[tuple[float, float, float, float], ...] = ()
-    box_labels: tuple[int, ...] = ()
+    targets: dict[str, Any] = field(default_factory=dict)
     group: str | None = None  # records of one group always land in the same split
+
+    def files(self) -> list[Path]:
+        """Every file whose pixels loading this record decodes (what the cache key tracks)."""
+        refs = [v for v in self.targets.values() if isinstance(v, ImageRef)]
+        return [self.image.path, *(ref.path for ref in refs)]
 
 
 @dataclass
 class Sample:
     """One preprocessed example, resized to the task's square image size.
 
-    Which target fields are set is up to the task type (its ``load_targets``).
+    ``targets`` is the task type's business: it sets them (``load_targets``) and declares
+    their names and kinds (``target_fields``), which is all the cache needs to store them.
     """
 
     image: torch.Tensor  # uint8 (3, S, S)
     source: str  # the file it came from, for errors and previews
-    label: int | None = None  # single-label classification
-    labels: torch.Tensor | None = None  # multi-label: uint8 (C,) multi-hot
-    mask: torch.Tensor | None = None  # uint8 (S, S), 0 = background
-    boxes: torch.Tensor | None = None  # float32 (N, 4) xyxy in resized pixels
-    box_labels: torch.Tensor | None = None  # int64 (N,)
+    targets: dict[str, Any] = field(default_factory=dict)
     original_size: tuple[int, int] = (0, 0)  # (height, width) before resizing
 
 

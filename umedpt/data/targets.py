@@ -13,7 +13,6 @@ import numpy as np
 
 from umedpt.config import TaskConfig
 from umedpt.data.images import ImageSource
-from umedpt.data.samples import Record
 from umedpt.errors import DataError
 
 BOX_TOLERANCE_PX = 1.0  # boxes may overshoot the image by this much (rounding in annotation tools)
@@ -67,18 +66,17 @@ def check_labels(labels: Sequence[int] | None, n_classes: int, where: str) -> np
 
 
 def check_mask(
-    mask: np.ndarray, image_hw: tuple[int, int], n_classes: int, rec: Record
+    mask: np.ndarray, image_hw: tuple[int, int], n_classes: int, *, where: str, image: str
 ) -> np.ndarray:
-    """Validate a class map against its image.
+    """Validate a class map (the file ``where``) against its image (the file ``image``).
 
     A single-class mask saved as 0/255 (a common way of saving binary masks so they are
     visible in an image viewer) is read as 0/1; any other value above ``n_classes`` is an error.
     """
-    where = str(rec.mask)
     if mask.shape != image_hw:
         raise DataError(
             where,
-            f"mask is {mask.shape[1]}x{mask.shape[0]} (WxH) but its image {rec.image} is "
+            f"mask is {mask.shape[1]}x{mask.shape[0]} (WxH) but its image {image} is "
             f"{image_hw[1]}x{image_hw[0]}",
         )
     low, high = int(mask.min()), int(mask.max())
@@ -93,19 +91,23 @@ def check_mask(
 
 
 def check_boxes(
-    rec: Record, image_hw: tuple[int, int], n_classes: int, dropped: Dropped
+    raw_boxes: Sequence[Sequence[float]],
+    raw_labels: Sequence[int],
+    image_hw: tuple[int, int],
+    n_classes: int,
+    dropped: Dropped,
+    where: str,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Boxes as float32 (N, 4) xyxy and int64 labels, in original pixels.
+    """Boxes as float32 (N, 4) xyxy and int64 labels, in original pixels of the image ``where``.
 
     Boxes overshooting the image by at most ``BOX_TOLERANCE_PX`` are clipped; larger
     overshoots and inverted boxes are errors; zero-width/height boxes are removed and counted.
     """
-    where = str(rec.image)
-    if len(rec.boxes) != len(rec.box_labels):
-        raise DataError(where, f"{len(rec.boxes)} boxes but {len(rec.box_labels)} box labels")
+    if len(raw_boxes) != len(raw_labels):
+        raise DataError(where, f"{len(raw_boxes)} boxes but {len(raw_labels)} box labels")
     height, width = image_hw
-    boxes = np.asarray(rec.boxes, dtype=np.float32).reshape(-1, 4)
-    labels = np.asarray(rec.box_labels, dtype=np.int64).reshape(-1)
+    boxes = np.asarray(raw_boxes, dtype=np.float32).reshape(-1, 4)
+    labels = np.asarray(raw_labels, dtype=np.int64).reshape(-1)
     for box, label in zip(boxes, labels, strict=True):
         x0, y0, x1, y1 = (float(v) for v in box)
         if not 0 <= label < n_classes:

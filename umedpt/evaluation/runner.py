@@ -143,7 +143,9 @@ def run_evaluation(
         for cell in mine:
             key = (cell.fraction, cell.seed)
             if key not in subsets:
-                subsets[key] = stratified_subset(target.splits["train"], cell.fraction, cell.seed)
+                subsets[key] = stratified_subset(
+                    target.splits["train"], cell.fraction, cell.seed, stratum=task_type.stratum
+                )
             frozen = cell.mode == "frozen"
             probe = Probe(
                 encoder if frozen else copy.deepcopy(encoder),

@@ -1,7 +1,8 @@
 """Class-stratified subsets of a target's training split, chosen by seed.
 
 The subset depends only on the samples, the fraction and the seed, never on the encoder,
-so every encoder is trained on exactly the same images. All fractions of one seed take
+so every encoder is trained on exactly the same images. What a stratum is (the label, the
+classes in a mask, ...) is the task type's ``stratum``. All fractions of one seed take
 their images from one order, so a larger fraction (nearly always) adds labels to a smaller
 one instead of redrawing them.
 """
@@ -11,25 +12,11 @@ from __future__ import annotations
 import hashlib
 import math
 from collections import defaultdict
-from collections.abc import Hashable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 
 import numpy as np
 
 from umedpt.data.samples import Sample
-
-
-def stratum_of(sample: Sample) -> Hashable:
-    """What a subset keeps in proportion: the label, the set of positive labels, the set of
-    classes in the mask or among the boxes (whichever targets the sample has)."""
-    if sample.label is not None:
-        return ("label", int(sample.label))
-    if sample.labels is not None:
-        return ("labels", tuple(int(i) for i in sample.labels.nonzero().flatten()))
-    if sample.mask is not None:
-        return ("mask", tuple(int(c) for c in sample.mask.unique() if c))
-    if sample.box_labels is not None:
-        return ("boxes", tuple(sorted({int(c) for c in sample.box_labels})))
-    return ("none",)
 
 
 def subset_size(total: int, fraction: float) -> int:
@@ -37,8 +24,16 @@ def subset_size(total: int, fraction: float) -> int:
     return max(1, min(total, round(total * fraction / 100.0)))
 
 
-def stratified_subset(samples: Sequence[Sample], fraction: float, seed: int) -> list[int]:
+def stratified_subset(
+    samples: Sequence[Sample],
+    fraction: float,
+    seed: int,
+    *,
+    stratum: Callable[[Sample], Hashable],
+) -> list[int]:
     """Indices (sorted) of a class-stratified ``fraction``-percent subset of ``samples``.
+
+    ``stratum`` is what is kept in proportion: the samples' task type's ``stratum``.
 
     Each stratum gets its share by largest remainder, and at least one sample when the
     subset has room for every stratum; within a stratum the seed's permutation decides.
@@ -51,7 +46,7 @@ def stratified_subset(samples: Sequence[Sample], fraction: float, seed: int) -> 
     order = rng.permutation(total)
     strata: dict[Hashable, list[int]] = defaultdict(list)
     for index in order:
-        strata[stratum_of(samples[int(index)])].append(int(index))
+        strata[stratum(samples[int(index)])].append(int(index))
     keys = sorted(strata, key=lambda k: (-len(strata[k]), repr(k)))
     quotas = _quotas({k: len(strata[k]) for k in keys}, size, total)
     chosen = [i for k in keys for i in strata[k][: quotas[k]]]

@@ -1,9 +1,11 @@
 """The task-type interface and its registry.
 
 A task type is one module that owns everything specific to one kind of target: how a
-Record's annotations become a Sample's targets, how samples are batched, its head, its
-named loss components, its metrics, and how its data is summarised and drawn. Nothing
-else in the package branches on a type's name; adding a type is one module that calls
+Record's annotations become a Sample's targets and which targets those are (names and
+kinds, all the data cache needs), how samples are batched, its head, its named loss
+components, its metrics, how its data is summarised, drawn and stratified, and the small
+random samples that tests and benchmarks train on. Nothing else in the package branches on
+a type's name or its target fields; adding a type is one module that calls
 :func:`register_task_type`, imported by ``umedpt/tasks/__init__.py``.
 """
 
@@ -11,7 +13,7 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
+from collections.abc import Hashable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -20,6 +22,7 @@ from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from torch import nn
 
 from umedpt.config import TaskConfig
+from umedpt.data.kinds import TargetKind
 from umedpt.data.samples import Record, Sample, TaskData
 from umedpt.data.targets import LoadContext
 from umedpt.models.presets import ModelConfig
@@ -37,6 +40,11 @@ def normalize_images(images: torch.Tensor) -> torch.Tensor:
 def stack_images(samples: list[Sample]) -> torch.Tensor:
     """The normalised image batch (B, 3, S, S) of ``samples``."""
     return normalize_images(torch.stack([s.image for s in samples]))
+
+
+def noise_image(size: int, generator: torch.Generator) -> torch.Tensor:
+    """A dim uint8 (3, size, size) noise image: what synthetic samples draw their target on."""
+    return torch.randint(0, 100, (3, size, size), generator=generator, dtype=torch.uint8)
 
 
 @dataclass
@@ -92,6 +100,9 @@ class TaskType(ABC):
     name: ClassVar[str]
     primary_metric: ClassVar[str]  # the metric reports and benchmarks lead with
     min_classes: ClassVar[int] = 1  # the config validator rejects tasks with fewer classes
+    # The Sample targets ``load_targets`` sets, by kind: the data cache stores exactly these.
+    target_fields: ClassVar[Mapping[str, TargetKind]]
+    synthetic_classes: ClassVar[tuple[str, ...]]  # the classes ``synthetic_samples`` draws
 
     @property
     def block(self) -> str:
@@ -109,6 +120,20 @@ class TaskType(ABC):
 
     @abstractmethod
     def collate(self, samples: list[Sample]) -> Batch: ...
+
+    @abstractmethod
+    def synthetic_samples(
+        self, n: int, generator: torch.Generator, *, image_size: int = 64
+    ) -> list[Sample]:
+        """``n`` random samples with valid, learnable targets over ``synthetic_classes``.
+
+        Tests and benchmarks train on these instead of files; everything random comes from
+        ``generator``, so a seed gives the same samples.
+        """
+
+    def stratum(self, sample: Sample) -> Hashable:
+        """What a class-stratified subset keeps in proportion (e.g. the label)."""
+        return ("none",)
 
     @abstractmethod
     def summarize(self, task: TaskConfig, data: TaskData) -> dict[str, Any]:

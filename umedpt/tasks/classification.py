@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Hashable
 from typing import Any
 
 import torch
@@ -11,6 +12,7 @@ from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassAUROC, MulticlassF1Score
 
 from umedpt.config import TaskConfig
+from umedpt.data.kinds import Scalar
 from umedpt.data.samples import Record, Sample, TaskData
 from umedpt.data.stats import class_counts
 from umedpt.data.targets import LoadContext, check_label
@@ -23,6 +25,7 @@ from umedpt.tasks.base import (
     TaskMetrics,
     TaskType,
     log_num_classes,
+    noise_image,
     register_task_type,
     stack_images,
 )
@@ -49,32 +52,59 @@ class ClassificationMetrics(TaskMetrics):
 
 
 class Classification(TaskType):
-    """One class per image. Sample target: ``label`` (int); loss component ``cross_entropy``."""
+    """One class per image; loss component ``cross_entropy``.
+
+    Record target ``label``: a class index. Sample target ``label``: the checked index (int).
+    """
 
     name = "classification"
     # Balanced accuracy: on an imbalanced split, plain accuracy rewards the majority class
     # (BreastMNIST's val split is 73% one class); accuracy is still reported beside it.
     primary_metric = "balanced_accuracy"
     min_classes = 2
+    target_fields = {"label": Scalar()}
+    synthetic_classes = ("absent", "present")
 
     def load_targets(self, record: Record, sample: Sample, context: LoadContext) -> None:
-        sample.label = check_label(record.label, len(context.task.classes), sample.source)
+        label = record.targets.get("label")
+        sample.targets["label"] = check_label(label, len(context.task.classes), sample.source)
 
     def collate(self, samples: list[Sample]) -> Batch:
-        labels = torch.tensor([s.label for s in samples], dtype=torch.long)
+        labels = torch.tensor([s.targets["label"] for s in samples], dtype=torch.long)
         return Batch(stack_images(samples), {"labels": labels})
+
+    def synthetic_samples(
+        self, n: int, generator: torch.Generator, *, image_size: int = 64
+    ) -> list[Sample]:
+        """Noise; "present" (every second sample) adds a bright square in the middle."""
+        samples = []
+        low, high = image_size // 4, image_size * 3 // 4
+        for i in range(n):
+            label = i % 2
+            image = noise_image(image_size, generator)
+            if label:
+                image[:, low:high, low:high] += 120
+            samples.append(Sample(image, f"{self.name}-{i}", {"label": label}))
+        return samples
 
     def summarize(self, task: TaskConfig, data: TaskData) -> dict[str, Any]:
         return {
             "class_counts": {
-                split: class_counts([s.label for s in samples if s.label is not None], task.classes)
+                split: class_counts(
+                    [s.targets["label"] for s in samples if "label" in s.targets], task.classes
+                )
                 for split, samples in data.splits.items()
             }
         }
 
     def draw(self, ax: Any, sample: Sample, task: TaskConfig) -> None:
-        if sample.label is not None:
-            ax.set_title(task.classes[sample.label], fontsize=8)
+        if "label" in sample.targets:
+            ax.set_title(task.classes[sample.targets["label"]], fontsize=8)
+
+    def stratum(self, sample: Sample) -> Hashable:
+        if "label" not in sample.targets:
+            return super().stratum(sample)
+        return ("label", int(sample.targets["label"]))
 
     def build_block(self, in_channels: list[int], config: ModelConfig) -> nn.Module:
         return ImageBlock(in_channels, config.image_dim)

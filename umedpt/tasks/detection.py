@@ -9,6 +9,7 @@ losses and NMS come from torchvision.ops; mAP from torchmetrics.
 
 from __future__ import annotations
 
+from collections.abc import Hashable
 from typing import Any
 
 import numpy as np
@@ -24,6 +25,7 @@ from torchvision.ops import (
 )
 
 from umedpt.config import TaskConfig
+from umedpt.data.kinds import Ragged
 from umedpt.data.samples import Record, Sample, TaskData
 from umedpt.data.stats import class_counts, describe
 from umedpt.data.targets import LoadContext, check_boxes
@@ -36,6 +38,7 @@ from umedpt.tasks.base import (
     TaskMetrics,
     TaskType,
     log_num_classes,
+    noise_image,
     register_task_type,
     stack_images,
 )
@@ -73,7 +76,11 @@ class DetectionMetrics(TaskMetrics):
 
 
 class Detection(TaskType):
-    """Boxes per image. Sample targets: ``boxes`` and ``box_labels``; three loss components.
+    """Boxes per image; three loss components.
+
+    Record targets ``boxes`` (``(x_min, y_min, x_max, y_max)`` in pixels of the original
+    image) and ``box_labels`` (class indices), both tuples, possibly empty. Sample targets
+    ``boxes``, float32 (N, 4) xyxy in resized pixels, and ``box_labels``, int64 (N,).
 
     The loss weights and the post-processing limits are keyword arguments with FCOS's
     defaults; the registered instance uses the defaults.
@@ -82,6 +89,8 @@ class Detection(TaskType):
     name = "detection"
     primary_metric = "map_50"
     strides = DetectionNeck.strides
+    target_fields = {"boxes": Ragged(), "box_labels": Ragged()}
+    synthetic_classes = ("square",)
 
     def __init__(
         self,
@@ -105,25 +114,46 @@ class Detection(TaskType):
     def load_targets(self, record: Record, sample: Sample, context: LoadContext) -> None:
         height, width = sample.original_size
         boxes, labels = check_boxes(
-            record, (height, width), len(context.task.classes), context.dropped
+            record.targets.get("boxes", ()),
+            record.targets.get("box_labels", ()),
+            (height, width),
+            len(context.task.classes),
+            context.dropped,
+            str(record.image),
         )
         size = context.task.image_size
         scale = np.array([size / width, size / height, size / width, size / height], np.float32)
-        sample.boxes = torch.from_numpy(boxes * scale)
-        sample.box_labels = torch.from_numpy(labels)
+        sample.targets["boxes"] = torch.from_numpy(boxes * scale)
+        sample.targets["box_labels"] = torch.from_numpy(labels)
 
     def collate(self, samples: list[Sample]) -> Batch:
-        boxes = [s.boxes if s.boxes is not None else torch.zeros((0, 4)) for s in samples]
-        labels = [
-            s.box_labels if s.box_labels is not None else torch.zeros((0,), dtype=torch.long)
-            for s in samples
-        ]
+        no_boxes, no_labels = torch.zeros((0, 4)), torch.zeros((0,), dtype=torch.long)
+        boxes = [s.targets.get("boxes", no_boxes) for s in samples]
+        labels = [s.targets.get("box_labels", no_labels) for s in samples]
         return Batch(stack_images(samples), {"boxes": boxes, "labels": labels})
+
+    def synthetic_samples(
+        self, n: int, generator: torch.Generator, *, image_size: int = 64
+    ) -> list[Sample]:
+        """Noise with one bright square at a random place, boxed (its corners land on FCOS
+        points, so every loss term takes its full path)."""
+        samples = []
+        side = max(4, image_size // 4)
+        for i in range(n):
+            image = noise_image(image_size, generator)
+            y, x = torch.randint(0, image_size - side, (2,), generator=generator).tolist()
+            image[:, y : y + side, x : x + side] += 120
+            targets = {
+                "boxes": torch.tensor([[x, y, x + side, y + side]], dtype=torch.float32),
+                "box_labels": torch.tensor([0]),
+            }
+            samples.append(Sample(image, f"{self.name}-{i}", targets))
+        return samples
 
     def summarize(self, task: TaskConfig, data: TaskData) -> dict[str, Any]:
         all_samples = [s for samples in data.splits.values() for s in samples]
-        counts = [0 if s.boxes is None else len(s.boxes) for s in all_samples]
-        labels = [int(v) for s in all_samples if s.box_labels is not None for v in s.box_labels]
+        counts = [len(s.targets.get("boxes", ())) for s in all_samples]
+        labels = [int(v) for s in all_samples for v in s.targets.get("box_labels", ())]
         return {
             "boxes_per_image": {**describe(counts), "images_without_boxes": counts.count(0)},
             "box_counts": class_counts(labels, task.classes),
@@ -132,14 +162,20 @@ class Detection(TaskType):
     def draw(self, ax: Any, sample: Sample, task: TaskConfig) -> None:
         from matplotlib.patches import Rectangle  # only previews need matplotlib
 
-        if sample.boxes is None or sample.box_labels is None:
+        if "boxes" not in sample.targets or "box_labels" not in sample.targets:
             return
-        for box, label in zip(sample.boxes.tolist(), sample.box_labels.tolist(), strict=True):
+        boxes, labels = sample.targets["boxes"], sample.targets["box_labels"]
+        for box, label in zip(boxes.tolist(), labels.tolist(), strict=True):
             x0, y0, x1, y1 = box
             color = f"C{label % 10}"
             ax.add_patch(Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, color=color, lw=1))
             ax.text(x0, y0, task.classes[label], color=color, fontsize=6, va="bottom")
-        ax.set_title(f"{len(sample.boxes)} boxes", fontsize=8)
+        ax.set_title(f"{len(boxes)} boxes", fontsize=8)
+
+    def stratum(self, sample: Sample) -> Hashable:
+        if "box_labels" not in sample.targets:
+            return super().stratum(sample)
+        return ("boxes", tuple(sorted({int(c) for c in sample.targets["box_labels"]})))
 
     def build_block(self, in_channels: list[int], config: ModelConfig) -> nn.Module:
         return DetectionNeck(in_channels, config.fpn_channels, config.tower_depth)

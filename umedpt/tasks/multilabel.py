@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 import warnings
+from collections.abc import Hashable
 from typing import Any
 
 import torch
@@ -25,6 +26,7 @@ from torch import nn
 from torchmetrics.classification import MultilabelAUROC, MultilabelF1Score
 
 from umedpt.config import TaskConfig
+from umedpt.data.kinds import Stacked
 from umedpt.data.samples import Record, Sample, TaskData
 from umedpt.data.stats import describe
 from umedpt.data.targets import LoadContext, check_labels
@@ -36,6 +38,7 @@ from umedpt.tasks.base import (
     LossComponents,
     TaskMetrics,
     TaskType,
+    noise_image,
     register_task_type,
     stack_images,
 )
@@ -78,32 +81,57 @@ class MultiLabelMetrics(TaskMetrics):
 
 
 class MultiLabel(TaskType):
-    """Sample target: ``labels``, a uint8 (C,) multi-hot vector; loss component ``bce``."""
+    """Any number of classes per image; loss component ``bce``.
+
+    Record target ``labels``: the positive class indices (``()``: none is positive). Sample
+    target ``labels``: a uint8 (C,) multi-hot vector.
+    """
 
     name = "multilabel"
     primary_metric = "auroc"
     min_classes = 2  # one yes/no class is single-label classification with two classes
+    target_fields = {"labels": Stacked()}
+    synthetic_classes = ("left", "right")
 
     @property
     def block(self) -> str:
         return "classification"  # the image-level block, shared with single-label tasks
 
     def load_targets(self, record: Record, sample: Sample, context: LoadContext) -> None:
-        multi_hot = check_labels(record.labels, len(context.task.classes), sample.source)
-        sample.labels = torch.from_numpy(multi_hot)
+        labels = record.targets.get("labels")
+        multi_hot = check_labels(labels, len(context.task.classes), sample.source)
+        sample.targets["labels"] = torch.from_numpy(multi_hot)
 
     def collate(self, samples: list[Sample]) -> Batch:
-        labels = torch.stack([s.labels for s in samples]).float()  # (B, C)
+        labels = torch.stack([s.targets["labels"] for s in samples]).float()  # (B, C)
         return Batch(stack_images(samples), {"labels": labels})
+
+    def synthetic_samples(
+        self, n: int, generator: torch.Generator, *, image_size: int = 64
+    ) -> list[Sample]:
+        """Two independent findings: a bright square on the left half, one on the right half."""
+        samples = []
+        s = image_size
+        rows = slice(s * 5 // 16, s * 11 // 16)
+        halves = (slice(s // 16, s * 7 // 16), slice(s * 9 // 16, s * 15 // 16))
+        for i in range(n):
+            present = (i % 2, (i // 2) % 2)  # every combination, including none and both
+            image = noise_image(image_size, generator)
+            for columns, on in zip(halves, present):
+                if on:
+                    image[:, rows, columns] += 120
+            labels = torch.tensor(present, dtype=torch.uint8)
+            samples.append(Sample(image, f"{self.name}-{i}", {"labels": labels}))
+        return samples
 
     def summarize(self, task: TaskConfig, data: TaskData) -> dict[str, Any]:
         positives, per_image = {}, []
         for split, samples in data.splits.items():
             counts = torch.zeros(len(task.classes), dtype=torch.long)
             for s in samples:
-                if s.labels is not None:
-                    counts += s.labels.long()
-                    per_image.append(int(s.labels.sum()))
+                if "labels" in s.targets:
+                    counts += s.targets["labels"].long()
+                    per_image.append(int(s.targets["labels"].sum()))
             positives[split] = {name: int(n) for name, n in zip(task.classes, counts)}
         return {
             "positives_per_class": positives,
@@ -114,10 +142,15 @@ class MultiLabel(TaskType):
         }
 
     def draw(self, ax: Any, sample: Sample, task: TaskConfig) -> None:
-        if sample.labels is None:
+        if "labels" not in sample.targets:
             return
-        names = [task.classes[i] for i in sample.labels.nonzero().flatten().tolist()]
+        names = [task.classes[i] for i in sample.targets["labels"].nonzero().flatten().tolist()]
         ax.set_title(", ".join(names) or "(none)", fontsize=8, wrap=True)
+
+    def stratum(self, sample: Sample) -> Hashable:
+        if "labels" not in sample.targets:
+            return super().stratum(sample)
+        return ("labels", tuple(int(i) for i in sample.targets["labels"].nonzero().flatten()))
 
     def build_block(self, in_channels: list[int], config: ModelConfig) -> nn.Module:
         return ImageBlock(in_channels, config.image_dim)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Hashable
 from typing import Any
 
 import numpy as np
@@ -12,6 +13,7 @@ from torchmetrics.segmentation import DiceScore, MeanIoU
 
 from umedpt.config import TaskConfig
 from umedpt.data.images import resize_mask
+from umedpt.data.kinds import Stacked
 from umedpt.data.samples import Record, Sample, TaskData
 from umedpt.data.stats import describe
 from umedpt.data.targets import LoadContext, check_mask
@@ -25,6 +27,7 @@ from umedpt.tasks.base import (
     TaskMetrics,
     TaskType,
     log_num_classes,
+    noise_image,
     register_task_type,
     stack_images,
 )
@@ -72,44 +75,73 @@ class SegmentationMetrics(TaskMetrics):
 
 
 class Segmentation(TaskType):
-    """A class per pixel. Sample target: ``mask``; loss components ``dice`` and ``focal``."""
+    """A class per pixel; loss components ``dice`` and ``focal``.
+
+    Record target ``mask``: the ImageRef of a class map of the image's size, 0 for background
+    and ``1..len(classes)`` for the classes. Sample target ``mask``: it, resized, uint8 (S, S).
+    """
 
     name = "segmentation"
     primary_metric = "dice"
+    target_fields = {"mask": Stacked()}
+    synthetic_classes = ("square",)
 
     def __init__(self, *, focal_gamma: float = 2.0) -> None:
         self.focal_gamma = focal_gamma
 
     def load_targets(self, record: Record, sample: Sample, context: LoadContext) -> None:
-        if record.mask is None:
+        ref = record.targets.get("mask")
+        if ref is None:
             raise DataError(sample.source, "no mask for this image")
         mask = check_mask(
-            context.source.read_mask(record.mask),
+            context.source.read_mask(ref),
             sample.original_size,
             len(context.task.classes),
-            record,
+            where=str(ref),
+            image=str(record.image),
         )
-        sample.mask = torch.from_numpy(resize_mask(mask, context.task.image_size).copy())
+        resized = resize_mask(mask, context.task.image_size).copy()
+        sample.targets["mask"] = torch.from_numpy(resized)
 
     def collate(self, samples: list[Sample]) -> Batch:
-        masks = torch.stack([s.mask for s in samples]).long()
+        masks = torch.stack([s.targets["mask"] for s in samples]).long()
         return Batch(stack_images(samples), {"masks": masks})
+
+    def synthetic_samples(
+        self, n: int, generator: torch.Generator, *, image_size: int = 64
+    ) -> list[Sample]:
+        """Noise with one bright square at a random place; the mask is the square."""
+        samples = []
+        side = image_size * 5 // 16
+        for i in range(n):
+            image = noise_image(image_size, generator)
+            mask = torch.zeros(image_size, image_size, dtype=torch.uint8)
+            y, x = torch.randint(0, image_size - side, (2,), generator=generator).tolist()
+            image[:, y : y + side, x : x + side] += 120
+            mask[y : y + side, x : x + side] = 1
+            samples.append(Sample(image, f"{self.name}-{i}", {"mask": mask}))
+        return samples
 
     def summarize(self, task: TaskConfig, data: TaskData) -> dict[str, Any]:
         fractions = [
-            float((s.mask > 0).float().mean())
+            float((s.targets["mask"] > 0).float().mean())
             for samples in data.splits.values()
             for s in samples
-            if s.mask is not None
+            if "mask" in s.targets
         ]
         return {"mask_foreground_fraction": describe(fractions)}
 
     def draw(self, ax: Any, sample: Sample, task: TaskConfig) -> None:
-        if sample.mask is None:
+        if "mask" not in sample.targets:
             return
-        mask = sample.mask.numpy().astype(np.float32)
+        mask = sample.targets["mask"].numpy().astype(np.float32)
         overlay = np.ma.masked_where(mask == 0, mask)
         ax.imshow(overlay, cmap="autumn", alpha=0.45, vmin=0, vmax=max(1, len(task.classes)))
+
+    def stratum(self, sample: Sample) -> Hashable:
+        if "mask" not in sample.targets:
+            return super().stratum(sample)
+        return ("mask", tuple(int(c) for c in sample.targets["mask"].unique() if c))
 
     def build_block(self, in_channels: list[int], config: ModelConfig) -> nn.Module:
         return PixelDecoder(in_channels, config.decoder_channels, config.pixel_dim)
