@@ -29,7 +29,7 @@ import sysconfig
 import threading
 import time
 import urllib.request
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import BinaryIO
 
@@ -231,13 +231,18 @@ def _socket_inodes(port: int) -> set[str]:
     return inodes
 
 
-def listening_pids(port: int) -> dict[int, str]:
-    """{pid: command line} of the processes listening on TCP ``port`` that we can see."""
+def listening_pids(port: int, *, among: Iterable[int] | None = None) -> dict[int, str]:
+    """{pid: command line} of the processes listening on TCP ``port`` that we can see.
+
+    ``among``: look at these PIDs only, not at every process (a test knows its own).
+    """
     inodes = _socket_inodes(port)
     owners: dict[int, str] = {}
     if not inodes:
         return owners
-    for entry in Path("/proc").iterdir():
+    proc = Path("/proc")
+    entries = proc.iterdir() if among is None else (proc / str(pid) for pid in among)
+    for entry in entries:
         if not entry.name.isdigit():
             continue
         with contextlib.suppress(OSError):
@@ -348,10 +353,11 @@ def supervisor_env() -> dict[str, str]:
     return {SUPERVISOR_ENV: f"{pid}:{_start_time(pid) or ''}"}
 
 
-def follow_supervisor(*, poll: float = 0.5) -> bool:
+def follow_supervisor(*, poll: float = 0.5, sleep: Callable[[float], object] = time.sleep) -> bool:
     """In an app process: exit at once when the supervising command is gone.
 
-    A no-op (returns False) where no supervisor is named, e.g. in a simulation.
+    A no-op (returns False) where no supervisor is named, e.g. in a simulation. The watch
+    checks every ``poll`` seconds of ``sleep`` (a test passes one that waits for its word).
     """
     value = os.environ.get(SUPERVISOR_ENV, "")
     if ":" not in value or any(t.name == _WATCH_THREAD for t in threading.enumerate()):
@@ -361,7 +367,7 @@ def follow_supervisor(*, poll: float = 0.5) -> bool:
 
     def watch() -> None:
         while True:
-            time.sleep(poll)
+            sleep(poll)
             current = _start_time(pid)
             if current is None or (started and current != started):
                 os._exit(SUPERVISOR_GONE_EXIT_CODE)  # no cleanup: it could write stale state

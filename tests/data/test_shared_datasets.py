@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-import time
 import warnings
+from collections import Counter
 from pathlib import Path
 
+import numpy as np
+import PIL.Image
 import pytest
 
 from umedpt.config import load_site_config
@@ -24,20 +26,28 @@ if not DATA.is_dir():
 
 @pytest.fixture(scope="module")
 def loaded():
-    """Load each site once; records (data, warnings, seconds)."""
+    """Load each site once; records (task, data, warnings, reads): ``reads`` counts each
+    file the load opened with PIL or numpy, as ``(reader, path)``."""
     out = {}
+    real_open, real_load = PIL.Image.open, np.load
     for name in ("breastmnist", "pbc_blood_cells", "hc18_fetal_head", "bccd"):
         site = load_site_config(SITES / f"{name}.toml")
-        start = time.perf_counter()
-        with warnings.catch_warnings(record=True) as caught:
+        reads: Counter[tuple[str, str]] = Counter()
+
+        def opened(fp, *args, _reads=reads, **kwargs):
+            _reads["PIL", str(fp)] += 1
+            return real_open(fp, *args, **kwargs)
+
+        def loaded_npz(file, *args, _reads=reads, **kwargs):
+            _reads["numpy", str(file)] += 1
+            return real_load(file, *args, **kwargs)
+
+        with pytest.MonkeyPatch.context() as patch, warnings.catch_warnings(record=True) as caught:
+            patch.setattr(PIL.Image, "open", opened)
+            patch.setattr(np, "load", loaded_npz)
             warnings.simplefilter("always")
             data = load_task_data(site.tasks[0])
-        out[name] = (
-            site.tasks[0],
-            data,
-            [str(w.message) for w in caught],
-            time.perf_counter() - start,
-        )
+        out[name] = (site.tasks[0], data, [str(w.message) for w in caught], reads)
     return out
 
 
@@ -81,5 +91,19 @@ def test_bccd_drops_the_two_zero_area_boxes(loaded):
     assert summarize(task, data)["box_counts"] == {"RBC": 4153, "WBC": 372, "Platelets": 361}
 
 
-def test_loading_all_four_is_fast(loaded):
-    assert sum(seconds for *_, seconds in loaded.values()) < 60
+def _sources(data) -> set[str]:
+    return {sample.source for split in data.splits.values() for sample in split}
+
+
+def test_each_file_is_read_once_and_an_npz_once_per_array(loaded):
+    """What keeps a load fast: no image or mask is decoded twice, and an .npz is opened once
+    for its listing and once for each split's array, not once per sample."""
+    _, data, _, reads = loaded["breastmnist"]
+    assert reads == {("numpy", str(DATA / "breastmnist" / "BreastMNIST.npz")): 1 + 3}
+    assert sum(_sizes(data)) == 780
+    for name in ("pbc_blood_cells", "bccd"):
+        _, data, _, reads = loaded[name]
+        assert reads == {("PIL", source): 1 for source in _sources(data)}, name
+    _, data, _, reads = loaded["hc18_fetal_head"]  # an image and its mask per sample
+    assert set(reads.values()) == {1} and len(reads) == 2 * 333
+    assert _sources(data) <= {path for _, path in reads}

@@ -10,7 +10,6 @@ Control API does not.
 
 from __future__ import annotations
 
-import ctypes
 import dataclasses
 import json
 import os
@@ -19,7 +18,6 @@ import shutil
 import signal
 import ssl
 import subprocess
-from collections.abc import Callable
 from pathlib import Path, PurePosixPath
 
 import httpx
@@ -36,7 +34,7 @@ from tests.federation.loopback import (
     stop_all,
     wait_for,
 )
-from tests.processes import tagged_env, tagged_processes_after
+from tests.processes import Tracked
 from umedpt.data.demo import write_demo_federation
 
 pytestmark = pytest.mark.slow
@@ -90,14 +88,14 @@ class Nginx:
             f"http {{\n  access_log {self.access_log};\n"
             f"  include {folder / 'fleet-only.conf'};\n}}\n"
         )
-        self.env, self.tag = tagged_env()
         self.log = folder / "nginx.out"
-        self.process = subprocess.Popen(
-            [NGINX, "-p", str(folder), "-e", str(folder / "error.log"),
-             "-c", str(folder / "nginx.conf"), "-g", "daemon off;"],
-            stdout=self.log.open("ab"), stderr=subprocess.STDOUT, start_new_session=True,
-            env=self.env, preexec_fn=_die_with_us(os.getpid()),
-        )  # fmt: skip
+        # In a session of its own under a keeper, which SIGTERMs it if the test process dies.
+        with self.log.open("ab") as output:
+            self.process = Tracked(
+                [NGINX, "-p", str(folder), "-e", str(folder / "error.log"),
+                 "-c", str(folder / "nginx.conf"), "-g", "daemon off;"],
+                stdout=output, stderr=subprocess.STDOUT,
+            )  # fmt: skip
 
     def requests(self) -> list[str]:
         return self.access_log.read_text().splitlines() if self.access_log.exists() else []
@@ -110,17 +108,6 @@ class Nginx:
             except subprocess.TimeoutExpired:
                 os.killpg(self.process.pid, signal.SIGKILL)
                 self.process.wait(5)
-
-
-def _die_with_us(parent: int) -> Callable[[], None]:
-    """nginx gets SIGTERM if the test process dies before it stops nginx (Linux)."""
-
-    def setup() -> None:
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-        if os.getppid() != parent:  # the test died before prctl took effect
-            os.kill(os.getpid(), signal.SIGTERM)
-
-    return setup
 
 
 def container_site_files(folder: Path, state_root: Path) -> None:
@@ -219,4 +206,4 @@ def test_rendered_commands_federate_through_the_committed_nginx_config(tmp_path:
     for site in SITES:  # each site kept its own log, in its own state folder
         assert (tmp_path / site / "state" / "supernode.log").stat().st_size > 0
     assert_nothing_left(commands)
-    assert not tagged_processes_after(nginx.tag), "nginx outlived the test"
+    assert nginx.process.all_gone(), "nginx outlived the test"

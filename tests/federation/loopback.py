@@ -1,8 +1,8 @@
 """Real processes on loopback: `umedpt-fl server` and `umedpt-fl client`, as operators run them.
 
-Each command runs in a session of its own, with a tag in its environment that every
-process it starts inherits (:mod:`tests.processes`), so a test checks exactly the
-processes it started.
+Each command runs in a session of its own under a keeper (:class:`tests.processes.Tracked`)
+that adopts whatever the command leaves behind, so a test checks exactly the processes it
+started, and looks at no other process on the machine.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from federation.processes import flower_tool
-from tests.processes import tagged_env, tagged_processes_after
+from tests.processes import Tracked
 
 
 def free_port() -> int:
@@ -28,18 +28,16 @@ def free_port() -> int:
 
 
 class Command:
-    """One `umedpt-fl` command in its own session, output in ``log``, tagged."""
+    """One `umedpt-fl` command in its own session, output in ``log``, tracked."""
 
     def __init__(self, *args: str, log: Path) -> None:
-        self.env, self.tag = tagged_env()
         self.log = log
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "umedpt_fl.cli", *args],
-            stdout=log.open("ab"),
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-            env=self.env,
-        )
+        with log.open("ab") as output:
+            self.process = Tracked(
+                [sys.executable, "-m", "umedpt_fl.cli", *args],
+                stdout=output,
+                stderr=subprocess.STDOUT,
+            )
 
     @property
     def pid(self) -> int:
@@ -52,7 +50,11 @@ class Command:
         return self.process.wait(timeout=timeout)
 
     def signal(self, signum: int) -> None:
-        os.kill(self.process.pid, signum)
+        self.process.send_signal(signum)
+
+    def leaves_nothing(self, within: float = 20.0) -> bool:
+        """True once the command and every process it started have exited."""
+        return self.process.all_gone(within)
 
     def stop(self) -> None:
         """SIGTERM the command's whole session, then SIGKILL what is left (test cleanup)."""
@@ -92,7 +94,7 @@ def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:
     while not condition():
         if time.monotonic() > deadline:
             raise TimeoutError(f"waited {timeout:.0f} s for {what}")
-        time.sleep(0.5)
+        time.sleep(0.1)
 
 
 def logs(commands: list[Command], chars: int = 2500) -> str:
@@ -106,9 +108,9 @@ def stop_all(commands: list[Command]) -> None:
 
 
 def assert_nothing_left(commands: list[Command]) -> None:
-    """No process of any of ``commands`` is still running (each checked by its tag)."""
+    """No process of any of ``commands`` is still running (each checked by its keeper)."""
     for command in commands:
-        assert not tagged_processes_after(command.tag), command.log.name
+        assert command.leaves_nothing(), command.log.name
 
 
 def outsider_lists_runs(tmp_path: Path, port: int, ca: Path) -> subprocess.CompletedProcess:

@@ -1,19 +1,22 @@
 """Faults of a real deployment on loopback: killed and stopped coordinators and sites.
 
 Every check of leftover processes looks only at the processes of the command in question
-(tagged through their environment), never at the whole machine.
+(adopted by its keeper, :class:`tests.processes.Tracked`), never at the whole machine.
 """
 
 from __future__ import annotations
 
 import json
 import signal
+from collections.abc import Callable
+from pathlib import Path
 
 import httpx
 import pytest
 import torch
 
 from client.app import app as client_app
+from client.supernode import LOG_NAME
 from federation import certs
 from federation.settings import THREADS_ENV, RunSettings
 from server.federation import run_federation
@@ -31,8 +34,8 @@ from tests.federation.loopback import (
     stop_all,
     wait_for,
 )
-from tests.processes import tagged_processes, tagged_processes_after
 from umedpt.checkpoint import load_model
+from umedpt.config import load_site_config
 from umedpt_fl.inprocess import ClientAppGrid
 
 pytestmark = pytest.mark.slow
@@ -56,9 +59,19 @@ def in_process_reference(sites, out) -> dict[str, torch.Tensor]:
     return load_model(out / GLOBAL_CHECKPOINT).state_dict()
 
 
-def app_processes(tag: str) -> dict[int, str]:
-    """A site's ``flwr-clientapp`` processes (one per message it is working on)."""
-    return {pid: cmd for pid, cmd in tagged_processes(tag).items() if "flwr-clientapp" in cmd}
+def supernode_log_from_now(site: Path) -> Callable[[], str]:
+    """What the SuperNode of ``site`` and its app processes log from now on."""
+    log = load_site_config(site).state_dir / LOG_NAME
+    offset = log.stat().st_size if log.exists() else 0
+
+    def text() -> str:
+        if not log.exists():
+            return ""
+        with log.open("rb") as fh:
+            fh.seek(offset)
+            return fh.read().decode(errors="replace")
+
+    return text
 
 
 def test_tls_federation_survives_a_stopped_and_a_killed_coordinator(
@@ -138,14 +151,14 @@ def test_tls_federation_survives_a_stopped_and_a_killed_coordinator(
         first.signal(signal.SIGTERM)
         assert first.wait(60) == 128 + signal.SIGTERM
         assert "interrupted after round 1; restart with --resume" in first.output()
-        assert not tagged_processes_after(first.tag), "processes of a stopped coordinator"
+        assert first.leaves_nothing(), "processes of a stopped coordinator"
 
         second = coordinator("s2.log", "--resume")
         commands.append(second)
         wait_for(lambda: "[ROUND 2/2]" in second.output(), 300, "the resumed round 2")
         second.signal(signal.SIGKILL)
         second.wait(10)
-        assert not tagged_processes_after(second.tag), "orphans of a killed coordinator"
+        assert second.leaves_nothing(), "orphans of a killed coordinator"
 
         third = coordinator("s3.log", "--resume")
         commands.append(third)
@@ -177,15 +190,17 @@ def test_a_killed_site_misses_its_round_and_rejoins_from_its_saved_state(
         log=tmp_path / "server.log",
     )  # fmt: skip
     steady = client(demo_sites[1], port, "--insecure", log=tmp_path / "steady.log")
+    doomed_log = supernode_log_from_now(demo_sites[3])
     doomed = client(demo_sites[3], port, "--insecure", log=tmp_path / "doomed.log")
     commands = [coordinator, steady, doomed]
     try:
         wait_for(lambda: completed_round(out) >= 1, 400, "round 1")
-        # the command, its SuperNode's reaper, the SuperNode, its SuperExec: then app processes
-        wait_for(lambda: len(app_processes(doomed.tag)) > 0, 60, "the site's round 2")
+        # the command, its SuperNode's reaper, the SuperNode, its SuperExec, and an app
+        # process training round 2 (it logs that it restored the site's round-1 state)
+        wait_for(lambda: "restored from round 1" in doomed_log(), 60, "the site's round 2")
         doomed.signal(signal.SIGKILL)
         doomed.wait(10)
-        assert not tagged_processes_after(doomed.tag), "orphans of a killed site"
+        assert doomed.leaves_nothing(), "orphans of a killed site"
         restarted = client(demo_sites[3], port, "--insecure", log=tmp_path / "restarted.log")
         commands.append(restarted)
         code = coordinator.wait(600)

@@ -1,33 +1,48 @@
 """`umedpt-fl simulate` as a user runs it: Flower's Ray simulation in a child process.
 
-Each test checks only the processes it started (tagged through their environment)."""
+Each test checks only the processes it started (adopted by the command's keeper,
+:class:`tests.processes.Tracked`)."""
 
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
+import tempfile
 from pathlib import Path
+from typing import NamedTuple
 
 import pytest
 
-from tests.processes import tagged_env, tagged_processes_after
+from tests.processes import Tracked
 from umedpt.checkpoint import load_model, read_header
 
 pytestmark = pytest.mark.slow
 
 
-def simulate(out: Path, sites: list[Path], *extra: str, env=None) -> subprocess.CompletedProcess:
+class Simulation(NamedTuple):
+    returncode: int
+    stdout: str
+    stderr: str
+    process: Tracked  # the command, with everything it started
+
+
+def simulate(out: Path, sites: list[Path], *extra: str) -> Simulation:
     command = [sys.executable, "-m", "umedpt_fl.cli", "simulate", "--out", str(out)]
     for site in sites:
         command += ["--site", str(site)]
     command += ["--rounds", "2", "--local-steps", "1", *extra]
-    return subprocess.run(command, capture_output=True, text=True, timeout=600, env=env)
+    with tempfile.TemporaryFile() as stdout, tempfile.TemporaryFile() as stderr:
+        process = Tracked(command, stdout=stdout, stderr=stderr)
+        code = process.wait(600)
+        outputs = []
+        for output in (stdout, stderr):
+            output.seek(0)
+            outputs.append(output.read().decode(errors="replace"))
+    return Simulation(code, *outputs, process)
 
 
 def test_simulation_reports_every_site_and_leaves_nothing_running(demo_sites, tmp_path) -> None:
-    env, tag = tagged_env()
-    result = simulate(tmp_path / "sim", [demo_sites[1], demo_sites[3]], env=env)
+    result = simulate(tmp_path / "sim", [demo_sites[1], demo_sites[3]])
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     output = result.stdout + result.stderr
     assert "round 1/2" in output and "round 2/2" in output
@@ -41,28 +56,26 @@ def test_simulation_reports_every_site_and_leaves_nothing_running(demo_sites, tm
     homes = sorted((tmp_path / "sim" / "sites").glob("*/runs/*/latest-heads"))
     blocks = {g for home in homes for g in read_header(home)["groups"] if g.startswith("blocks.")}
     assert blocks == {"blocks.classification", "blocks.segmentation"}  # ... blocks stay home
-    assert not tagged_processes_after(tag)
+    assert result.process.all_gone()
 
 
 def test_a_site_with_missing_data_is_named_before_anything_starts(demo_sites, tmp_path) -> None:
     broken = tmp_path / "broken.toml"
     text = demo_sites[3].read_text().replace('path = "clinic-d/', 'path = "missing/')
     broken.write_text(text.replace('name = "clinic-d"', 'name = "broken"'))
-    env, tag = tagged_env()
-    result = simulate(tmp_path / "sim", [demo_sites[1], broken], env=env)
+    result = simulate(tmp_path / "sim", [demo_sites[1], broken])
     output = result.stdout + result.stderr
     assert result.returncode == 2, output[-3000:]
     assert "broken.toml" in output and "missing" in output
     assert "Traceback" not in output
     assert not (tmp_path / "sim" / "report.json").exists()  # Ray never started
-    assert not tagged_processes_after(tag)
+    assert result.process.all_gone()
 
 
 def test_a_failed_run_exits_1_and_says_why(demo_sites, tmp_path) -> None:
-    env, tag = tagged_env()
-    result = simulate(tmp_path / "sim", [demo_sites[3]], "--round-timeout", "0.01", env=env)
+    result = simulate(tmp_path / "sim", [demo_sites[3]], "--round-timeout", "0.01")
     output = result.stdout + result.stderr
     assert result.returncode == 1, output[-3000:]
     assert "federated run failed" in output
     assert json.loads((tmp_path / "sim" / "report.json").read_text())["status"] == "failed"
-    assert not tagged_processes_after(tag)
+    assert result.process.all_gone()

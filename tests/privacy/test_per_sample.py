@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import secrets
 
 import pytest
 import torch
@@ -108,22 +109,60 @@ def test_the_tiny_preset_and_every_task_types_blocks_and_heads_are_batchnorm_fre
     check_private_modules(model.named_children())
 
 
-def test_a_private_trainer_steps_through_empty_poisson_batches() -> None:
+SEED = 43  # Poisson draws of 40 samples at rate 1/40 from it: none, one, none
+
+
+def test_a_private_trainer_steps_through_empty_poisson_batches(monkeypatch) -> None:
+    """An empty Poisson batch still adds its noise, N(0, (z * C)^2) / E[batch], to the encoder,
+    the task's block and its head; the report counts the samples actually drawn."""
     run = small_run(40, batch_size=1)
     model = UMedPTModel(model_config("tiny"), [run.config], seed=0)
     privacy = DPSGDConfig(max_grad_norm=1.0, noise_multipliers={"t": 1.0})
+    # Sampling and noise are seeded from the OS's entropy; here both from SEED.
+    monkeypatch.setattr(secrets, "randbits", lambda bits: SEED)
     trainer = MultiTaskTrainer(model, [run], TrainConfig(seed=0), privacy=privacy)
     assert trainer.sample_rates() == {"t": 1 / 40}
-    before = {k: v.clone() for k, v in model.state_dict().items()}
-    report = trainer.train_steps(3)  # P(no sample in any of 3 steps) ~ 0.93
-    after = model.state_dict()
-    # Noise alone moves the encoder and the head (heads are inside the private step).
-    assert not torch.equal(before["heads.t.linear.weight"], after["heads.t.linear.weight"])
-    assert not torch.equal(
-        before["encoder.model.patch_embed.proj.weight"],
-        after["encoder.model.patch_embed.proj.weight"],
-    )
-    assert report.steps == 3
+    draws = torch.Generator().manual_seed(SEED)
+    drawn = [int((torch.rand(40, generator=draws) < 1 / 40).sum()) for _ in range(3)]
+    assert drawn == [0, 1, 0]
+
+    names = {p: n for n, p in model.named_parameters()}
+    head_grads: list[dict[str, torch.Tensor]] = []
+    shared_grads: list[dict[str, torch.Tensor]] = []
+
+    def capture(into):
+        def hook(optimizer, args, kwargs):
+            into.append({
+                names[p]: p.grad.clone()
+                for group in optimizer.param_groups for p in group["params"] if p.grad is not None
+            })  # fmt: skip
+
+        return hook
+
+    trainer.head_optimizers["t"].register_step_pre_hook(capture(head_grads))
+    trainer.shared_optimizer.register_step_pre_hook(capture(shared_grads))
+    report = trainer.train_steps(3)
+    assert report.steps == 3 and report.examples == {"t": 1}
+
+    # The noise, drawn independently: per step, N(0, 1) for each parameter the task trains,
+    # times noise multiplier (1) * clip norm (1), over the expected batch size (40 / 40).
+    noise = torch.Generator().manual_seed(SEED)
+    params = task_parameters(model, "t", model.task_blocks["t"])
+    for step in range(3):
+        expected = {k: torch.randn(p.shape, generator=noise) for k, p in params.items()}
+        if drawn[step]:
+            continue
+        head = {k: v for k, v in expected.items() if k.startswith("heads.t.")}
+        shared = {k: v for k, v in expected.items() if k not in head}
+        assert head_grads[step].keys() == head.keys()
+        for k, value in head.items():
+            torch.testing.assert_close(head_grads[step][k], value)
+        # The shared weights' gradient is then clipped to the trainer's grad_clip (5).
+        norm = float(torch.cat([v.flatten().double() for v in shared.values()]).norm())
+        scale = min(1.0, 5.0 / (norm + 1e-6))
+        assert shared_grads[step].keys() == shared.keys()
+        for k, value in shared.items():
+            torch.testing.assert_close(shared_grads[step][k], value * scale, rtol=1e-5, atol=0)
 
 
 def test_the_segmentation_loss_is_vectorised() -> None:
