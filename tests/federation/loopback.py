@@ -27,14 +27,33 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-class Command:
-    """One `umedpt-fl` command in its own session, output in ``log``, tracked."""
+BLAS_SETTINGS = ("OPENBLAS_", "NVPL_", "MKL_", "OMP_")
 
-    def __init__(self, *args: str, log: Path) -> None:
+
+def operator_env(home: Path) -> dict[str, str]:
+    """The environment of a service under systemd (the shipped units): a bare PATH with no
+    virtualenv on it, as with `env -i PATH=/usr/bin:/bin`. Flower's processes must still
+    find each other (they start one another by name)."""
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(home), "LANG": "C.UTF-8"}
+    # this machine's own BLAS settings (some processors need the BLAS told its core type):
+    # they choose the kernels, so without them the processes would not compute bit for bit
+    # what the in-process reference computes
+    env.update({k: v for k, v in os.environ.items() if k.startswith(BLAS_SETTINGS)})
+    if "PYTHONPATH" in os.environ:  # a test run from a copy of the tree imports that copy
+        env["PYTHONPATH"] = os.environ["PYTHONPATH"]
+    return env
+
+
+class Command:
+    """One `umedpt-fl` command in its own session, output in ``log``, tracked; with the
+    test's environment, or ``env`` (e.g. :func:`operator_env`)."""
+
+    def __init__(self, *args: str, log: Path, env: dict[str, str] | None = None) -> None:
         self.log = log
         with log.open("ab") as output:
             self.process = Tracked(
                 [sys.executable, "-m", "umedpt_fl.cli", *args],
+                env=env,
                 stdout=output,
                 stderr=subprocess.STDOUT,
             )
@@ -68,17 +87,17 @@ class Command:
                 pass
 
 
-def server(out: Path, port: int, *extra: str, log: Path) -> Command:
+def server(out: Path, port: int, *extra: str, log: Path, env=None) -> Command:
     return Command(
         "server", "--out", str(out), "--host", "127.0.0.1", "--port", str(port),
-        "--node-wait-timeout", "240", *extra, log=log,
+        "--node-wait-timeout", "240", *extra, log=log, env=env,
     )  # fmt: skip
 
 
-def client(site: Path, port: int, *extra: str, log: Path) -> Command:
+def client(site: Path, port: int, *extra: str, log: Path, env=None) -> Command:
     return Command(
         "client", "--site", str(site), "--server", f"127.0.0.1:{port}",
-        "--port", str(free_port()), "--skip-check", *extra, log=log,
+        "--port", str(free_port()), "--skip-check", *extra, log=log, env=env,
     )  # fmt: skip
 
 

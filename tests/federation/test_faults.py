@@ -29,6 +29,7 @@ from tests.federation.loopback import (
     completed_round,
     free_port,
     logs,
+    operator_env,
     outsider_lists_runs,
     server,
     stop_all,
@@ -183,15 +184,18 @@ def test_a_killed_site_misses_its_round_and_rejoins_from_its_saved_state(
     demo_sites, tmp_path
 ) -> None:
     port, out = free_port(), tmp_path / "fed"
+    # Every command as the shipped systemd units run it: a bare PATH (`env -i
+    # PATH=/usr/bin:/bin`), no virtualenv on it; Flower's processes must still find each other.
+    bare = operator_env(tmp_path)
     coordinator = server(
         out, port, "--min-sites", "1", "--wait-for-sites", "2", "--round-timeout", "90",
         "--insecure", "--rounds", "3", "--local-steps", "1", "--eval-every", "3",
         "--encoder", ENCODER,
-        log=tmp_path / "server.log",
+        log=tmp_path / "server.log", env=bare,
     )  # fmt: skip
-    steady = client(demo_sites[1], port, "--insecure", log=tmp_path / "steady.log")
+    steady = client(demo_sites[1], port, "--insecure", log=tmp_path / "steady.log", env=bare)
     doomed_log = supernode_log_from_now(demo_sites[3])
-    doomed = client(demo_sites[3], port, "--insecure", log=tmp_path / "doomed.log")
+    doomed = client(demo_sites[3], port, "--insecure", log=tmp_path / "doomed.log", env=bare)
     commands = [coordinator, steady, doomed]
     try:
         wait_for(lambda: completed_round(out) >= 1, 400, "round 1")
@@ -201,7 +205,9 @@ def test_a_killed_site_misses_its_round_and_rejoins_from_its_saved_state(
         doomed.signal(signal.SIGKILL)
         doomed.wait(10)
         assert doomed.leaves_nothing(), "orphans of a killed site"
-        restarted = client(demo_sites[3], port, "--insecure", log=tmp_path / "restarted.log")
+        restarted = client(
+            demo_sites[3], port, "--insecure", log=tmp_path / "restarted.log", env=bare
+        )
         commands.append(restarted)
         code = coordinator.wait(600)
     finally:

@@ -104,10 +104,27 @@ def test_too_few_usable_replies_fail_the_round_loudly() -> None:
         strategy.start(grid, initial(), num_rounds=1, timeout=5)
 
 
-def test_waiting_for_sites_has_a_deadline() -> None:
-    strategy = make("fedavg", min_sites=5, node_wait_timeout=0.5)
+class FakeTime:
+    """``time`` for strategies.sites: a sleep moves the clock instead of waiting."""
+
+    def __init__(self) -> None:
+        self.now, self.sleeps = 0.0, []
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.sleeps.append(seconds)
+        self.now += seconds
+
+
+def test_waiting_for_sites_has_a_deadline(monkeypatch) -> None:
+    clock = FakeTime()
+    monkeypatch.setattr("strategies.sites.time", clock)
+    strategy = make("fedavg", min_sites=5, node_wait_timeout=2.5)
     with pytest.raises(RoundFailedError, match="only 3 of the 5 required sites connected"):
         strategy.start(ScriptedGrid(SITES), initial(), num_rounds=1, timeout=5)
+    assert clock.sleeps == [1, 1, 1]  # polled at 0, 1, 2 and 3 s: past 2.5 s, it gives up
 
 
 def test_fedprox_sends_mu_and_averages_like_fedavg() -> None:
