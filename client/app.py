@@ -22,16 +22,15 @@ from flwr.app import (
     ArrayRecord,
     ConfigRecord,
     Context,
-    Error,
     Message,
     MetricRecord,
     RecordDict,
 )
 from flwr.clientapp import ClientApp
-from flwr.common.constant import ErrorCode
 from flwr.common.logger import FLOWER_LOGGER
 
 from client import secagg
+from client.refusals import reason_only, refusal_reply
 from client.site import (
     PrivacyBudgetSpent,
     SentReply,
@@ -41,6 +40,7 @@ from client.site import (
     describe_site,
 )
 from federation import wire
+from federation.reasons import Refusal
 from federation.settings import THREADS_ENV, RunSettings, settings_for_app
 from umedpt.config import SiteConfig, load_site_config
 
@@ -49,7 +49,9 @@ SITE_CONFIG_NODE_KEY = "site-config"
 # is not told where its SuperNode connects).
 COORDINATOR_NODE_KEY = "coordinator"
 
-app = ClientApp()
+# Around every handler: an exception (or a handler's own error reply) leaves the site as
+# its reason class only; the details go to the site's log (client.refusals).
+app = ClientApp(mods=[reason_only])
 
 
 class _ToFlowerLog(logging.Handler):
@@ -75,9 +77,15 @@ def show_site_lines_in_flowers_log() -> None:
 show_site_lines_in_flowers_log()
 
 
+def site_settings(context: Context) -> RunSettings:
+    """The run's settings as a site is given them: those only the server needs (paths,
+    tracking, the rule) stay at their defaults, whatever reached this process."""
+    return settings_for_app(context.run_config).as_a_site_sees_it()
+
+
 def run_settings(context: Context, message: Message | None = None) -> RunSettings:
     """The run's settings, with the run key the server chose for this run."""
-    settings = settings_for_app(context.run_config)
+    settings = site_settings(context)
     if message is not None and wire.CONFIG in message.content:
         run_key = message.content[wire.CONFIG].get(wire.RUN_KEY)
         if run_key:  # chosen by the server; names this run's local state folder
@@ -90,7 +98,7 @@ def site_config(context: Context) -> SiteConfig:
     node_config: Mapping[str, Any] = context.node_config
     if SITE_CONFIG_NODE_KEY in node_config:
         return load_site_config(str(node_config[SITE_CONFIG_NODE_KEY]))
-    sites = settings_for_app(context.run_config).site_config_list()
+    sites = site_settings(context).site_config_list()
     if "partition-id" in node_config and sites:
         index = int(node_config["partition-id"])
         if index >= len(sites):
@@ -135,17 +143,16 @@ def coordinator(context: Context) -> str | None:
     return str(value) if value else None
 
 
-def error_reply(message: Message, reason: str) -> Message:
-    """A reply that carries no content, only why the site did not do what it was asked."""
-    return Message(
-        Error(code=ErrorCode.CLIENT_APP_RAISED_EXCEPTION, reason=reason), reply_to=message
-    )
+def error_reply(message: Message, reason: Refusal) -> Message:
+    """A reply that carries no content, only the class of why the site did not do what it
+    was asked (:class:`federation.reasons.Refusal`); the details stay in the site's log."""
+    return refusal_reply(message, reason)
 
 
 @app.query()
 def describe(message: Message, context: Context) -> Message:
     """Tell the server the site's name and which shared blocks it trains."""
-    share_blocks = settings_for_app(context.run_config).share_blocks
+    share_blocks = site_settings(context).share_blocks
     info = ConfigRecord(describe_site(site_config(context), share_blocks=share_blocks))
     return Message(RecordDict({wire.SITE_INFO: info}), reply_to=message)
 
@@ -195,9 +202,10 @@ def train_reply(message: Message, context: Context) -> tuple[Message, TrainedRep
             int(config[wire.SERVER_ROUND]),
             proximal_mu=float(config.get(wire.PROXIMAL_MU, 0.0)),
         )
-    except PrivacyBudgetSpent as exc:
-        # An error reply, not a crash: the server rejects it naming the site and the reason.
-        return error_reply(message, str(exc)), TrainedReply(message, runner)
+    except PrivacyBudgetSpent:
+        # An error reply, not a crash: the server rejects it naming the site and the reason
+        # class; the site's log has the numbers (client.site).
+        return error_reply(message, Refusal.PRIVACY_BUDGET_EXHAUSTED), TrainedReply(message, runner)
     # Exactly the keys received, in the same order: heads never leave the site.
     arrays = ArrayRecord({k: outcome.shared[k] for k in message.content[wire.SHARED_ARRAYS].keys()})
     reply = metric_reply(message, outcome.metrics, outcome.num_examples, arrays)
@@ -206,6 +214,14 @@ def train_reply(message: Message, context: Context) -> tuple[Message, TrainedRep
 
 @app.train()
 def train(message: Message, context: Context) -> Message:
+    """A plain (unmasked) round; refused, untrained, by a site that requires secure aggregation."""
+    if site_config(context).require_secure_aggregation:
+        reason = (
+            "this site requires secure aggregation (require_secure_aggregation = true in its "
+            "site file) and sends no plain update: start the server with --secure-aggregation"
+        )
+        logging.getLogger("client.app").warning("plain train message refused: %s", reason)
+        return error_reply(message, Refusal.SECURE_AGGREGATION_REQUIRED)  # the words stay here
     reply, trained = train_reply(message, context)
     return trained.log_as_sent(reply, context)
 

@@ -93,6 +93,11 @@ class SentLog:
                 f"round {reply.server_round}: trained tasks {tasks} for {reply.steps} steps in "
                 f"{reply.train_seconds or 0.0:.1f} s; sent {sent} and {scalars} to {to}"
             )
+        elif self.budget is not None:  # the count sent is not the validation set's size
+            line = (
+                f"round {reply.server_round}: evaluated tasks {tasks} on their validation "
+                f"samples; sent no weights, only {scalars}, to {to}"
+            )
         else:
             count = int(reply.metrics.get(wire.NUM_EXAMPLES, 0))
             line = (

@@ -6,10 +6,17 @@ are named message types routed by the ClientApp (``register``), not a mod around
 fit, and the masking is per parameter group (pairwise masks only with the sites that share
 the group, seeds derived per group: :func:`federation.secagg.derive_seed`). The protocol state
 lives in ``context.state`` between the stages of one round, as in Flower's mod.
+
+The site does not trust the server's parameters (docs/secure-aggregation.md): it refuses a
+Shamir threshold of half its peers or less, a weight cap below its own weight, a zero
+weight or one that quantises to zero, a ``max-weight`` above the largest cap, and shares
+that would unmask a group (any group, its own or not) with one live member. A refusal
+(:class:`SecAggError`) is an error reply, and the site forgets the round's secrets.
 """
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -17,8 +24,9 @@ from logging import WARNING
 from typing import Any, Protocol, cast
 
 import numpy as np
-from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, RecordDict
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Error, Message, RecordDict
 from flwr.clientapp import ClientApp
+from flwr.common.constant import ErrorCode
 from flwr.common.logger import log
 from flwr.common.secure_aggregation.crypto.shamir import create_shares
 from flwr.common.secure_aggregation.crypto.symmetric_encryption import (
@@ -45,6 +53,7 @@ from flwr.supercore.primitives.asymmetric import (
 )
 
 from federation import secagg, wire
+from federation.reasons import Refusal
 
 STATE = "secagg-state"  # ConfigRecord in context.state: this round's keys and shares
 
@@ -81,9 +90,10 @@ class SiteSecrets:
     owners: list[int] = field(default_factory=list)  # whose shares this site holds
     seed_shares: list[bytes] = field(default_factory=list)
     sk1_shares: list[bytes] = field(default_factory=list)
-    # "group:node,node,...": the groups this site masked and their members, so that it can
-    # refuse an unmasking that would leave one member's input alone in a group's sum.
-    masked_groups: list[str] = field(default_factory=list)
+    # "group:node,node,...": every group of the round and its members, so that it can refuse
+    # an unmasking that would leave one member's input alone in a group's sum (its shares
+    # of that member's seed would help unmask it, whether or not this site is in the group).
+    round_groups: list[str] = field(default_factory=list)
 
     @classmethod
     def load(cls, context: Context) -> SiteSecrets:
@@ -136,8 +146,17 @@ def share_keys(message: Message, context: Context) -> Message:
     state.threshold = int(cast(int, config[secagg.THRESHOLD]))
     if len(peers) < state.threshold or state.threshold < 2:
         raise SecAggError(f"{len(peers)} peers cannot reach the threshold {state.threshold}")
-    if len(set(pk1s + pk2s)) != 2 * len(peers):
-        raise SecAggError("some public keys are identical")
+    if 2 * state.threshold <= len(peers):
+        # Two disjoint sets of sites could each rebuild a secret: a server could ask one
+        # for this site's seed and the other for its key, and unmask its input.
+        raise SecAggError(
+            f"threshold {state.threshold} is half of the {len(peers)} peers or less; "
+            "more than half is needed"
+        )
+    if len(set(pk1s + pk2s)) != 2 * len(peers) or len(set(peers)) != len(peers):
+        raise SecAggError("some peers or public keys are listed twice")
+    if state.nid not in peers:
+        raise SecAggError("the server did not list this site among the peers")
     own = peers.index(state.nid)
     if (pk1s[own], pk2s[own]) != (state.pk1, state.pk2):
         raise SecAggError("the server listed other public keys for this site")
@@ -179,6 +198,73 @@ def _store_shares(state: SiteSecrets, config: ConfigRecord) -> set[int]:
     return set(sources)
 
 
+def _members(config: ConfigRecord, group: str) -> list[int]:
+    try:
+        return [int(n) for n in cast(list, config[secagg.GROUP_MEMBERS + group])]
+    except KeyError:
+        raise SecAggError(f"group {group}: the server did not list its members") from None
+
+
+def check_round(state: SiteSecrets, config: ConfigRecord) -> tuple[secagg.Quantization, bytes]:
+    """Stage 2's parameters, checked before training: the quantisation and the binding.
+
+    This site's groups must have it and another member; every group of the round two
+    members or more among the peers; the values all sites get alike (``common_values``)
+    must make sense (``check_common``) and list this site's cap. SecAggError if not.
+    """
+    own_groups = [str(g) for g in cast(list, config[secagg.GROUPS])]
+    for group in own_groups:
+        members = _members(config, group)
+        if state.nid not in members or len(set(members)) < 2:
+            raise SecAggError(
+                f"group {group}: the server listed members {members}; a sum hides this "
+                "site's input only with this site and at least one other in it"
+            )
+    try:
+        common = secagg.common_values(config)
+    except KeyError as exc:
+        raise SecAggError(f"the server did not send {exc.args[0]!r}") from None
+    round_groups = [str(g) for g in cast(list, common[secagg.ROUND_GROUPS])]
+    if missing := sorted(set(own_groups) - set(round_groups)):
+        raise SecAggError(f"groups {missing} are not among the round's groups")
+    for group in round_groups:
+        members = _members(config, group)
+        if len(set(members)) < 2 or not set(members) <= set(state.peers):
+            raise SecAggError(
+                f"group {group}: members {members} are not two or more of the round's sites"
+            )
+    try:
+        quant = secagg.check_common(common)
+    except ValueError as exc:
+        raise SecAggError(str(exc)) from None
+    nodes = [int(n) for n in cast(list, common[secagg.CAP_NODES])]
+    if state.nid not in nodes:
+        raise SecAggError("the caps table has no cap for this site")
+    listed = float(cast(list, common[secagg.CAPS])[nodes.index(state.nid)])
+    if listed != float(cast(float, config[secagg.WEIGHT_CAP])):
+        raise SecAggError("this site's cap differs from its entry in the caps table")
+    return quant, secagg.round_binding(state.peers, state.threshold, common)
+
+
+def checked_weight(
+    config: ConfigRecord, metrics: Any, quant: secagg.Quantization
+) -> tuple[float, int]:
+    """This site's weight and its quantised form; SecAggError unless both are above zero
+    and the weight is within the cap the server set (a cap below it, e.g. 0 for every site
+    but one, would make the sum that one site's input)."""
+    key = str(config[secagg.WEIGHT_KEY])
+    weight = metrics.get(key)
+    if not isinstance(weight, int | float) or not math.isfinite(weight) or weight <= 0:
+        raise SecAggError(f"weight {key}={weight!r}: this site sends no zero weight")
+    cap = float(cast(float, config[secagg.WEIGHT_CAP]))
+    if cap < weight:
+        raise SecAggError(f"weight cap {cap} is below this site's weight {weight}")
+    q_ratio = quant.quantized_weight(float(weight))
+    if q_ratio <= 0:
+        raise SecAggError(f"weight {weight} over max-weight {quant.max_weight} quantises to zero")
+    return float(weight), q_ratio
+
+
 def masked_reply(message: Message, context: Context, trained: Message) -> Message:
     """Stage 2: ``trained`` (the site's plain train reply) with its arrays masked per group.
 
@@ -194,24 +280,18 @@ def masked_reply(message: Message, context: Context, trained: Message) -> Messag
     state.save(context)
     if trained.has_error():
         return trained
-    quant = secagg.Quantization.from_config(config)
+    quant, binding = check_round(state, config)
     metrics = trained.content[wire.METRICS]
-    weight = float(cast(float, metrics[str(config[secagg.WEIGHT_KEY])]))
-    cap = float(cast(float, config[secagg.WEIGHT_CAP]))
-    if weight > cap:
-        log(WARNING, "secure aggregation: weight %s clipped at %s", weight, cap)
-    q_ratio = quant.quantized_weight(min(weight, cap))
+    _, q_ratio = checked_weight(config, metrics, quant)
+    state.round_groups = [
+        f"{group}:{','.join(str(n) for n in _members(config, group))}"
+        for group in [str(g) for g in cast(list, config[secagg.ROUND_GROUPS])]
+    ]
     arrays = trained.content[wire.SHARED_ARRAYS]
     by_group = secagg.group_keys(arrays.keys())
     masked: dict[str, Array] = {}
     for group in [str(g) for g in cast(list, config[secagg.GROUPS])]:
-        members = [int(n) for n in cast(list, config[secagg.GROUP_MEMBERS + group])]
-        if state.nid not in members or len(set(members)) < 2:
-            raise SecAggError(
-                f"group {group}: the server listed members {members}; a sum hides this "
-                "site's input only with this site and at least one other in it"
-            )
-        state.masked_groups.append(f"{group}:{','.join(str(n) for n in members)}")
+        members = _members(config, group)
         keys = by_group[group]
         values = [arrays[k].numpy().astype(np.float64) for k in keys]
         values = parameters_multiply(values, q_ratio / quant.quantization_range)
@@ -228,7 +308,7 @@ def masked_reply(message: Message, context: Context, trained: Message) -> Messag
             if peer not in sources:
                 raise SecAggError(f"group {group}: no shares came from member node {peer}")
             mask = secagg.pairwise_mask(
-                state.sk1, state.peer_key(peer), group, shapes, quant.modulus_range
+                state.sk1, state.peer_key(peer), group, shapes, quant.modulus_range, binding
             )
             vectors = secagg.apply_pairwise(vectors, mask, own=state.nid, peer=peer)
         vectors = secagg.reduce_mod(vectors, quant.modulus_range)
@@ -254,7 +334,7 @@ def unmask(message: Message, context: Context) -> Message:
         raise SecAggError("a site is listed as both active and dropped")
     if len(active) < state.threshold:
         raise SecAggError(f"{len(active)} active sites, fewer than the threshold {state.threshold}")
-    for entry in state.masked_groups:
+    for entry in state.round_groups:  # every group: this site holds shares of all members
         group, _, listed = entry.partition(":")
         alive = set(active) & {int(n) for n in listed.split(",")}
         if len(alive) == 1:
@@ -275,25 +355,53 @@ def unmask(message: Message, context: Context) -> Message:
     return _reply(message, {secagg.SHARE_OWNERS: owners, secagg.SHARES: shares})
 
 
+def refusal(message: Message, context: Context, exc: SecAggError) -> Message:
+    """The error reply of a refused stage; the round's secrets are forgotten.
+
+    Its reason is the class and the why; the real ClientApp's ``client.refusals`` mod sends
+    the class alone (the why is in the site's log).
+    """
+    SiteSecrets().save(context)
+    log(WARNING, "secure aggregation refused: %s", exc)
+    reason = f"{Refusal.SECURE_AGGREGATION_REFUSED.value}: {exc}"
+    return Message(
+        Error(code=ErrorCode.CLIENT_APP_RAISED_EXCEPTION, reason=reason), reply_to=message
+    )
+
+
 def register(app: ClientApp, train_reply: TrainReply) -> None:
-    """Route the four stages on ``app``; stage 2 runs ``train_reply`` and masks its reply."""
+    """Route the four stages on ``app``; stage 2 runs ``train_reply`` and masks its reply.
 
-    @app.query(secagg.SETUP)
-    def _setup(message: Message, context: Context) -> Message:
-        return setup(message, context)
+    A stage the site refuses (SecAggError) answers with an error reply naming why.
+    """
 
-    @app.query(secagg.SHARE_KEYS)
-    def _share_keys(message: Message, context: Context) -> Message:
-        return share_keys(message, context)
+    def guarded(stage: Callable[[Message, Context], Message]):
+        def handle(message: Message, context: Context) -> Message:
+            try:
+                return stage(message, context)
+            except SecAggError as exc:
+                return refusal(message, context, exc)
+
+        return handle
+
+    app.query(secagg.SETUP)(guarded(setup))
+    app.query(secagg.SHARE_KEYS)(guarded(share_keys))
+    app.query(secagg.UNMASK)(guarded(unmask))
 
     @app.train(secagg.COLLECT)
     def _collect(message: Message, context: Context) -> Message:
-        # The stage first: a message out of order must not train (nor spend privacy budget).
-        SiteSecrets.load(context).expect(secagg.SHARE_KEYS, secagg.COLLECT)
+        # The stage and the round's parameters first: a message out of order or with
+        # values this site refuses must not train (nor spend privacy budget).
+        try:
+            state = SiteSecrets.load(context)
+            state.expect(secagg.SHARE_KEYS, secagg.COLLECT)
+            check_round(state, message.content[secagg.RECORD])
+        except SecAggError as exc:
+            return refusal(message, context, exc)
         reply, trained = train_reply(message, context)
+        try:
+            sent = masked_reply(message, context, reply)
+        except SecAggError as exc:
+            sent = refusal(message, context, exc)
         # Logged as it leaves: the masked arrays (or the error), not the plain update.
-        return trained.log_as_sent(masked_reply(message, context, reply), context)
-
-    @app.query(secagg.UNMASK)
-    def _unmask(message: Message, context: Context) -> Message:
-        return unmask(message, context)
+        return trained.log_as_sent(sent, context)

@@ -2,9 +2,12 @@
 
 With a ``[privacy]`` table in the site file, training is DP-SGD (:mod:`umedpt.privacy`):
 every round's spend is appended to ``<state_dir>/privacy-ledger.json`` (the site file's
-own state folder, over all runs; never a folder the server chooses),
-each training reply carries the epsilon spent so far, and a round that would take the
-site past its target epsilon is refused before any training (:class:`PrivacyBudgetSpent`).
+own state folder, over all runs; never a folder the server chooses), charged to the data
+each task reads, each training reply carries the epsilon spent so far, the site's target
+and the noise multiplier, and a round that would take the site past its target epsilon,
+or need more noise than its ``max_noise_multiplier``, is refused before any training
+(:class:`PrivacyBudgetSpent`). The ledger's lock is held from that check through training
+to the record of the spend: two processes of one site take turns.
 
 What else a round needs, one job per module:
 
@@ -31,15 +34,25 @@ from client.audit_log import SENT_LOG, SentLog, SentReply, bytes_per_group
 from client.errors import PrivacyBudgetSpent, SiteError
 from client.round_state import RoundFolders, site_state_dir
 from client.task_data import cached_runs
-from client.train_report import train_metrics
+from client.train_report import expected_examples, train_metrics
 from federation import wire
 from federation.settings import RunSettings
 from umedpt import contract
 from umedpt.config import SiteConfig
 from umedpt.device import resolve_device
+from umedpt.errors import ConfigError
 from umedpt.model import UMedPTModel
 from umedpt.models.presets import model_config
-from umedpt.privacy import LEDGER_FILE, BudgetExhaustedError, PrivacyBudget, PrivacyLedger
+from umedpt.privacy import (
+    LARGE_NOISE_MULTIPLIER,
+    LEDGER_FILE,
+    BudgetExhaustedError,
+    PrivacyBudget,
+    PrivacyLedger,
+    data_key,
+    target_delta_problem,
+)
+from umedpt.privacy.data_key import FINGERPRINTS_FILE
 from umedpt.tasks import get_task_type
 from umedpt.training.proximal import proximal_term
 from umedpt.training.trainer import MultiTaskTrainer, TrainConfig, sample_rate
@@ -101,20 +114,45 @@ class SiteRunner:
         self.state_dir = site_state_dir(site, settings)
         self.rounds = RoundFolders(self.state_dir)
         self.runs = list(cached_runs(str(site.file), site.file.stat().st_mtime))
+        self.budget = self._privacy_budget() if site.privacy is not None else None
         self.model_config = model_config(settings.preset, settings.encoder or None)
         self.model = UMedPTModel(self.model_config, site.tasks, seed=settings.seed)
-        self.budget: PrivacyBudget | None = None
-        if site.privacy is not None:
-            # In the site's own state folder, whatever the server sends (run key, state
-            # root): one ledger over every run, which no server can swap for an empty one.
-            self.budget = PrivacyBudget(
-                site.privacy,
-                PrivacyLedger.load(site.state_dir / LEDGER_FILE),
-                {r.name: sample_rate(r) for r in self.runs},
-                planned_steps=settings.num_server_rounds * settings.local_steps,
-                run_key=settings.run_key,
-            )
-        self.trainer = MultiTaskTrainer(
+        self.trainer = self._make_trainer()
+        # What never leaves the site: its heads, and its blocks unless the run shares them.
+        self.local_groups = [f"{contract.HEADS}.{r.name}" for r in self.runs]
+        if not settings.share_blocks:
+            self.local_groups += [f"{contract.BLOCKS}.{b}" for b in self.model.blocks]
+        self.sent_log = SentLog(
+            site, settings.run_key or "default", [r.name for r in self.runs], self.budget
+        )
+
+    def _privacy_budget(self) -> PrivacyBudget:
+        site, settings = self.site, self.settings
+        assert site.privacy is not None
+        sizes = {r.name: len(r.data["train"]) for r in self.runs}
+        if problem := target_delta_problem(site.privacy.target_delta, sizes):
+            raise ConfigError(site.file, "privacy.target_delta", problem)
+        digests = site.state_dir / FINGERPRINTS_FILE
+        # In the site's own state folder, whatever the server sends (run key, state
+        # root): one ledger over every run, which no server can swap for an empty one.
+        budget = PrivacyBudget(
+            site.privacy,
+            PrivacyLedger.load(site.state_dir / LEDGER_FILE),
+            {r.name: sample_rate(r) for r in self.runs},
+            planned_steps=settings.num_server_rounds * settings.local_steps,
+            run_key=settings.run_key,
+            data={r.name: data_key(r.config, digests_file=digests) for r in self.runs},
+        )
+        if budget.ledger.unadopted() & set(budget.data):
+            # Spend recorded by task name (ledger format 1): charge it to these tasks' data
+            # now, once, so that a later rename keeps it.
+            with budget.ledger.locked():
+                budget.refresh()
+        return budget
+
+    def _make_trainer(self) -> MultiTaskTrainer:
+        settings = self.settings
+        return MultiTaskTrainer(
             self.model,
             self.runs,
             TrainConfig(
@@ -125,13 +163,6 @@ class SiteRunner:
                 total_steps=settings.num_server_rounds * settings.local_steps,
             ),
             privacy=self.budget.dpsgd() if self.budget is not None else None,
-        )
-        # What never leaves the site: its heads, and its blocks unless the run shares them.
-        self.local_groups = [f"{contract.HEADS}.{r.name}" for r in self.runs]
-        if not settings.share_blocks:
-            self.local_groups += [f"{contract.BLOCKS}.{b}" for b in self.model.blocks]
-        self.sent_log = SentLog(
-            site, settings.run_key or "default", [r.name for r in self.runs], self.budget
         )
 
     @property
@@ -185,17 +216,68 @@ class SiteRunner:
     def train_round(
         self, shared: Mapping[str, torch.Tensor], server_round: int, *, proximal_mu: float = 0.0
     ) -> RoundOutcome:
-        if self.budget is not None:
-            try:  # before anything else: a site over its budget does not train
-                self.budget.check(self.settings.local_steps)
-            except BudgetExhaustedError as exc:
+        if self.budget is None:
+            return self._train(shared, server_round, proximal_mu)
+        # One process of the site at a time from the budget check to the record of the
+        # spend (Flower may run two of the site's ClientApps at once): the ledger is read
+        # again under the lock, so the check counts every round recorded before.
+        with self.budget.ledger.locked(on_wait=lambda lock: self._waiting(server_round, lock)):
+            self._check_budget(server_round)
+            return self._train(shared, server_round, proximal_mu)
+
+    def _waiting(self, server_round: int, lock: object) -> None:
+        log.info(
+            "site %s: round %d: waiting for another process of this site to record its "
+            "privacy spend (lock %s)",
+            self.site.name,
+            server_round,
+            lock,
+        )
+
+    def _check_budget(self, server_round: int) -> None:
+        """Under the ledger's lock, before anything else: a site over its budget, or one
+        that would send mostly noise, does not train."""
+        budget = self.budget
+        assert budget is not None
+        if budget.refresh():  # another run recorded spend on this data since the plan
+            self.trainer = self._make_trainer()
+        if unknown := budget.ledger.unadopted() - set(budget.sample_rates):
+            log.info(
+                "site %s: the privacy ledger holds spend of task(s) %s recorded by name only "
+                "(before data keys); it counts for a task of that name",
+                self.site.name,
+                ", ".join(sorted(unknown)),
+            )
+        try:
+            budget.check_noise()
+            budget.check(self.settings.local_steps)
+        except BudgetExhaustedError as exc:
+            log.warning(
+                "site %s: round %d: not trained; only the reason is sent: %s",
+                self.site.name,
+                server_round,
+                exc,
+            )
+            raise PrivacyBudgetSpent(f"site '{self.site.name}': {exc}") from exc
+        for task, sigma in budget.noise_multipliers.items():
+            if sigma > LARGE_NOISE_MULTIPLIER:
                 log.warning(
-                    "site %s: round %d: not trained; only the reason is sent: %s",
+                    "site %s: round %d: task %s trains with noise multiplier %.3g (above %g): "
+                    "this site's update is mostly noise (epsilon spent so far %.3g of target "
+                    "%g); set privacy.max_noise_multiplier in the site file to sit such rounds "
+                    "out instead",
                     self.site.name,
                     server_round,
-                    exc,
+                    task,
+                    sigma,
+                    LARGE_NOISE_MULTIPLIER,
+                    budget.spent,
+                    budget.config.target_epsilon,
                 )
-                raise PrivacyBudgetSpent(f"site '{self.site.name}': {exc}") from exc
+
+    def _train(
+        self, shared: Mapping[str, torch.Tensor], server_round: int, proximal_mu: float
+    ) -> RoundOutcome:
         restored = self.restore(server_round)
         keys = self.load_shared(shared)
         # The federation's clock: round r trains steps (r - 1) * L .. r * L - 1.
@@ -208,7 +290,12 @@ class SiteRunner:
         # Under DP the spend is recorded once the update exists, before anything can leave.
         spent = self.budget.record(server_round, report.steps) if self.budget is not None else None
         metrics, num_examples = train_metrics(
-            report, self.runs, seconds=seconds, restored_round=restored, spent=spent
+            report,
+            self.runs,
+            seconds=seconds,
+            restored_round=restored,
+            spent=spent,
+            target_epsilon=self.site.privacy.target_epsilon if self.site.privacy else None,
         )
         self._save(server_round)
         state = self.model.state_dict()
@@ -236,6 +323,10 @@ class SiteRunner:
         for task, values in results.items():
             for name, value in values.items():
                 metrics[wire.task_metric(task, name)] = float(value)
+        if self.budget is not None:
+            # Under DP the validation set's size stays home too: the count sent is the one
+            # a training reply sends (expected examples of a round), which says nothing new.
+            return metrics, max(expected_examples(self.runs, self.settings.local_steps), 1)
         count = sum(len(r.data.splits.get("val", [])) for r in self.runs)
         return metrics, max(count, 1)
 

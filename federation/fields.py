@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from enum import StrEnum
 from typing import Any, get_type_hints
 
 from umedpt.errors import ConfigError
@@ -22,19 +23,32 @@ SOURCE = "run config"  # what a ConfigError about a setting names as its source
 _INFO = "umedpt_fl.setting"  # the field-metadata key of a SettingInfo
 
 
+class Audience(StrEnum):
+    """Who is given a setting's value."""
+
+    SITES = "sites"  # every site: the app config `flwr run` submits goes to every SuperNode
+    SIMULATION = "simulation"  # simulated sites only (paths on the one machine)
+    SERVER = "server"  # the coordinator alone; never sent to a site
+
+
 @dataclass(frozen=True)
 class SettingInfo:
-    """What a setting means to a person: its help, flag and allowed values.
+    """What a setting means to a person: its help, flag and allowed values; who gets it.
 
     ``flag``: the command-line spelling ("" = the key, ``--foo-bar``; Typer's
     ``--on/--off`` form for a switch); ``command_line=False`` keeps a setting out of the
-    commands (paths and keys the commands fill in themselves).
+    commands (paths and keys the commands fill in themselves). ``audience``: who is given
+    the value (default: the coordinator alone). ``private``: a path or an address (a URI may
+    hold credentials), never written where others read it (checkpoint metadata, report.json,
+    the model card).
     """
 
     help: str
     flag: str = ""
     choices: tuple[str, ...] = ()
     command_line: bool = True
+    audience: Audience = Audience.SERVER
+    private: bool = False
 
 
 def setting(
@@ -44,9 +58,11 @@ def setting(
     flag: str = "",
     choices: Sequence[str] = (),
     command_line: bool = True,
+    audience: Audience = Audience.SERVER,
+    private: bool = False,
 ) -> Any:
     """A dataclass field with its :class:`SettingInfo`; use as ``x: int = setting(5, "...")``."""
-    info = SettingInfo(help, flag, tuple(choices), command_line)
+    info = SettingInfo(help, flag, tuple(choices), command_line, audience, private)
     return dataclasses.field(default=default, metadata={_INFO: info})
 
 

@@ -1,7 +1,14 @@
 """Settings of a federated run, parsed from Flower's run config (kebab-case keys).
 
-Server and sites read the same run config, so both sides agree on the model preset,
-seed and learning rate. This module only parses plain values: it does not import Flower.
+Server and sites read the same settings, so both sides agree on the model preset, seed
+and learning rate; but a site is given only what it needs. Each setting declares its
+audience (:class:`federation.fields.Audience`): the app config that `umedpt-fl server`
+submits, which Flower hands to every site, holds the sites' settings alone
+(:meth:`RunSettings.for_sites`); the rest (the output folder, the tracking URI, the
+aggregation rule ...) reaches the coordinator's ServerApp through a file named in its
+environment (:data:`SERVER_SETTINGS_ENV`), and checkpoints, report.json and the model card
+get no path or address (:meth:`RunSettings.published`). This module only parses plain
+values: it does not import Flower.
 Which aggregation rules exist, and which options each takes, is the strategy registry's
 business (:mod:`strategies.registry`); ``strategy`` and ``rule_options`` are checked
 against it when the server builds the rule (:mod:`server.rules`).
@@ -15,10 +22,12 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
+from pathlib import Path
 from typing import Any
 
 from federation.fields import (
     SOURCE,
+    Audience,
     check_choices,
     run_config_key,
     setting,
@@ -30,18 +39,31 @@ from umedpt.errors import ConfigError
 from umedpt.models.presets import PRESETS
 from umedpt.tracking import TrackingConfig, TrackingKind
 
-__all__ = ["SOURCE", "RunSettings", "Weighting", "settings_for_app"]
+__all__ = [
+    "SOURCE",
+    "RunSettings",
+    "Weighting",
+    "server_settings_for_app",
+    "settings_for_app",
+    "write_server_settings",
+]
 # Set by `umedpt-fl simulate`: Flower's in-process simulation gives apps an empty run
 # config, so the simulation passes its settings to the apps (and their Ray workers,
 # which inherit the environment) as JSON in this variable.
 RUN_CONFIG_ENV = "UMEDPT_FL_RUN_CONFIG"
+# Set by `umedpt-fl server` for its SuperLink (whose ServerApp process inherits it): the
+# path of a JSON file, in the coordinator's own output folder, with the run's settings,
+# those the app config that goes to every site does not carry.
+SERVER_SETTINGS_ENV = "UMEDPT_FL_SERVER_SETTINGS"
 THREADS_ENV = "UMEDPT_FL_THREADS"  # torch threads per simulated site (its CPU share)
 SCHEDULES = ("constant", "cosine")  # the trainer's learning-rate schedules
+SITES, SIMULATION = Audience.SITES, Audience.SIMULATION  # who gets a setting besides the server
 
 
 class Weighting(StrEnum):
     """How replies are weighted when the server averages them."""
 
+    AUTO = "auto"  # examples, or equal under secure aggregation
     EXAMPLES = "examples"  # by the examples each site trained on
     EQUAL = "equal"  # every site counts the same
 
@@ -58,14 +80,15 @@ class RunSettings:
     ``rule_options`` by run-config key.
     """
 
-    num_server_rounds: int = setting(5, "Federated rounds.", flag="--rounds")
+    num_server_rounds: int = setting(5, "Federated rounds.", flag="--rounds", audience=SITES)
     # few steps between averages: little client drift (experiments/results/recipe.md)
-    local_steps: int = setting(5, "Multi-task steps each site trains per round.")
+    local_steps: int = setting(5, "Multi-task steps each site trains per round.", audience=SITES)
     eval_every: int = setting(1, "Evaluate on the sites every N rounds (and after the last).")
     strategy: str = setting("fedavg", "Aggregation rule of the server.")
     weighting: str = setting(
-        Weighting.EXAMPLES.value,
-        "How site replies are weighted: by the examples each trained on, or equally.",
+        Weighting.AUTO.value,
+        "How site replies are weighted: by the examples each trained on, or equally "
+        "(auto: by examples, equally under secure aggregation, which refuses examples).",
         choices=[w.value for w in Weighting],
     )
     min_sites: int = setting(1, "Fewest usable site replies for a round to count.")
@@ -74,22 +97,26 @@ class RunSettings:
         600.0, "Seconds per round, for training and evaluation together."
     )
     node_wait_timeout: float = setting(300.0, "Seconds to wait for --min-sites sites.")
-    preset: str = setting("tiny", "Model preset.", choices=PRESETS.names())
-    encoder: str = setting("", "Any timm encoder (overrides the preset's; '': the preset's).")
-    seed: int = setting(0, "Seed for initial weights and data order.")
-    lr: float = setting(0.0, "Sites' learning rate (0: the preset's).")
+    preset: str = setting("tiny", "Model preset.", choices=PRESETS.names(), audience=SITES)
+    encoder: str = setting(
+        "", "Any timm encoder (overrides the preset's; '': the preset's).", audience=SITES
+    )
+    seed: int = setting(0, "Seed for initial weights and data order.", audience=SITES)
+    lr: float = setting(0.0, "Sites' learning rate (0: the preset's).", audience=SITES)
     # On the federation's clock: round r trains steps (r-1)*L .. r*L-1 of num_server_rounds*L.
     schedule: str = setting(
         "cosine",
         "Sites' learning-rate schedule over the whole federation's steps: constant after "
         "the preset's warm-up, or cosine decay to 0 at the last round.",
         choices=SCHEDULES,
+        audience=SITES,
     )
     share_blocks: bool = setting(
         False,
         "Aggregate the task-type blocks among the sites that use them, or keep each site's "
         "blocks at home with its heads (only the encoder is aggregated).",
         flag="--share-blocks/--no-share-blocks",
+        audience=SITES,
     )
     resume: bool = setting(False, "Continue the run in --out.", flag="--resume")
     # -- hostile or broken updates (strategies.defences) --------------------------------
@@ -141,20 +168,22 @@ class RunSettings:
         "(needs the 'tracking' extra and a tracking URI), or none.",
         choices=[k.value for k in TrackingKind],
     )
-    tracking_uri: str = setting("", "MLflow tracking URI ('': $MLFLOW_TRACKING_URI).")
+    tracking_uri: str = setting("", "MLflow tracking URI ('': $MLFLOW_TRACKING_URI).", private=True)
     tracking_experiment: str = setting("umedpt-fl", "MLflow experiment of the run.")
     # -- filled in by the commands, not options ----------------------------------------
     out_dir: str = setting(
-        "runs/federated", "Server side: report, checkpoints.", command_line=False
+        "runs/federated", "Server side: report, checkpoints.", command_line=False, private=True
     )
     site_configs: str = setting(
-        "", "Simulation: comma-separated site TOML paths, one per node.", command_line=False
-    )
+        "", "Simulation: comma-separated site TOML paths, one per node.", command_line=False,
+        audience=SIMULATION, private=True,
+    )  # fmt: skip
     state_root: str = setting(
-        "", "'' = each site's own state_dir; else <state-root>/<site>.", command_line=False
-    )
+        "", "'' = each site's own state_dir; else <state-root>/<site>.", command_line=False,
+        audience=SIMULATION, private=True,
+    )  # fmt: skip
     run_key: str = setting("", "Set by the server: names the sites' state of this run.",
-                           command_line=False)  # fmt: skip
+                           command_line=False, audience=SITES)  # fmt: skip
     # An aggregation rule's own options, by run-config key (declared in the rule's module;
     # parsed and checked by the server when it builds the rule).
     rule_options: Mapping[str, Any] = dataclasses.field(default_factory=dict)
@@ -224,6 +253,31 @@ class RunSettings:
     def to_json(self) -> str:
         return json.dumps(self.to_run_config())
 
+    def for_sites(self) -> dict[str, Any]:
+        """What every site is given, by run-config key: the settings of audience SITES (the
+        model, the seed, the sites' schedule), no rule option, no path, no address."""
+        return {
+            f.key: getattr(self, f.name)
+            for f in setting_fields(type(self))
+            if f.info.audience is Audience.SITES
+        }
+
+    def as_a_site_sees_it(self) -> RunSettings:
+        """These settings with each one a site is not given at its default: what a
+        ClientApp works with, whatever reached it (simulated sites keep their paths)."""
+        kept = {
+            f.name: getattr(self, f.name)
+            for f in setting_fields(type(self))
+            if f.info.audience is not Audience.SERVER
+        }
+        return type(self)(**kept)
+
+    def published(self) -> dict[str, Any]:
+        """Every setting and rule option but the private ones (paths and addresses): what
+        checkpoint metadata, report.json and so the model card may hold."""
+        private = {f.key for f in setting_fields(type(self)) if f.info.private}
+        return {k: v for k, v in self.to_run_config().items() if k not in private}
+
     @property
     def sites_to_wait_for(self) -> int:
         """How many sites must be connected before a round starts."""
@@ -252,3 +306,30 @@ def settings_for_app(run_config: Mapping[str, Any]) -> RunSettings:
     if overrides := os.environ.get(RUN_CONFIG_ENV):
         values.update(json.loads(overrides))
     return RunSettings.from_run_config(values)
+
+
+def server_settings_for_app(run_config: Mapping[str, Any]) -> RunSettings:
+    """What the coordinator's ServerApp runs with: Flower's run config (the sites' settings,
+    under `umedpt-fl server`), the coordinator's settings file named in
+    :data:`SERVER_SETTINGS_ENV` over it, and simulate's overrides over both."""
+    values: dict[str, Any] = dict(run_config)
+    if path := os.environ.get(SERVER_SETTINGS_ENV):
+        try:
+            values.update(json.loads(Path(path).read_text()))
+        except (OSError, ValueError) as exc:
+            raise ConfigError(
+                path, SERVER_SETTINGS_ENV, f"cannot read the settings: {exc}"
+            ) from exc
+    if overrides := os.environ.get(RUN_CONFIG_ENV):
+        values.update(json.loads(overrides))
+    return RunSettings.from_run_config(values)
+
+
+def write_server_settings(path: Path, settings: RunSettings) -> Path:
+    """Write ``settings`` whole for the ServerApp (:func:`server_settings_for_app`), readable
+    by this user alone (the tracking URI may hold credentials)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(descriptor, "w", encoding="utf-8") as fh:
+        fh.write(settings.to_json())
+    return path

@@ -9,7 +9,7 @@ enter_app_process()  # before Flower and torch are imported: see federation.entr
 from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
-from federation.settings import settings_for_app
+from federation.settings import server_settings_for_app
 from server.federation import run_federation
 
 app = ServerApp()
@@ -17,4 +17,6 @@ app = ServerApp()
 
 @app.main()
 def main(grid: Grid, context: Context) -> None:
-    run_federation(grid, settings_for_app(context.run_config))
+    # The app config holds the sites' settings only; the rest comes from the coordinator's
+    # settings file (federation.settings.SERVER_SETTINGS_ENV), or simulate's environment.
+    run_federation(grid, server_settings_for_app(context.run_config))

@@ -45,7 +45,7 @@ from federation.processes import (
     supervisor_env,
     wait_healthy,
 )
-from federation.settings import RunSettings
+from federation.settings import SERVER_SETTINGS_ENV, RunSettings, write_server_settings
 from server.flower_app import write_app_dir
 from server.gateway import GatewayOptions
 from server.lock import COORDINATOR_LOCK, folder_lock
@@ -166,6 +166,7 @@ def run_status(env: dict[str, str], run_id: str, cwd: Path) -> tuple[str, str]:
 
 
 WORK_DIR = ".coordinator"  # <out>/.coordinator/: Flower's home and the submitted app
+SERVER_SETTINGS_FILE = "server-settings.json"  # in WORK_DIR: the ServerApp's whole settings
 
 
 class PortTakenError(RuntimeError):
@@ -269,7 +270,11 @@ def coordinate(settings: RunSettings, options: SuperLinkOptions) -> str:
                 env = flower_env({**os.environ, "FLWR_HOME": str(work / "flwr-home")})
                 env.update(supervisor_env())
                 write_connection(work / "flwr-home", internal)
+                # The app config goes to every site: the sites' settings only. The ServerApp
+                # (started by the SuperLink, whose environment it inherits) reads the rest here.
                 app_dir = write_app_dir(work / "app", settings)
+                server_settings = write_server_settings(work / SERVER_SETTINGS_FILE, settings)
+                env[SERVER_SETTINGS_ENV] = str(server_settings)
                 with _serving(options, internal, env, out):
                     return _submit_run(env, app_dir)
         except Interrupted as exc:

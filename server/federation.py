@@ -195,7 +195,7 @@ def _run_federation(grid: Grid, settings: RunSettings) -> dict[str, Any]:
         }
         return {
             "status": status,
-            "config": settings.to_run_config(),
+            "config": settings.published(),  # no path, no tracking URI
             "sites": sites,
             "global_shared_bytes": model_bytes,
             "rounds": history,
@@ -217,9 +217,7 @@ def _run_federation(grid: Grid, settings: RunSettings) -> dict[str, Any]:
             new_arrays.to_torch_state_dict(),
             architecture,
             strategy.state_arrays(),
-            ServerProgress(
-                server_round, run_key, settings.to_run_config(), history, current["sites"]
-            ),
+            ServerProgress(server_round, run_key, settings.published(), history, current["sites"]),
         )
         write_report(out, current)
         tracker.log_scalars(server_round, round_scalars(history[-1]))
@@ -252,7 +250,7 @@ def _run_federation(grid: Grid, settings: RunSettings) -> dict[str, Any]:
                 "kind": "federated",
                 "run_key": run_key,
                 "rounds": settings.num_server_rounds,
-                "settings": settings.to_run_config(),
+                "settings": settings.published(),  # read by the model card: no path, no URI
             },
         )
         status = "completed"

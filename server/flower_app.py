@@ -4,6 +4,12 @@
 code itself is already installed (SuperLink and SuperNodes run with runtime dependency
 installation disabled: hospitals are often offline), so the app folder holds only that
 file, written from the run's settings.
+
+Flower hands the app's config to every site, so it lists the sites' settings alone
+(:meth:`federation.settings.RunSettings.for_sites`): no tracking URI, no path of the
+coordinator, no other site's path. The ServerApp, which runs on the coordinator's machine,
+reads the whole settings from a file in the coordinator's output folder
+(:func:`federation.settings.write_server_settings`).
 """
 
 from __future__ import annotations
@@ -13,12 +19,11 @@ from pathlib import Path
 import tomli_w
 
 from federation.settings import RunSettings
-from server.rules import full_run_config
 from umedpt import __version__
 
 
 def app_pyproject(settings: RunSettings) -> dict:
-    """The pyproject.toml of a run, as a mapping."""
+    """The pyproject.toml of a run, as a mapping; its config is what every site is given."""
     return {
         "build-system": {"requires": ["setuptools>=68"], "build-backend": "setuptools.build_meta"},
         "project": {
@@ -33,7 +38,7 @@ def app_pyproject(settings: RunSettings) -> dict:
                 "app": {
                     "publisher": "umedpt-fl",
                     "components": {"serverapp": "server.app:app", "clientapp": "client.app:app"},
-                    "config": full_run_config(settings),
+                    "config": settings.for_sites(),
                 }
             }
         },

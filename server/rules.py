@@ -70,9 +70,21 @@ def full_run_config(settings: RunSettings) -> dict[str, Any]:
     return {**settings.to_run_config(), **defaults, **settings.rule_options}
 
 
+def weighting(settings: RunSettings) -> Weighting:
+    """The run's weighting: ``auto`` is equal under secure aggregation, else by examples.
+
+    Under secure aggregation weights must not come from what sites say about themselves
+    (docs/secure-aggregation.md); ``examples`` is refused there (``check_rule_settings``).
+    """
+    chosen = Weighting(settings.weighting)
+    if chosen is Weighting.AUTO:
+        return Weighting.EQUAL if settings.secure_aggregation else Weighting.EXAMPLES
+    return chosen
+
+
 def update_policy(settings: RunSettings) -> UpdatePolicy:
     return UpdatePolicy(
-        equal_weights=Weighting(settings.weighting) is Weighting.EQUAL,
+        equal_weights=weighting(settings) is Weighting.EQUAL,
         max_site_share=settings.max_site_share,
         norm_bound=settings.update_norm_bound,
         norm_ratio=settings.update_norm_ratio,
@@ -118,6 +130,15 @@ def check_rule_settings(settings: RunSettings) -> None:
             f"bound. Use a rule whose aggregate is a weighted mean ({', '.join(linear_rules())})"
             f", or set client-dp-noise = 0",
         )
+    if settings.secure_aggregation and weighting(settings) is Weighting.EXAMPLES:
+        raise ConfigError(
+            SOURCE,
+            "weighting",
+            "secure aggregation weighs every site equally: example counts are what each site "
+            "says about itself (one claim of 1e9 examples would outweigh every other site), "
+            'and caps the server chose could single one site out. Set weighting = "equal" '
+            '(or "auto"), or turn secure aggregation off',
+        )
     if settings.secure_aggregation:
         problems = []
         if not linear:
@@ -126,7 +147,7 @@ def check_rule_settings(settings: RunSettings) -> None:
             problems.append("client-dp-noise clips each site's change at the server")
         if settings.update_norm_bound > 0 or settings.update_norm_ratio > 0:
             problems.append("update-norm-bound/-ratio check each site's change")
-        if settings.max_site_share < 1 and Weighting(settings.weighting) is not Weighting.EQUAL:
+        if settings.max_site_share < 1 and weighting(settings) is not Weighting.EQUAL:
             problems.append("max-site-share reweights single sites after training")
         if problems:
             raise ConfigError(
@@ -155,7 +176,7 @@ def build_rule(settings: RunSettings, *, query_timeout: float) -> Rule:
         min_train_nodes=settings.min_sites,
         min_evaluate_nodes=settings.min_sites,
         min_available_nodes=settings.sites_to_wait_for,
-        weighted_by_key=WEIGHT_KEYS[Weighting(settings.weighting)],
+        weighted_by_key=WEIGHT_KEYS[weighting(settings)],
         arrayrecord_key=wire.SHARED_ARRAYS,
         configrecord_key=wire.CONFIG,
         train_metrics_aggr_fn=merged_metrics,

@@ -9,15 +9,18 @@ Differences, on purpose:
 - per group: each group is a sum over the sites that train it (the encoder over all);
   pairwise masks only join members of one group, so the server can unmask a group from
   its members' inputs alone. Shares of a site's secrets go to every site of the round
-  (they all share the encoder) with one threshold ``T = max(2, round(t * n))``;
-- a group is summed only when at least ``max(2, round(t * members))`` of its members sent
+  (they all share the encoder) with one threshold ``T = max(2, n // 2 + 1, round(t * n))``;
+- a group is summed only when ``reconstruction_threshold(t, members)`` of its members sent
   input; otherwise it keeps its weights (the encoder failing fails the round);
 - a group trained by a single site cannot be hidden in a sum: refused
   (``SecureAggregationError``) unless ``allow_unshared_blocks``, which leaves that group out
   of the aggregate (it keeps its weights; the site still trains on it);
-- the weights: see ``SecureAggregator.weights``; the unmasked total weight must equal the
-  sum of the weights the sites report (in clear, with their metrics), or the group is
-  rejected.
+- the weights: equal (``SecureAggregation.weights``), never from what sites claim about
+  themselves; the unmasked total weight must equal the sum of the weights the sites report
+  (in clear, with their metrics), or the group is rejected;
+- every site gets the same caps table and every group's members, and its pairwise masks
+  are bound to them (``secagg.round_binding``); the sites check the threshold, caps and
+  weights themselves (``client/secagg.py``).
 
 ``SecureAggregation`` wraps a linear rule (:mod:`strategies.wrapper`): its
 ``configure_train`` runs stages 0-1 around the rule's train messages (which become stage
@@ -52,8 +55,6 @@ from strategies.records import RoundFailedError, arrays_nbytes
 from strategies.wrapper import StrategyWrapper, require_linear
 from umedpt import contract
 
-DEFAULT_MAX_WEIGHT = 1000.0  # SecAgg+'s default, for example counts nobody has reported yet
-
 
 class SecureAggregationError(RuntimeError):
     """Secure aggregation cannot run as configured; the message says what to change."""
@@ -67,7 +68,6 @@ class SecAggConfig:
     clipping_range: float = 8.0
     quantization_range: int = 4194304
     modulus_range: int = secagg.DEFAULT_MODULUS_RANGE
-    max_weight: float = 0.0  # 0 = automatic (see SecureAggregator.weights)
     allow_unshared_blocks: bool = False  # leave single-site groups out instead of refusing
 
     def __post_init__(self) -> None:
@@ -77,8 +77,8 @@ class SecAggConfig:
             raise ValueError("modulus_range must be a power of two <= 2**32")
         if not 2 <= self.quantization_range < self.modulus_range:
             raise ValueError("quantization_range must be in [2, modulus_range)")
-        if self.clipping_range <= 0 or self.max_weight < 0:
-            raise ValueError("clipping_range must be positive, max_weight >= 0")
+        if self.clipping_range <= 0:
+            raise ValueError("clipping_range must be positive")
 
 
 def check_rule(rule: GroupedStrategy) -> None:
@@ -86,10 +86,16 @@ def check_rule(rule: GroupedStrategy) -> None:
 
     A ``reduce_group`` other than the weighted mean (median, trimmed mean), update-norm
     bounds and a cap on one site's share (they need each site's update or its share of a
-    sum) all look at single replies. ValueError saying which.
+    sum) all look at single replies; weighting by example counts takes each site's word
+    (or the server's) for its weight. ValueError saying which.
     """
     require_linear(rule, "secure aggregation", "the server only sees sums of updates")
     policy = rule.policy
+    if not policy.equal_weights or rule.weighted_by_key != wire.UNIT_WEIGHT:
+        raise ValueError(
+            "secure aggregation weighs every site equally: example counts are each site's "
+            "own claim, and one inflated claim would outweigh every other site"
+        )
     if policy.norm_bound > 0 or policy.norm_ratio > 0:
         raise ValueError(
             "secure aggregation hides single updates, but the update-norm bounds check each "
@@ -115,6 +121,7 @@ class RoundProtocol:
     caps: dict[int, float] = field(default_factory=dict)
     expected_keys: dict[int, list[str]] = field(default_factory=dict)
     excluded: dict[str, int] = field(default_factory=dict)  # single-site groups left out
+    binding: bytes = b""  # digest of the values every site got alike (round_binding)
     grid: Grid | None = None
 
 
@@ -241,6 +248,16 @@ class SecureAggregation(StrategyWrapper):
                 )
         for node in sorted(set(payload_keys) - set(shared)):
             self._drop(node, "secure aggregation: no keys shared before training")
+        # What every site of stage 2 gets alike; its pairwise masks are bound to it.
+        common = {
+            **proto.quant.to_config(),
+            secagg.WEIGHT_KEY: st.weighted_by_key,
+            secagg.CAP_NODES: active,
+            secagg.CAPS: [float(caps[n]) for n in active],
+            secagg.ROUND_GROUPS: sorted(proto.members),
+            **{secagg.GROUP_MEMBERS + g: ms for g, ms in sorted(proto.members.items())},
+        }
+        proto.binding = secagg.round_binding(peers, threshold, common)
         # Stage 2's messages: the round's train content plus the forwarded shares.
         out = []
         for message in messages:
@@ -253,10 +270,8 @@ class SecureAggregation(StrategyWrapper):
                 secagg.SOURCES: [s for s, _ in forward[node]],
                 secagg.CIPHERTEXTS: [c for _, c in forward[node]],
                 secagg.GROUPS: groups,
-                secagg.WEIGHT_CAP: caps[node],
-                secagg.WEIGHT_KEY: st.weighted_by_key,
-                **proto.quant.to_config(),
-                **{secagg.GROUP_MEMBERS + g: proto.members[g] for g in groups},
+                secagg.WEIGHT_CAP: float(caps[node]),
+                **common,
             }
             content = RecordDict(dict(message.content.items()))
             content[secagg.RECORD] = ConfigRecord(record)  # type: ignore[arg-type]
@@ -285,30 +300,16 @@ class SecureAggregation(StrategyWrapper):
         return single
 
     def weights(self, server_round: int, nodes: list[int]) -> tuple[float, dict[int, float]]:
-        """``max_weight`` of the round and each site's weight cap, both decided here.
+        """``max_weight`` of the round and each site's weight cap: 1 and 1 (equal weights).
 
-        A site scales its values by ``min(weight, cap) / max_weight`` before masking, and
-        the unmasked total weight must equal the sum of the capped weights the sites
-        report, so a site cannot weigh more than its cap. Cap: equal weighting 1; else the
-        server-known example count (join-time ``examples-per-step`` x ``local-steps``, else
-        the first count accepted from that site, ``defences.WeightLedger``), else
-        ``max_weight``. ``max_weight``: the configured one; else the largest known cap or
-        last round's capped weights, else SecAgg+'s default 1000. Choose it close to the real
-        weights: a small ``weight / max_weight`` costs quantisation precision.
+        A site scales its values by ``weight / max_weight`` before masking, and the unmasked
+        total weight must equal the sum of the weights the sites report. Nothing a site
+        says about itself (its join-time ``examples-per-step``, its reported counts) enters
+        here: one inflated claim would round every other site's weight to zero. The sites
+        check what they get (a cap below their weight, a weight that quantises to zero:
+        refused), so a server cannot weigh one site's input over the others' either.
         """
-        st = self.rule
-        if st.weighted_by_key == wire.UNIT_WEIGHT:
-            return 1.0, dict.fromkeys(nodes, 1.0)
-        known = {n: w for n in nodes if (w := st.weight_cap(n))}
-        if self.config.max_weight > 0:
-            max_weight = self.config.max_weight
-        else:
-            # Last round's weights as the server capped them, never the raw claims: one
-            # inflated claim would round every other site's weight to zero.
-            last = st.rounds.get(server_round - 1)
-            capped = list(last.weights.values()) if last else []
-            max_weight = max([*capped, *known.values()], default=DEFAULT_MAX_WEIGHT)
-        return max_weight, {n: min(known.get(n, max_weight), max_weight) for n in nodes}
+        return 1.0, dict.fromkeys(nodes, 1.0)
 
     def _require(self, active: list[int], stage: str) -> None:
         if self.round is not None and len(active) < self.round.threshold:
@@ -491,7 +492,12 @@ class SecureAggregation(StrategyWrapper):
         for node in dead:  # the dropped sites' pairwise masks, from their rebuilt key
             for peer in active:
                 mask = secagg.pairwise_mask(
-                    secrets[node], proto.public_keys[peer][0], group, shapes, quant.modulus_range
+                    secrets[node],
+                    proto.public_keys[peer][0],
+                    group,
+                    shapes,
+                    quant.modulus_range,
+                    proto.binding,
                 )
                 vectors = secagg.apply_pairwise(vectors, mask, own=peer, peer=node, remove=True)
         q_total, values = factor_extract(secagg.reduce_mod(vectors, quant.modulus_range))

@@ -7,6 +7,7 @@ Example::
 
     name = "hospital-a"            # optional, defaults to the file's stem
     state_dir = "state/hospital-a" # optional, relative to this file
+    require_secure_aggregation = false  # true: refuse to send a plain (unmasked) update
 
     [[tasks]]
     name = "breast-ultrasound"     # letters, digits, '-' and '_'
@@ -32,6 +33,7 @@ Example::
     target_delta = 1e-5            # below 1 / (training samples of the largest task)
     max_grad_norm = 1.0            # per-sample clipping norm
     accountant = "rdp"             # rdp | prv (Opacus' accountants)
+    max_noise_multiplier = 5.0     # optional: above it the site sits the round out
 """
 
 from __future__ import annotations
@@ -96,6 +98,9 @@ class PrivacyConfig:
     target_delta: float
     max_grad_norm: float
     accountant: str = "rdp"  # "rdp" | "prv"
+    # Above this noise multiplier the site sends mostly noise: it sits the round out
+    # ("privacy budget exhausted") instead. None: no limit (a warning above 5).
+    max_noise_multiplier: float | None = None
 
 
 @dataclass(frozen=True)
@@ -107,6 +112,9 @@ class SiteConfig:
     state_dir: Path
     tasks: tuple[TaskConfig, ...]
     privacy: PrivacyConfig | None = None  # None: no [privacy] table, no DP
+    # True: the site trains only for masked replies (docs/secure-aggregation.md); a plain
+    # train message gets an error reply.
+    require_secure_aggregation: bool = False
 
 
 _TASK_FIELDS = {
@@ -121,9 +129,15 @@ _TASK_FIELDS = {
     "split",
     "options",
 }
-_SITE_FIELDS = {"name", "state_dir", "tasks", "privacy"}
+_SITE_FIELDS = {"name", "state_dir", "tasks", "privacy", "require_secure_aggregation"}
 _SPLIT_FIELDS = {"val", "test", "seed", "group_pattern"}
-_PRIVACY_FIELDS = {"target_epsilon", "target_delta", "max_grad_norm", "accountant"}
+_PRIVACY_FIELDS = {
+    "target_epsilon",
+    "target_delta",
+    "max_grad_norm",
+    "accountant",
+    "max_noise_multiplier",
+}
 ACCOUNTANTS = ("rdp", "prv")  # Opacus' accountants a [privacy] table may name
 
 
@@ -158,12 +172,18 @@ def parse_site_config(raw: Mapping[str, Any], file: Path) -> SiteConfig:
             raise task.error("name", f"task name '{task.name}' is used twice in this site")
         seen.add(task.name)
     privacy = _parse_privacy(raw["privacy"], file) if "privacy" in raw else None
+    secure_only = raw.get("require_secure_aggregation", False)
+    if not isinstance(secure_only, bool):
+        raise ConfigError(
+            file, "require_secure_aggregation", f"must be true or false, got {secure_only!r}"
+        )
     return SiteConfig(
         name=name,
         file=file,
         state_dir=(base / state_dir_raw).resolve(),
         tasks=tasks,
         privacy=privacy,
+        require_secure_aggregation=secure_only,
     )
 
 
@@ -279,7 +299,8 @@ def _parse_privacy(raw: Any, file: Path) -> PrivacyConfig:
         if required not in raw:
             raise ConfigError(file, f"privacy.{required}", "is required in a [privacy] table")
     values = {}
-    for key in ("target_epsilon", "target_delta", "max_grad_norm"):
+    optional = [k for k in ("max_noise_multiplier",) if k in raw]
+    for key in ("target_epsilon", "target_delta", "max_grad_norm", *optional):
         value = raw[key]
         if (
             isinstance(value, bool)

@@ -17,6 +17,7 @@ from flwr.common.secure_aggregation.quantization import quantize
 
 from client import secagg as client_secagg
 from federation import secagg, wire
+from federation.reasons import Refusal
 from federation.settings import RunSettings
 from strategies import RoundFailedError
 from strategies.secure_aggregation import SecAggConfig, SecureAggregation, SecureAggregationError
@@ -48,14 +49,19 @@ def initial() -> ArrayRecord:
     return ArrayRecord({k: Array(v.copy()) for k, v in GLOBAL.items()})
 
 
-def fake_client_app(sites: dict) -> ClientApp:
-    """Describes itself like a site; trains by returning ``update``; real secagg stages."""
+def fake_client_app(sites: dict, claims: dict[int, str] | None = None) -> ClientApp:
+    """Describes itself like a site; trains by returning ``update``; real secagg stages.
+
+    ``claims``: the ``examples-per-step`` a node declares about itself when it joins.
+    """
     app = ClientApp()
 
     @app.query()
     def describe(message: Message, context: Context) -> Message:
         name, blocks, _ = sites[message.metadata.dst_node_id]
         info = ConfigRecord({wire.SITE_NAME: name, wire.BLOCKS_USED: ",".join(blocks)})
+        if claim := (claims or {}).get(message.metadata.dst_node_id):
+            info[wire.EXAMPLES_PER_STEP] = claim
         return Message(RecordDict({wire.SITE_INFO: info}), reply_to=message)
 
     @app.train()
@@ -110,7 +116,8 @@ def users(sites: dict, key: str, nodes=None) -> list[int]:
     ]
 
 
-def plain_mean(sites: dict, key: str, nodes=None, weighted: bool = True) -> np.ndarray:
+def plain_mean(sites: dict, key: str, nodes=None, weighted: bool = False) -> np.ndarray:
+    """The exact mean of ``key``'s group; equal weights, as under secure aggregation."""
     users_ = users(sites, key, nodes)
     weights = np.array([sites[n][2] if weighted else 1 for n in users_], float)
     values = np.stack([update(n, key, GLOBAL[key].shape) for n in users_])
@@ -121,16 +128,16 @@ LEVELS = 4194304  # secagg-quantization-range (2**22)
 STEP = 2 * 8.0 / LEVELS  # one quantisation level over +-secagg-clipping-range
 
 
-def tolerance(sites: dict, key: str, nodes=None, max_weight: float = 1000.0) -> float:
+def tolerance(sites: dict, key: str, nodes=None) -> float:
     """Worst-case error of the securely computed mean of ``key`` against the exact one.
 
     Stochastic rounding: under one level per site of ``value * w / max_weight``, divided by
     the total ``w / max_weight``; and each site's ratio ``w / max_weight`` is itself rounded
     to a level (relative error ``1 / (2 ratio levels)``), which moves the mean by at most that
-    times the spread of the values. Round 1 knows no weights: max_weight is SecAgg+'s 1000.
+    times the spread of the values. Equal weights under secure aggregation: every ratio is 1.
     """
     used = users(sites, key, nodes)
-    ratios = [sites[n][2] / max_weight for n in used]
+    ratios = [1.0 for _ in used]
     spread = 2 * max(np.abs(update(n, key, GLOBAL[key].shape)).max() for n in used)
     return len(used) * STEP / sum(ratios) + spread * max(1 / (2 * r * LEVELS) for r in ratios)
 
@@ -145,7 +152,8 @@ def test_aggregate_equals_plain_fedavg_within_quantisation() -> None:
     scripted = ScriptedGrid(
         SITES, value=lambda node, key, current: update(node, key, current.shape)
     )
-    plain = make("fedavg").start(scripted, initial(), num_rounds=1, timeout=30).arrays
+    plain = make("fedavg", weighting="equal").start(scripted, initial(), num_rounds=1, timeout=30)
+    plain = plain.arrays
     for key in GLOBAL:
         got = result.arrays[key].numpy()
         assert got.dtype == np.float32
@@ -173,8 +181,7 @@ def test_the_server_never_holds_one_sites_update() -> None:
             for other in SITES:  # no site's update, plain or in its pre-mask integer form
                 plain = update(other, key, got.shape)
                 assert not np.allclose(got.astype(np.float64), plain, atol=0.5)
-                ratio = SITES[other][2] / 1000  # weight / max_weight (round 1: SecAgg+ default)
-                quantised = quantize([plain * ratio], 8.0, 4194304)[0]
+                quantised = quantize([plain], 8.0, 4194304)[0]  # weight / max_weight = 1
                 assert np.mean(got == quantised) < 0.05
     # nothing else the server received carries arrays: keys and shares only
     for reply in grid.received:
@@ -350,9 +357,9 @@ def test_a_site_lying_about_its_weight_is_caught() -> None:
     real = client_secagg.masked_reply
 
     def inflate(message: Message, context: Context, trained: Message) -> Message:
-        if message.metadata.dst_node_id == 44:  # masks weight 20, then claims 40 in clear
+        if message.metadata.dst_node_id == 44:  # masks weight 1, then claims 0.5 in clear
             reply = real(message, context, trained)
-            reply.content[wire.METRICS][wire.NUM_EXAMPLES] = 40
+            reply.content[wire.METRICS][wire.UNIT_WEIGHT] = 0.5
             return reply
         return real(message, context, trained)
 
@@ -415,3 +422,233 @@ def test_masks_are_a_seeded_uniform_stream_of_the_full_seed() -> None:
     assert small.max() < 2**20
     with pytest.raises(ValueError, match="power of two"):
         secagg.mask_stream(seed, 3 * 2**20, shapes)
+
+
+# -- issue 18: weights, threshold and unmasking a server or a site could abuse ---------------
+VICTIM = 22  # the site a curious server tries to single out
+
+
+def test_weights_are_equal_under_secure_aggregation_and_examples_are_refused() -> None:
+    assert make("fedavg", secure_aggregation=True).rule.weighted_by_key == wire.UNIT_WEIGHT
+    assert make("fedavg").weighted_by_key == wire.NUM_EXAMPLES  # auto, without secure agg.
+    with pytest.raises(ConfigError, match="weighting.*equally"):
+        make("fedavg", secure_aggregation=True, weighting="examples")
+    with pytest.raises(ValueError, match="equally"):
+        SecureAggregation(make("fedavg", weighting="examples"), SecAggConfig())
+
+
+def test_a_hostile_site_claiming_a_billion_examples_does_not_take_over_the_aggregate() -> None:
+    # Site d declares 1e9 examples per step when it joins, and reports 1e9 examples.
+    hostile = {**SITES, 44: ("d", ("classification", "segmentation"), 10**9)}
+    app = fake_client_app(hostile, claims={44: "1000000000"})
+    grid = ClientAppGrid(app, {n: {} for n in hostile}, {})
+    strategy = make("fedavg", secure_aggregation=True)
+    result = strategy.start(grid, initial(), num_rounds=1, timeout=30)
+    for key in GLOBAL:  # the honest (equal) mean of all four updates, d's counting once
+        got = result.arrays[key].numpy()
+        np.testing.assert_allclose(got, plain_mean(SITES, key), atol=tolerance(SITES, key))
+        assert not np.allclose(got, update(44, key, got.shape), atol=0.05)
+    assert strategy.rounds[1].rejected == []
+
+
+class ServerCapping(SecureAggregation):
+    """A curious server: every site but VICTIM gets a tiny weight cap (its input vanishes
+    from the sum, which then is VICTIM's update)."""
+
+    cap = 0.0
+
+    def weights(self, server_round: int, nodes: list[int]) -> tuple[float, dict[int, float]]:
+        return 1.0, {n: 1.0 if n == VICTIM else self.cap for n in nodes}
+
+
+def refusals(grid: ClientAppGrid, kind: str) -> dict[int, str]:
+    """The error replies the sites sent to messages of ``kind``, by node."""
+    asked = {m.metadata.message_id: m.metadata.message_type for m in grid.sent}
+    return {
+        r.metadata.src_node_id: r.error.reason
+        for r in grid.received
+        if r.has_error() and asked.get(r.metadata.reply_to_message_id) == kind
+    }
+
+
+@pytest.mark.parametrize("cap", [0.0, 1e-9])
+def test_sites_refuse_caps_that_would_single_one_site_out(cap: float) -> None:
+    capping = type("Capping", (ServerCapping,), {"cap": cap})
+    strategy = capping(make("fedavg", weighting="equal"), SecAggConfig())
+    grid = ClientAppGrid(fake_client_app(SITES), {n: {} for n in SITES}, {})
+    with pytest.raises(RoundFailedError):  # nobody's input: no sum at all
+        strategy.start(grid, initial(), num_rounds=1, timeout=30)
+    refused = refusals(grid, secagg.COLLECT_TYPE)
+    assert set(SITES) - {VICTIM} <= set(refused)
+    assert all("cap" in refused[n] for n in set(SITES) - {VICTIM})
+    assert strategy.rounds[1].updated_groups == []
+
+
+class SplitView(SecureAggregation):
+    """A curious server telling the other sites a larger max-weight than VICTIM (each site's
+    own checks pass: its cap is its weight, max-weight the largest cap of the table it got),
+    so that their inputs weigh 2 levels against VICTIM's 2**22; it fixes its own books so
+    that the weights add up."""
+
+    def _configure(self, server_round: int, messages: list[Message], grid) -> list[Message]:
+        out = super()._configure(server_round, messages, grid)
+        big = float(2**21)
+        for message in out:
+            node = message.metadata.dst_node_id
+            if node == VICTIM:
+                continue
+            record = message.content[secagg.RECORD]
+            record[secagg.MAX_WEIGHT] = big
+            if nodes := list(record.get(secagg.CAP_NODES, [])):
+                record[secagg.CAPS] = [big if n == VICTIM else 1.0 for n in nodes]
+            self.round.caps[node] = 2 / LEVELS  # expects 2 levels from it
+        return out
+
+
+def test_sites_told_different_values_cannot_be_summed() -> None:
+    strategy = SplitView(make("fedavg", weighting="equal"), SecAggConfig())
+    grid = ClientAppGrid(fake_client_app(SITES), {n: {} for n in SITES}, {})
+    # Their pairwise masks are bound to the values they got, so VICTIM's and the others'
+    # do not cancel: the unmasked "sum" is noise, and its weights do not add up.
+    with pytest.raises(RoundFailedError):
+        strategy.start(grid, initial(), num_rounds=1, timeout=30)
+    assert strategy.rounds[1].updated_groups == []
+    assert ("b", "training: group 'encoder' sum rejected") in strategy.rounds[1].rejected
+
+
+def test_sites_refuse_a_threshold_of_half_the_round_or_less(monkeypatch) -> None:
+    # A server asking for 2 shares of 5: two disjoint pairs could each rebuild a secret.
+    monkeypatch.setattr(secagg, "reconstruction_threshold", lambda share, members: 2)
+    grid = ClientAppGrid(fake_client_app(PAIR), {n: {} for n in PAIR}, {})
+    strategy = make("fedavg", secure_aggregation=True)
+    with pytest.raises(RoundFailedError):
+        strategy.start(grid, initial(), num_rounds=1, timeout=30)
+    refused = refusals(grid, secagg.SHARE_KEYS_TYPE)
+    assert set(refused) == set(PAIR)
+    assert all("more than half" in reason for reason in refused.values())
+    assert not [m for m in grid.sent if m.metadata.message_type == secagg.COLLECT_TYPE]
+
+
+def test_the_threshold_is_more_than_half_of_the_sites() -> None:
+    for n in range(2, 12):
+        for share in (0.1, 0.5, 0.66, 1.0):
+            threshold = secagg.reconstruction_threshold(share, n)
+            assert 2 * threshold > n and threshold <= max(n, 2)
+
+
+def test_sites_outside_a_group_refuse_to_unmask_its_one_live_member() -> None:
+    # e trains segmentation with d, then sends no masked input. The honest server asks for
+    # no shares; a curious one asks only a, b and c (not in the group) for d's seed and e's
+    # key: three shares of each (threshold 3 of 5) would give it d's segmentation update.
+    def gone(node: int, message: Message) -> bool:
+        return node == 55 and message.metadata.message_type == secagg.COLLECT_TYPE
+
+    grid = ClientAppGrid(fake_client_app(PAIR), {n: {} for n in PAIR}, {}, failing=gone)
+    with pytest.raises(RoundFailedError):
+        make("fedavg", secure_aggregation=True).start(grid, initial(), num_rounds=1, timeout=30)
+    request = ConfigRecord({secagg.ACTIVE: [11, 22, 33, 44], secagg.DEAD: [55]})
+    asked = [
+        Message(
+            RecordDict({secagg.RECORD: request}), message_type=secagg.UNMASK_TYPE, dst_node_id=n
+        )
+        for n in (11, 22, 33)
+    ]
+    replies = grid.send_and_receive(asked)
+    assert len(replies) == 3
+    assert all(r.has_error() and "only node 44" in r.error.reason for r in replies)
+
+
+def stage_two(**overrides) -> tuple[Context, Message]:
+    """Site 7 after sharing keys with site 8, and a stage-2 message to it."""
+    context = Context(run_id=1, node_id=7, node_config={}, state=RecordDict(), run_config={})
+    client_secagg.setup(Message(RecordDict(), dst_node_id=7, message_type="query"), context)
+    state = client_secagg.SiteSecrets.load(context)
+    state.stage, state.peers, state.threshold = secagg.SHARE_KEYS, [7, 8], 2
+    state.save(context)
+    values = {
+        secagg.GROUPS: ["encoder"],
+        secagg.ROUND_GROUPS: ["encoder"],
+        secagg.GROUP_MEMBERS + "encoder": [7, 8],
+        secagg.CAP_NODES: [7, 8],
+        secagg.CAPS: [1.0, 1.0],
+        secagg.WEIGHT_CAP: 1.0,
+        secagg.WEIGHT_KEY: wire.UNIT_WEIGHT,
+        **secagg.Quantization(8.0, 2**22, 2**32, 1.0).to_config(),
+        **overrides,
+    }
+    message = Message(
+        RecordDict({secagg.RECORD: ConfigRecord(values)}), dst_node_id=7, message_type="train"
+    )
+    return context, message
+
+
+def trained_reply(weight: float) -> Message:
+    return Message(
+        RecordDict(
+            {
+                wire.METRICS: MetricRecord({wire.UNIT_WEIGHT: weight, "loss": 0.0}),
+                wire.SHARED_ARRAYS: ArrayRecord({"encoder.w": Array(np.ones(2, np.float32))}),
+            }
+        ),
+        dst_node_id=7,
+        message_type="train",
+    )
+
+
+@pytest.mark.parametrize(
+    ("overrides", "weight", "reason"),
+    [
+        ({}, 0.0, "no zero weight"),
+        ({secagg.WEIGHT_CAP: 0.5, secagg.CAPS: [0.5, 1.0]}, 1.0, "below this site's weight"),
+        (  # a max-weight so large that weight 1 quantises to 0 levels
+            {secagg.MAX_WEIGHT: 1e9, secagg.WEIGHT_CAP: 1e9, secagg.CAPS: [1e9, 1e9]},
+            1.0,
+            "quantises to zero",
+        ),
+        ({secagg.MAX_WEIGHT: 1e9}, 1.0, "not the largest weight cap"),
+        ({secagg.CAPS: [1.0, 0.0]}, 1.0, "positive"),
+        ({secagg.WEIGHT_KEY: "loss"}, 1.0, "weight key"),
+    ],
+)
+def test_a_site_refuses_weights_that_could_single_it_out(
+    overrides: dict, weight: float, reason: str
+) -> None:
+    context, message = stage_two(**overrides)
+    with pytest.raises(client_secagg.SecAggError, match=reason):
+        client_secagg.masked_reply(message, context, trained_reply(weight))
+
+
+def test_require_secure_aggregation_in_a_site_file(tmp_path) -> None:
+    from umedpt.config import parse_site_config
+
+    task = {
+        "name": "t",
+        "type": "classification",
+        "format": "npz",
+        "path": "d.npz",
+        "classes": ["a", "b"],
+    }
+    file = tmp_path / "site.toml"
+    assert not parse_site_config({"tasks": [task]}, file).require_secure_aggregation
+    strict = {"tasks": [task], "require_secure_aggregation": True}
+    assert parse_site_config(strict, file).require_secure_aggregation
+    with pytest.raises(ConfigError, match="require_secure_aggregation.*true or false"):
+        parse_site_config({**strict, "require_secure_aggregation": "yes"}, file)
+
+
+def test_a_site_requiring_secure_aggregation_refuses_a_plain_train_message(demo_sites) -> None:
+    from client.app import app as client_app
+
+    source = demo_sites[0]
+    strict = source.with_name(f"{source.stem}-secure-only.toml")  # its data paths still resolve
+    strict.write_text("require_secure_aggregation = true\n" + source.read_text())
+    context = Context(1, 100, {"site-config": str(strict)}, RecordDict(), {})
+    content = RecordDict(
+        {
+            wire.CONFIG: ConfigRecord({wire.SERVER_ROUND: 1}),
+            wire.SHARED_ARRAYS: ArrayRecord({"encoder.w": Array(np.zeros(3, np.float32))}),
+        }
+    )
+    reply = client_app(Message(content, dst_node_id=100, message_type="train"), context)
+    assert reply.has_error()
+    assert reply.error.reason == Refusal.SECURE_AGGREGATION_REQUIRED  # the words stay at the site

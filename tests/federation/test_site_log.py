@@ -135,7 +135,8 @@ def test_a_dp_site_logs_the_privacy_it_has_spent(demo_sites, tmp_path, site_log)
     assert "sent encoder (2.0 MB) and 3 scalars" in line and "to the coordinator;" in line
     assert line.endswith(f"privacy spent so far: epsilon {spent.epsilon:.2f} of 8 (delta 1e-05)")
     evaluated = runner.log_sent(SentReply("evaluate", 1, {}, {wire.NUM_EXAMPLES: 4}))
-    assert "on 4 validation samples" in evaluated
+    # under DP the count sent is the expected examples, not the validation set's size
+    assert "on their validation samples" in evaluated and "num-examples 4" in evaluated
     assert evaluated.endswith(f"epsilon {spent.epsilon:.2f} of 8 (delta 1e-05)")  # none spent
     assert [(e["kind"], e["epsilon"], e["delta"]) for e in sent_entries(state)] == [
         ("train", spent.epsilon, 1e-5),

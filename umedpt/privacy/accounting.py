@@ -47,9 +47,14 @@ def noise_multiplier_for(
 
 def epsilon_of(history: History, *, delta: float, accountant: str = "rdp") -> float:
     """Epsilon spent by ``history`` at ``delta``; 0 for an empty history."""
-    steps = [(float(s), float(q), int(n)) for s, q, n in history if n > 0]
+    steps = tuple((float(s), float(q), int(n)) for s, q, n in history if n > 0)
     if not steps:
         return 0.0
-    acct = create_accountant(check_accountant(accountant))
-    acct.history = steps
+    return _epsilon(steps, float(delta), check_accountant(accountant))
+
+
+@functools.lru_cache(maxsize=4096)  # pure; a plan asks the same histories again under the lock
+def _epsilon(steps: tuple[tuple[float, float, int], ...], delta: float, accountant: str) -> float:
+    acct = create_accountant(accountant)
+    acct.history = list(steps)
     return float(acct.get_epsilon(delta=delta))
