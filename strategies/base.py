@@ -220,8 +220,10 @@ class GroupedStrategy(FedAvg):
     def _accept(
         self, server_round: int, replies: Iterable[Message], *, train: bool
     ) -> list[Message]:
+        """The usable replies, in the order of their sites' node ids: replies arrive in any
+        order, and a float sum in arrival order would make the same run end differently."""
         return accept_replies(
-            list(replies),
+            sorted(replies, key=self.replying_node),
             record=self.round_record(server_round),
             site_name=self.site_name,
             replying_node=self.replying_node,
