@@ -124,6 +124,11 @@ class GroupedStrategy(FedAvg):
         asked.pop("", None)  # not pushed through a grid: no id to match by
         return asked.get(reply.metadata.reply_to_message_id, reply.metadata.src_node_id)
 
+    def reply_order(self, reply: Message) -> tuple[str, int]:
+        """A sort key of replies that is the same in every run: the site's name (then node)."""
+        node = self.replying_node(reply)
+        return self.site_name(node), node
+
     def round_record(self, server_round: int) -> RoundRecord:
         return self.rounds.setdefault(server_round, RoundRecord(server_round))
 
@@ -220,10 +225,11 @@ class GroupedStrategy(FedAvg):
     def _accept(
         self, server_round: int, replies: Iterable[Message], *, train: bool
     ) -> list[Message]:
-        """The usable replies, in the order of their sites' node ids: replies arrive in any
-        order, and a float sum in arrival order would make the same run end differently."""
+        """The usable replies, in the order of their sites' names: replies arrive in any order,
+        and a float sum in arrival order made the same run end differently (node ids are no
+        key for it either: a simulation draws new ones every run)."""
         return accept_replies(
-            sorted(replies, key=self.replying_node),
+            sorted(replies, key=self.reply_order),
             record=self.round_record(server_round),
             site_name=self.site_name,
             replying_node=self.replying_node,

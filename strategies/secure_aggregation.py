@@ -336,7 +336,7 @@ class SecureAggregation(StrategyWrapper):
         record = st.round_record(server_round)
         masked: dict[int, Message] = {}
         answered = set()
-        for reply in sorted(replies, key=st.replying_node):  # one order, whatever the arrival
+        for reply in sorted(replies, key=st.reply_order):  # one order, whatever the arrival
             node = st.replying_node(reply)
             answered.add(node)
             if problem := self._reply_problem(node, reply):
