@@ -20,6 +20,9 @@ REPO = Path(__file__).resolve().parents[2]
 SITES = REPO / "bench" / "sites"
 DATA = REPO.parent / "shared" / "data"
 
+FOUR_SITES = ("breastmnist", "pbc_blood_cells", "hc18_fetal_head", "bccd")
+NEW_SITES = ("isic2017_dermoscopy", "nih_cxr14_64px")  # issue 19: two new modalities
+
 if not DATA.is_dir():
     pytest.skip(f"shared datasets not found at {DATA}", allow_module_level=True)
 
@@ -30,7 +33,7 @@ def loaded():
     file the load opened with PIL or numpy, as ``(reader, path)``."""
     out = {}
     real_open, real_load = PIL.Image.open, np.load
-    for name in ("breastmnist", "pbc_blood_cells", "hc18_fetal_head", "bccd"):
+    for name in (*FOUR_SITES, *NEW_SITES):
         site = load_site_config(SITES / f"{name}.toml")
         reads: Counter[tuple[str, str]] = Counter()
 
@@ -107,3 +110,19 @@ def test_each_file_is_read_once_and_an_npz_once_per_array(loaded):
     _, data, _, reads = loaded["hc18_fetal_head"]  # an image and its mask per sample
     assert set(reads.values()) == {1} and len(reads) == 2 * 333
     assert _sources(data) <= {path for _, path in reads}
+
+
+@pytest.mark.parametrize(
+    ("name", "sizes", "train_counts"),
+    [
+        # the official ISIC 2017 split; train: 374 melanoma, 1,372 nevi, 254 seborrheic keratoses
+        ("isic2017_dermoscopy", (2000, 150, 600), [374, 1372, 254]),
+        # the source's split of the NIH subset; train: 300 normal, 300 abnormal
+        ("nih_cxr14_64px", (600, 200, 200), [300, 300]),
+    ],
+)
+def test_the_two_new_sites_load_with_their_documented_splits(loaded, name, sizes, train_counts):
+    task, data, caught, _ = loaded[name]
+    assert _sizes(data) == sizes and not caught
+    labels = [int(s.targets["label"]) for s in data.splits["train"]]
+    assert [labels.count(c) for c in range(len(task.classes))] == train_counts
