@@ -99,30 +99,26 @@ def test_the_rule_catches_a_break(tmp_path) -> None:
     assert "server.report" in imported_modules(bad)
 
 
+def fresh_python(probe: str) -> str:
+    """What ``probe`` prints in a new interpreter whose environment has no FLWR_ variable."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FLWR_")}
+    result = subprocess.run(
+        [sys.executable, "-c", probe], env=env, cwd=ROOT, capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    return result.stdout.strip()
+
+
 def test_importing_a_package_switches_nothing_on() -> None:
     """Telemetry-off is done by the process entries, not as a side effect of an import."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("FLWR_")}
     probe = (
         "import os, federation, client, server, strategies, umedpt_fl\n"
         "print(os.environ.get('FLWR_TELEMETRY_ENABLED'))\n"
     )
-    result = subprocess.run(
-        [sys.executable, "-c", probe], env=env, cwd=ROOT, capture_output=True, text=True
-    )
-    assert result.returncode == 0, result.stderr[-2000:]
-    assert result.stdout.strip() == "None"
+    assert fresh_python(probe) == "None"
 
 
 @pytest.mark.parametrize("entry", ["client.app", "server.app", "umedpt_fl.cli"])
 def test_flower_telemetry_is_off_from_each_process_entry(entry: str) -> None:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("FLWR_")}
-    probe = (
-        f"import {entry}\n"
-        "from flwr.supercore import telemetry\n"
-        "print(telemetry.FLWR_TELEMETRY_ENABLED)\n"
-    )
-    result = subprocess.run(
-        [sys.executable, "-c", probe], env=env, cwd=ROOT, capture_output=True, text=True
-    )
-    assert result.returncode == 0, result.stderr[-2000:]
-    assert result.stdout.strip() == "0"
+    probe = f"import {entry}\nfrom flwr.supercore import telemetry\n"
+    assert fresh_python(probe + "print(telemetry.FLWR_TELEMETRY_ENABLED)") == "0"

@@ -4,11 +4,8 @@ and its decoded data, kept on its disk so a new ClientApp process does not decod
 from __future__ import annotations
 
 import json
-import logging
-from collections.abc import Callable, Iterator
 from pathlib import Path
 
-import pytest
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
 
 import client.site as site_module
@@ -34,21 +31,6 @@ def own_site(demo_site: Path, state: Path, *, privacy: bool = False) -> Path:
     path = demo_site.parent / f"{name}-log-{state.parent.name}.toml"
     path.write_text(text)
     return path
-
-
-@pytest.fixture
-def site_log() -> Iterator[Callable[[], list[str]]]:
-    """The lines the site logs through Flower's logger (what `umedpt-fl client` shows)."""
-    lines: list[str] = []
-    handler = logging.Handler(logging.INFO)
-    handler.emit = lambda record: lines.append(record.getMessage())  # type: ignore[method-assign]
-    logger = logging.getLogger("flwr")
-    level = logger.level
-    logger.addHandler(handler)
-    logger.setLevel(logging.INFO)
-    yield lambda: list(lines)
-    logger.removeHandler(handler)
-    logger.setLevel(level)
 
 
 def sent_entries(state: Path) -> list[dict]:

@@ -6,9 +6,7 @@ the expected one."""
 from __future__ import annotations
 
 import json
-import logging
 import shutil
-from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -36,23 +34,6 @@ from umedpt.export.exporter import export_checkpoint
 
 SECRET_URI = "http://user:secret@mlflow.example.org:5000"
 LABEL = "melanoma-of-patient-4711"  # what a bad CSV row holds, which must stay home
-
-
-@pytest.fixture
-def site_log() -> Iterator[Callable[[], list[str]]]:
-    """The lines the site logs through Flower's logger (its log, ``supernode.log``), each
-    with its traceback where it has one."""
-    lines: list[str] = []
-    handler = logging.Handler(logging.INFO)
-    handler.setFormatter(logging.Formatter("%(message)s"))
-    handler.emit = lambda record: lines.append(handler.format(record))  # type: ignore[method-assign]
-    logger = logging.getLogger("flwr")
-    level = logger.level
-    logger.addHandler(handler)
-    logger.setLevel(logging.INFO)
-    yield lambda: list(lines)
-    logger.removeHandler(handler)
-    logger.setLevel(level)
 
 
 def as_flower_delivers(message: Message, context: Context) -> Message:
