@@ -8,6 +8,8 @@ meaningless). Results are written by ``bench.report`` (``finish_run`` here assem
 from __future__ import annotations
 
 import argparse
+import hashlib
+import json
 import logging
 import os
 import platform
@@ -16,6 +18,7 @@ import statistics
 import subprocess
 import tempfile
 import time
+import tomllib
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -25,10 +28,11 @@ import timm
 import torch
 
 from bench.report import Report, write_results
+from umedpt.config import load_site_config
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 RESULTS_DIR = REPO_ROOT / "bench" / "results"
-SITES_DIR = REPO_ROOT / "bench" / "sites"  # the four ../shared/data sites (experiments too)
+SITES_DIR = REPO_ROOT / "bench" / "sites"  # the ../shared/data sites (experiments too)
 
 log = logging.getLogger("bench")
 
@@ -71,6 +75,20 @@ def add_sites_arg(parser: argparse.ArgumentParser) -> None:
 def site_files(args: argparse.Namespace) -> list[Path]:
     """The ``--sites`` files, else every ``bench/sites/*.toml``; absolute paths."""
     return [f.resolve() for f in (args.sites or sorted(SITES_DIR.glob("*.toml")))]
+
+
+def sites_key(files: Sequence[Path]) -> dict[str, str]:
+    """Site name -> a digest of its ``[[tasks]]`` tables, sorted by name: what a cached run on
+    these sites depends on. Experiments put it in their cache keys, so runs on other sites
+    (four then six, a changed split) never reuse each other's encoders; comments and
+    ``state_dir`` do not count, and data paths stay relative to the site file (the key is
+    the same on every machine)."""
+    key = {}
+    for file in files:
+        tasks = tomllib.loads(Path(file).read_text()).get("tasks")
+        digest = hashlib.sha256(json.dumps(tasks, sort_keys=True).encode()).hexdigest()
+        key[load_site_config(file).name] = digest[:12]
+    return dict(sorted(key.items()))
 
 
 def start_run(args: argparse.Namespace) -> float:

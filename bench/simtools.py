@@ -87,7 +87,9 @@ def demo_sites(root: Path, count: int, *, images_per_site: int = 150) -> list[Pa
     seed = 0
     while len(files) < count:
         folder = root / f"seed-{seed}"
-        originals = write_demo_federation(folder, seed=seed, images_per_site=images_per_site)
+        originals = write_demo_federation(
+            folder, seed=seed, images_per_site=images_per_site, unlabelled=False
+        )
         for original in originals:
             text = original.read_text()
             name = SITE_NAME_LINE.search(text)

@@ -3,7 +3,7 @@
 Why: in deployment (not Ray simulation) Flower starts a fresh ``flwr-clientapp`` process for
 every message, so a site loads its data twice per round. ``umedpt.data.cache`` keeps the
 decoded samples in the site's state folder. For each site file (default: ``bench/sites``, the
-four real datasets of ``../shared/data``) this times, each in a fresh Python process as a
+real datasets of ``../shared/data``) this times, each in a fresh Python process as a
 ClientApp would:
 
 - ``no-cache``: ``load_task`` without a cache folder (what every message cost before);

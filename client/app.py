@@ -30,6 +30,7 @@ from flwr.clientapp import ClientApp
 from flwr.common.logger import FLOWER_LOGGER
 
 from client import secagg
+from client.compression import as_change, compressed, received_tensors
 from client.refusals import reason_only, refusal_reply
 from client.site import (
     PrivacyBudgetSpent,
@@ -118,7 +119,8 @@ def site_runner(context: Context, message: Message) -> SiteRunner:
 
 
 def shared_from(message: Message) -> dict[str, torch.Tensor]:
-    return message.content[wire.SHARED_ARRAYS].to_torch_state_dict()
+    """The server's weights, decoded by the codec its message names (client.compression)."""
+    return received_tensors(message)
 
 
 def metric_reply(
@@ -223,6 +225,8 @@ def train(message: Message, context: Context) -> Message:
         logging.getLogger("client.app").warning("plain train message refused: %s", reason)
         return error_reply(message, Refusal.SECURE_AGGREGATION_REQUIRED)  # the words stay here
     reply, trained = train_reply(message, context)
+    # Under a lossy codec: the change, encoded (and int8's residual kept for next time).
+    reply = compressed(reply, message, trained.runner.rounds, trained.runner.site.name)
     return trained.log_as_sent(reply, context)
 
 
@@ -241,4 +245,11 @@ def evaluate(message: Message, context: Context) -> Message:
 
 # -- secure aggregation (client/secagg.py): its four stages as named message types; the
 # masked stage runs `train` above and masks its reply.
-secagg.register(app, train_reply)
+def change_reply(message: Message, context: Context) -> tuple[Message, TrainedReply]:
+    """Under secure aggregation: the plain reply, as its change when the run's codec sends
+    changes (the server adds the unmasked mean change to the global it sent)."""
+    reply, trained = train_reply(message, context)
+    return as_change(reply, message), trained
+
+
+secagg.register(app, change_reply)

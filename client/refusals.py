@@ -23,6 +23,7 @@ from flwr.common.constant import ErrorCode
 from client.errors import PrivacyBudgetSpent, SiteError
 from client.secagg import SecAggError
 from federation import wire
+from federation.codecs import PayloadError
 from federation.reasons import Refusal
 from umedpt.checkpoint import CheckpointError
 from umedpt.data.cache import CacheError
@@ -40,6 +41,7 @@ _CLASSES: tuple[tuple[type[BaseException] | tuple[type[BaseException], ...], Ref
     ((DataError, CacheError), Refusal.DATA_ERROR),
     (FloatingPointError, Refusal.TRAINING_DIVERGED),
     (SecAggError, Refusal.SECURE_AGGREGATION_REFUSED),
+    (PayloadError, Refusal.MALFORMED_PAYLOAD),
     ((ConfigError, RegistryError, SiteError, PrivacyError), Refusal.CONFIGURATION_ERROR),
     (CheckpointError, Refusal.INTERNAL_ERROR),
 )

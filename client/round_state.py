@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from client.errors import SiteError
 from federation.settings import RunSettings
 from umedpt import contract
@@ -125,3 +127,31 @@ class RoundFolders:
         saved = self.saved()
         for old in sorted(saved)[: -self.keep]:
             shutil.rmtree(saved[old], ignore_errors=True)
+
+
+RESIDUAL_FILE = "residual.npz"  # error feedback of a lossy codec (federation.codecs.feedback)
+
+
+def save_residual(folders: RoundFolders, server_round: int, residual: Mapping[str, Any]) -> Path:
+    """Keep what encoding dropped from round ``server_round``'s change in that round's folder
+    (saved by :meth:`RoundFolders.save` before the reply is encoded)."""
+    path = folders.state_dir / f"round-{server_round:05d}" / RESIDUAL_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("wb") as fh:
+        np.savez(fh, **{k: np.asarray(v) for k, v in residual.items()})
+    return path
+
+
+def load_residual(folders: RoundFolders, before_round: int) -> tuple[int, dict[str, Any]] | None:
+    """The residual of the newest saved round < ``before_round`` (the round whose local
+    state the site restored), with that round; None when that round kept none (it sent
+    plain or masked weights, or it is not there: a new run, a server that went back)."""
+    saved = {r: p for r, p in folders.saved().items() if r < before_round}
+    if not saved:
+        return None
+    latest = max(saved)
+    path = saved[latest] / RESIDUAL_FILE
+    if not path.is_file():
+        return None
+    with np.load(path, allow_pickle=False) as data:
+        return latest, {k: data[k] for k in data.files}

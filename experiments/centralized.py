@@ -1,11 +1,12 @@
-"""Centralized multi-task pretraining on the four shared datasets vs each task trained alone.
+"""Centralized multi-task pretraining on the shared datasets vs each task trained alone.
 
 Why: UMedPT's claim is that one shared encoder trained on many small tasks is at least as good
 for each task as a model trained on that task alone. This experiment trains the tiny preset on
-the four sites of ``bench/sites/*.toml`` together for ``--steps`` multi-task steps, then trains
-one single-task model per task for the same number of steps *with the identical batch
-sequence* of that task (same stream seed), so every task's examples seen are equal and the only
-difference is the other tasks sharing the encoder. Validation metrics of both are reported.
+every site of ``bench/sites/*.toml`` (or ``--sites``) together for ``--steps`` multi-task
+steps, then trains one single-task model per task for the same number of steps *with the
+identical batch sequence* of that task (same stream seed), so every task's examples seen are
+equal and the only difference is the other tasks sharing the encoder. Validation metrics of
+both are reported.
 
 Results: ``experiments/results/centralized.{json,md}``.
 
@@ -57,7 +58,11 @@ def build_trainer(
     trainer = MultiTaskTrainer(model, runs, TrainConfig(seed=seed, device="cpu"))
     for run, task_seed in zip(runs, seeds, strict=True):
         trainer.streams[run.name] = TaskStream(
-            run.data["train"], run.config.batch_size, run.task_type.collate, seed=task_seed
+            run.data["train"],
+            run.config.batch_size,
+            run.task_type.collate,
+            seed=task_seed,
+            augment=run.augmenter(),
         )
     return trainer
 
@@ -128,7 +133,9 @@ def report_of(result: dict[str, Any]) -> Report:
     mt = result["multi_task"]
     singles = result["single_task"]
     single_train = sum(s["train_seconds"] for s in singles.values())
-    report = Report("Centralized pretraining: 4 tasks together vs each task alone")
+    report = Report(
+        f"Centralized pretraining: {len(result['tasks'])} tasks together vs each task alone"
+    )
     report.text(
         f"Tiny preset ({result['parameters_m']:.2f}M parameters), seed {result['seed']}, "
         f"{result['steps']} steps (one batch of every task per multi-task step; each "

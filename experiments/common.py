@@ -2,8 +2,9 @@
 
 Everything else they share with the benchmarks (flags, machine facts, the result writer,
 the in-process federation) comes from ``bench`` (``bench.common``, ``bench.report``,
-``bench.simtools``); the site files of the four ``../shared/data`` datasets are
-``bench/sites``, which ``bench/site_cache.py`` loads too.
+``bench.simtools``); the site files of the ``../shared/data`` datasets are ``bench/sites``
+(every script takes all of them unless ``--sites`` names others), which
+``bench/site_cache.py`` loads too.
 """
 
 from __future__ import annotations

@@ -19,6 +19,7 @@ Results: ``experiments/results/feature-rank.{json,md}``.
 
     PYTHONPATH=. python3 experiments/feature_rank.py           # 300 and 600 steps/task caches
     PYTHONPATH=. python3 experiments/feature_rank.py --steps 300 --targets pbc_blood_cells
+    PYTHONPATH=. python3 experiments/feature_rank.py --quick --out /tmp/x  # the --quick caches
 """
 
 from __future__ import annotations
@@ -36,12 +37,12 @@ from typing import Any
 import torch
 from torchmetrics.functional.classification import multiclass_accuracy
 
-from bench.common import SITES_DIR, start_run
+from bench.common import add_sites_arg, site_files, start_run
 from bench.report import Report, write_results
 from experiments import leave_one_site_out as loso
 from experiments.common import experiment_parser
-from umedpt.config import load_site_config
-from umedpt.evaluation import load_target, parse_encoders
+from umedpt.config import SiteConfig, load_site_config
+from umedpt.evaluation import choose_task, load_target, parse_encoders
 from umedpt.evaluation.subsets import stratified_subset
 from umedpt.tasks import get_task_type
 
@@ -50,12 +51,21 @@ RIDGE = 1.0  # penalty per sqrt(sample): mild, the same for every encoder
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    parser = experiment_parser(__doc__, name=NAME, threads=1)
+    parser = experiment_parser(
+        __doc__,
+        name=NAME,
+        threads=1,
+        quick="smoke: the encoders of leave_one_site_out.py --quick (10 steps/task), 1 subset",
+    )
     parser.add_argument("--steps", default="300,600", help="pretraining budgets (cached)")
     parser.add_argument("--targets", nargs="*", default=None, help="site names (default: all)")
+    add_sites_arg(parser)
     parser.add_argument("--fraction", type=float, default=10.0, help="%% of labels of the probe")
     parser.add_argument("--seeds", type=int, default=3, help="subsets at --fraction")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.quick:  # the one budget leave_one_site_out.py --quick trains
+        args.steps, args.seeds = "10", 1
+    return args
 
 
 def pooled_stages(
@@ -101,24 +111,29 @@ def encoder_specs(cache: Path, target: str, sites: Sequence[str]) -> list[str]:
 
 
 def measure(
-    target: str, sites: Sequence[str], budget: int, args: argparse.Namespace
+    target: SiteConfig, sites: Sequence[str], budget: int, args: argparse.Namespace
 ) -> list[dict[str, Any]]:
-    work = loso.parse_args(["--steps", str(budget), "--seed", str(args.seed)]).work
-    specs = encoder_specs(work, target, sites)
+    argv = ["--steps", str(budget), "--seed", str(args.seed)]
+    if args.sites:  # the leave-one-site-out caches of these sites
+        argv += ["--sites", *map(str, site_files(args))]
+    if args.quick:
+        argv.append("--quick")
+    work = loso.parse_args(argv).work
+    specs = encoder_specs(work, target.name, sites)
     if not all(Path(spec.split("=", 1)[1]).is_dir() for spec in specs[1:]):
         return []  # this budget's encoders for the target are not all trained yet
-    task = load_site_config(SITES_DIR / f"{target}.toml").tasks[0]
+    task = choose_task(target, None)  # the task leave_one_site_out evaluated
     loaded = load_target(task)
     task_type = get_task_type(task.type)
     collate = task_type.collate
     train, test = loaded.splits["train"], loaded.splits["test"]
-    labelled = task.type == "classification"
+    labelled = task.type == "classification"  # single-label: the ridge probe's classes
     rows = []
     for spec in parse_encoders(specs, preset="tiny"):
         encoder = spec.build("cpu")
         stages = pooled_stages(encoder, train, collate)
         row: dict[str, Any] = {
-            "target": target,
+            "target": target.name,
             "budget": budget,
             "encoder": spec.label,
             "effective_rank": [effective_rank(s) for s in stages],
@@ -180,13 +195,13 @@ def report_of(result: dict[str, Any]) -> Report:
 def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(argv)
     start_run(args)
-    sites = sorted(p.stem for p in SITES_DIR.glob("*.toml"))
-    targets = loso.check_targets(args.targets, sites)
+    by_name = {site.name: site for site in map(load_site_config, site_files(args))}
+    targets = loso.check_targets(args.targets, list(by_name))
     rows = [
         row
         for target in targets
         for budget in (int(s) for s in args.steps.split(","))
-        for row in measure(target, sites, budget, args)
+        for row in measure(by_name[target], list(by_name), budget, args)
     ]
     result = {
         "settings": {

@@ -1,14 +1,19 @@
-"""Leave-one-site-out transfer: does an encoder pretrained on three sites save labels on the fourth?
+"""Leave-one-site-out transfer: does an encoder pretrained on the other sites save labels on one?
 
-The project's headline result. For each of the four ``../shared/data`` sites as the target,
-encoders are pretrained on the other three -- federated (FedAvg, the real ClientApp in
-process), centralized (``umedpt.pretrain`` on all three) and each site alone -- with the same
-number of steps per task, then ``umedpt.evaluation`` trains fresh heads on 1/10/100% of the
-held-out site's training labels (frozen and finetune, 3 seeds, plus the random baseline of
-the same architecture) and scores its test split once.
+The project's headline result. For each site of ``bench/sites`` (the ``../shared/data``
+datasets; ``--sites`` names others) as the target, encoders are pretrained on all the other
+sites -- federated (FedAvg, the real ClientApp in process), centralized (``umedpt.pretrain``
+on all of them) and each site alone -- with the same number of steps per task, then
+``umedpt.evaluation`` (the machinery of ``umedpt-fl evaluate``) trains fresh heads for the
+held-out site's task on 1/10/100% of its training labels (frozen and finetune, 3 seeds, plus
+the random baseline of the same architecture) and scores its test split once, with the
+metric ``umedpt-fl evaluate`` reports for that task type (balanced accuracy for single-label
+classification, else the type's primary metric). The held-out data is the site file's own
+train / val / test split.
 
 Every pretraining run and every evaluation cell is cached under ``--work`` (default
-``experiments/.work/leave-one-site-out/<key of the pretraining settings>``); a rerun skips
+``experiments/.work/leave-one-site-out/<key of the pretraining settings and the sites>``); a
+rerun skips
 what is done, so the experiment can be run in pieces and still end as one table. Results go
 to ``experiments/results/leave-one-site-out.json`` (``rows``: one ``{target, encoder, mode,
 fraction, seed, metric, value}`` per cell; ``summaries``: each target's means; ``meta``: the
@@ -37,14 +42,20 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from bench.common import REPO_ROOT, add_sites_arg, site_files, start_run
+from bench.common import REPO_ROOT, add_sites_arg, site_files, sites_key, start_run
 from bench.report import Report, write_json, write_results
 from bench.simtools import federate_in_process
 from experiments.common import WORK_DIR, experiment_parser
 from federation.settings import SCHEDULES, RunSettings
 from umedpt.checkpoint import read_meta, read_model_config
 from umedpt.config import SiteConfig, load_site_config
-from umedpt.evaluation import EvalProtocol, load_target, parse_encoders, run_evaluation
+from umedpt.evaluation import (
+    EvalProtocol,
+    choose_task,
+    load_target,
+    parse_encoders,
+    run_evaluation,
+)
 from umedpt.evaluation.summary import summarize
 from umedpt.models.presets import model_config
 from umedpt.pretrain import PretrainConfig, pretrain
@@ -96,11 +107,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 
 def pretraining_of(args: argparse.Namespace) -> dict[str, Any]:
-    """Everything the cached encoders depend on."""
+    """Everything the cached encoders depend on, the sites included: an encoder pretrained
+    on the other three of four sites is not one pretrained on the other five of six."""
     keys = ("preset", "seed", "steps", "local_steps", "schedule", "share_blocks", "quick")
     settings = {k: getattr(args, k) for k in keys}
-    if args.sites:  # other sites than bench/sites
-        settings["sites"] = [str(f) for f in site_files(args)]
+    settings["sites"] = sites_key(site_files(args))
     return settings
 
 
@@ -218,7 +229,7 @@ def evaluate_target(target: SiteConfig, specs: list[str], args, work: Path) -> d
         max_steps=args.eval_steps,
         min_steps=args.eval_min_steps,
     )
-    loaded = load_target(target.tasks[0])
+    loaded = load_target(choose_task(target, None))  # as `umedpt-fl evaluate --target`
     encoders = parse_encoders(specs, preset=args.preset)
 
     def progress(done: int, total: int, result: Any) -> None:
@@ -282,7 +293,13 @@ def report_of(result: dict[str, Any]) -> Report:
         f"{recipe}seed {meta['seed']}. Evaluation: fractions {meta['fractions']} %, "
         f"{meta['seeds']} seeds, {meta['eval_min_steps']}..{meta['eval_steps']} steps per cell, "
         f"frozen and finetune (protocol in docs/evaluation.md). Rows: `{result['name']}.json`.",
-        f"Targets finished: {meta['finished']}; missing: {meta['missing'] or 'none'}. "
+        (
+            f"Sites: {', '.join(meta['sites'])}; each target's encoders are pretrained on all the "
+            "others. "
+            if "sites" in meta
+            else ""
+        )
+        + f"Targets finished: {meta['finished']}; missing: {meta['missing'] or 'none'}. "
         f"Wall time of the last invocation: {meta['seconds'] / 60:.0f} min.",
     )
     for target, summary in summaries.items():
@@ -377,6 +394,7 @@ def write_outputs(args: argparse.Namespace, sites: list[SiteConfig], start: floa
     expected_per_target = (len(sites) + 2) * 2 * len(args.fractions.split(",")) * args.seeds
     finished = [n for n in names if sum(r["target"] == n for r in rows) >= expected_per_target]
     meta = {
+        "sites": names,
         "rounds": args.rounds,
         "local_steps": args.local_steps,
         "schedule": args.schedule,

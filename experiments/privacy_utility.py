@@ -4,16 +4,18 @@ Why: sample-level DP-SGD at the sites (a ``[privacy]`` table in each site file) 
 a hospital deciding on its epsilon needs to know how much, on real data. Goal: within 3
 points of the non-private run at epsilon 8.
 
-Every arm is the same federation of the four ``../shared/data`` sites (``bench/sites``), tiny
-preset, ``R`` rounds x ``L`` local steps, FedAvg, driven in-process with the real ClientApp
-and ``server.federation.run_federation`` (no Ray). The only difference between arms is the
+Every arm is the same federation of every site of ``bench/sites`` (the ``../shared/data``
+datasets; ``--sites`` names others), tiny preset, ``R`` rounds x ``L`` local steps, FedAvg,
+driven in-process with the real ClientApp and ``server.federation.run_federation`` (no Ray).
+The only difference between arms is the
 ``[privacy]`` table written into every site file: ``target_epsilon`` (none, 8, 4, 1),
 ``target_delta`` and ``max_grad_norm`` shared by all. Validation split, primary metric of each
 task, global weights with each site's own head (what ``report.json`` records).
 
 Each arm's report is cached under ``--work`` (default
 ``experiments/.work/privacy-utility``); a rerun skips finished arms, so the experiment can be
-run in pieces and still ends as one table. Results:
+run in pieces and still ends as one table. ``--work/settings.json`` records what the arms
+depend on (the sites included): a folder of other settings is refused, not mixed in. Results:
 ``experiments/results/privacy_utility.{json,md}``.
 
     PYTHONPATH=. python3 experiments/privacy_utility.py                # ~1 h on 2 cores
@@ -38,7 +40,7 @@ from typing import Any
 
 import tomli_w
 
-from bench.common import add_sites_arg, finish_run, site_files, start_run
+from bench.common import add_sites_arg, finish_run, site_files, sites_key, start_run
 from bench.report import Report
 from bench.simtools import federate_in_process
 from experiments.common import WORK_DIR, experiment_parser
@@ -95,6 +97,23 @@ def spent_epsilon(report: dict[str, Any]) -> dict[str, float]:
             if wire.DP_EPSILON in metrics:
                 spent[site] = metrics[wire.DP_EPSILON]
     return spent
+
+
+def check_work(args: argparse.Namespace, sites: Sequence[Path]) -> None:
+    """Record in ``--work/settings.json`` what the cached arms depend on, or exit if the
+    folder holds arms of other settings (other sites, rounds, ...): they would mix into the
+    table. A folder of arms from before this record is refused too."""
+    keys = ("rounds", "local_steps", "seed", "delta", "clip", "lr", "batch_size", "preset")
+    settings = {**{k: getattr(args, k) for k in keys}, "sites": sites_key(sites)}
+    saved = args.work / "settings.json"
+    if saved.is_file():
+        if json.loads(saved.read_text()) != settings:
+            raise SystemExit(f"{args.work}: caches arms of other settings ({saved}); use another")
+        return
+    if list(args.work.glob("*.json")):
+        raise SystemExit(f"{args.work}: arms without a settings.json (older runs); use another")
+    args.work.mkdir(parents=True, exist_ok=True)
+    saved.write_text(json.dumps(settings, indent=1))
 
 
 def run_arm(
@@ -162,7 +181,8 @@ def report_of(result: dict[str, Any]) -> Report:
     steps = result["rounds"] * result["local_steps"]
     report = Report("Utility vs privacy (sample-level DP-SGD at every site)")
     report.text(
-        f"Tiny preset, seed {result['seed']}, four sites of `bench/sites`, "
+        f"Tiny preset, seed {result['seed']}, sites "
+        f"{', '.join(result.get('sites', [])) or 'of `bench/sites`'}, "
         f"{result['rounds']} rounds x {result['local_steps']} local steps ({steps} steps per "
         f"task), FedAvg, in-process `run_federation` + `ClientAppGrid`. Every site has the "
         f"same `[privacy]` table: target_delta {result['delta']:g}, max_grad_norm "
@@ -200,9 +220,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.quick:
         args.rounds, args.local_steps = 2, 2
+        if args.work == WORK_DIR / "privacy-utility":
+            args.work = args.work.with_name("privacy-utility-quick")
     start = start_run(args)
     os.environ[THREADS_ENV] = str(args.threads)
     sites = site_files(args)
+    check_work(args, sites)
     arms = {NON_PRIVATE: run_arm(NON_PRIVATE, None, sites, args)}
     for epsilon in args.epsilons:
         label = f"eps-{epsilon:g}"
@@ -210,15 +233,17 @@ def main(argv: Sequence[str] | None = None) -> None:
     from umedpt.config import load_site_config
     from umedpt.tasks import get_task_type
 
+    configs = [load_site_config(site) for site in sites]
     primary = {
         task.name: get_task_type(task.type).primary_metric
-        for site in sites
-        for task in load_site_config(site).tasks
+        for site in configs
+        for task in site.tasks
     }
     finish_run(
         args,
         "privacy_utility",
         {
+            "sites": [site.name for site in configs],
             "rounds": args.rounds,
             "local_steps": args.local_steps,
             "seed": args.seed,

@@ -4,23 +4,26 @@ Why: a hospital joins a federation only if the shared model does (nearly) what p
 data would, and more than it could do alone. This experiment measures a federated *recipe*
 (rounds x local steps, learning-rate schedule, aggregation rule, weighting, whether the
 task-type blocks are shared) against centralized multi-task training and each site alone,
-on the four ``../shared/data`` sites, with the same number of gradient steps per task and
-the same data in every arm, for several seeds:
+on every site of ``bench/sites`` (the ``../shared/data`` datasets; ``--sites`` names others),
+with the same number of gradient steps per task and the same data in every arm, for several
+seeds:
 
 - federated: ``server.federation.run_federation`` with the real ClientApp, in process
   (``bench.simtools.federate_in_process``; no Ray);
-- centralized: ``umedpt.pretrain`` on all four sites' tasks (one batch of every task per
+- centralized: ``umedpt.pretrain`` on all the sites' tasks (one batch of every task per
   step), with the recipe's learning-rate schedule over the same number of steps;
 - site-alone: ``umedpt.pretrain`` on one site, same steps and schedule.
 
 Every arm's final weights (no checkpoint selection) are scored on the validation split and,
 once, on the test split; the recipe was chosen on validation, so ``recipe.json`` reports the
-test split. Classification leads with balanced accuracy (accuracy beside it).
+test split. Each task leads with its task type's primary metric (classification: balanced
+accuracy, with accuracy beside it).
 
 Each (arm, seed) run is cached as JSON under ``--work/<recipe key>`` (default
 ``experiments/.work/recipe``) and the pretraining arms, which do not depend on the
-federation's settings, under ``--work/pretrain-<key>``: a rerun skips what is done, and
-several processes may share the work (``--arms``, ``--seeds``). Results:
+federation's settings, under ``--work/pretrain-<key>``; both keys include the sites (names
+and task tables, ``bench.common.sites_key``), so runs on other sites are never reused. A rerun
+skips what is done, and several processes may share the work (``--arms``, ``--seeds``). Results:
 ``experiments/results/recipe.{json,md}`` (``--screen``: ``recipe-screen``).
 
     PYTHONPATH=. python3 experiments/recipe.py            # the default recipe, 3 seeds
@@ -49,7 +52,8 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from bench.common import add_sites_arg, finish_run, site_files, start_run
+from bench.common import add_sites_arg, finish_run, site_files, sites_key, start_run
+from bench.levers import add_lever_args, lever_site_files, levers_of
 from bench.report import Report
 from bench.simtools import federate_in_process
 from experiments.common import WORK_DIR, experiment_parser
@@ -83,6 +87,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         __doc__, name="recipe", threads=1, preset="tiny", quick="20 steps per task, 1 seed"
     )
     add_sites_arg(parser)
+    add_lever_args(parser)
     parser.add_argument("--steps", type=int, default=300, help="gradient steps per task")
     parser.add_argument("--seeds", type=int, nargs="*", default=[0, 1, 2])
     parser.add_argument("--arms", nargs="*", default=list(ARMS), choices=ARMS)
@@ -134,9 +139,9 @@ def pretrain_key(args: argparse.Namespace) -> dict[str, Any]:
         "lr": args.lr,
         "schedule": args.schedule,
         "threads": args.threads,
+        "sites": sites_key(site_files(args)),  # other sites (or splits): other runs
+        "levers": levers_of(args).key(),  # augmentation, a self-supervised task per site
     }
-    if args.sites:  # other sites than bench/sites: other runs
-        key["sites"] = [str(f) for f in site_files(args)]
     return key
 
 
@@ -304,6 +309,8 @@ def report_of(result: dict[str, Any]) -> Report:
         f"(Swin, 64 px), lr {budget['lr']}, {budget['threads']} torch thread(s), seeds "
         f"{budget['seeds']}. Final weights, **test split** (validation beside it in the JSON); "
         "mean ± sd over seeds."
+        + (f" Sites: {', '.join(result['sites'])}." if "sites" in result else "")
+        + (f" Levers: `{json.dumps(result['levers'])}`." if "levers" in result else "")
     )
     header = ["task", "metric", *ARMS, "fed - cen (pts)", "fed - alone (pts)", "within 1 pt"]
     rows = []
@@ -338,16 +345,25 @@ def report_of(result: dict[str, Any]) -> Report:
 def screen(args: argparse.Namespace, tasks: dict[str, dict[str, Any]]) -> dict[str, Any]:
     """Every recipe cached under ``--work``, on the **validation** split (where levers are
     chosen): per task, the federated mean over the seeds it has, and the centralized and
-    site-alone means over the same seeds with the same schedule and budget."""
+    site-alone means over the same seeds with the same schedule and budget. Only recipes run on
+    these sites count; a cache from before the key named its sites counts when it holds
+    exactly these tasks (``--sites`` the four files of the time reproduces its screen)."""
+    current = sites_key(site_files(args))
     entries = []
     for folder in sorted(args.work.glob("federated-*")):
         settings = json.loads((folder / "settings.json").read_text())
         pre_keys = {k: settings[k] for k in ("preset", "steps", "lr", "schedule", "threads")}
-        if "sites" in settings:
-            pre_keys["sites"] = settings["sites"]
+        for optional in ("sites", "levers"):
+            if optional in settings:
+                pre_keys[optional] = settings[optional]
         pre_dir = args.work / f"pretrain-{key_of(pre_keys)}"
         seeds = sorted(int(p.stem.removeprefix("seed")) for p in folder.glob("seed*.json"))
         if not seeds:
+            continue
+        first = json.loads((folder / f"seed{seeds[0]}.json").read_text())
+        # A self-supervised lever adds tasks: the labelled ones must all be there.
+        if settings.get("sites", current) != current or not set(tasks) <= set(first["val"]):
+            log.info("screen: %s ran on other sites, left out", folder.name)
             continue
         row: dict[str, Any] = {"settings": settings, "seeds": seeds, "tasks": {}}
         for task, info in tasks.items():
@@ -375,7 +391,7 @@ def screen_report_of(result: dict[str, Any]) -> Report:
         "recipe's test-split numbers are in `recipe.md`. `-` = not run."
     )
     tasks = list(result["recipes"][0]["tasks"]) if result["recipes"] else []
-    header = ["steps", "L", "schedule", "rule", "blocks", "seeds", *tasks]
+    header = ["steps", "L", "schedule", "rule", "blocks", "augment", "SSL", "seeds", *tasks]
     rows = []
     for entry in result["recipes"]:
         st = entry["settings"]
@@ -391,7 +407,10 @@ def screen_report_of(result: dict[str, Any]) -> Report:
         rule = st["strategy"] + (f" mu={st['proximal_mu']}" if st["strategy"] == "fedprox" else "")
         blocks = "shared" if st["share_blocks"] else "at home"
         seeds = ",".join(map(str, entry["seeds"]))
-        rows.append([st["steps"], st["local_steps"], st["schedule"], rule, blocks, seeds, *cells])
+        levers = st.get("levers", {"augment": "none", "self_supervised": False})
+        ssl = "yes" if levers["self_supervised"] else "no"
+        recipe = [st["steps"], st["local_steps"], st["schedule"], rule, blocks]
+        rows.append([*recipe, levers["augment"], ssl, seeds, *cells])
     return report.table(header, rows)
 
 
@@ -403,7 +422,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any] | None:
         fields = screen(args, task_info(sites))
         return finish_run(args, "recipe-screen", fields, screen_report_of, start=start)
     os.environ[THREADS_ENV] = str(args.threads)
-    files = site_files(args)
+    levers = levers_of(args)
+    files = lever_site_files(
+        site_files(args), levers, args.work / f"sites-{key_of(pretrain_key(args))}"
+    )
     sites = [load_site_config(f) for f in files]
     results = run_units(args, files, sites)
     if args.no_write or set(args.arms) != set(ARMS):
@@ -411,7 +433,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any] | None:
     tasks = task_info(sites)
     fields = {
         "label": args.name,
+        "sites": [site.name for site in sites],
         "recipe": recipe_of(args),
+        "levers": levers.key(),
         "budget": {
             "steps_per_task": args.steps,
             "rounds": args.steps // args.local_steps,

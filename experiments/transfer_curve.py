@@ -15,6 +15,7 @@ random-init baseline, and whether the goal holds.
 
     PYTHONPATH=. python3 experiments/transfer_curve.py                    # gather 150,300,600
     PYTHONPATH=. python3 experiments/transfer_curve.py --run --steps 150  # train what is missing
+    PYTHONPATH=. python3 experiments/transfer_curve.py --quick --out /tmp/x  # the --quick caches
 """
 
 from __future__ import annotations
@@ -31,23 +32,32 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from bench.common import SITES_DIR, start_run
+from bench.common import add_sites_arg, site_files, start_run
 from bench.report import Report, write_results
 from experiments import leave_one_site_out as loso
 from experiments.common import experiment_parser
+from umedpt.config import load_site_config
 
 NAME = "transfer-vs-budget"
 TOLERANCE = 0.01  # "within 1 point" of centralized
+PANEL_COLUMNS = 3  # targets side by side in the plot; more wrap onto further rows
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    parser = experiment_parser(__doc__, name=NAME)
+    parser = experiment_parser(
+        __doc__,
+        name=NAME,
+        quick="smoke: the caches of leave_one_site_out.py --quick (10 steps/task, 1 seed), 100%%",
+    )
     parser.add_argument("--steps", default="150,300,600", help="pretraining steps per task")
     parser.add_argument("--pretrain-seeds", default="0", help="pretraining seeds per budget")
     parser.add_argument("--fraction", type=float, default=10.0, help="%% of the target's labels")
     parser.add_argument("--targets", nargs="*", default=None, help="site names (default: all)")
+    add_sites_arg(parser)
     parser.add_argument("--run", action="store_true", help="train and evaluate what is missing")
     args = parser.parse_args(argv)
+    if args.quick:  # the one budget and a fraction leave_one_site_out.py --quick has
+        args.steps, args.pretrain_seeds, args.fraction = "10", "0", 100.0
     try:
         args.budgets = [int(s) for s in args.steps.split(",")]
         args.seeds_pretrain = [int(s) for s in args.pretrain_seeds.split(",")]
@@ -62,6 +72,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 def loso_argv(budget: int, seed: int, args: argparse.Namespace) -> list[str]:
     """The leave-one-site-out invocation of one point of the curve (default recipe)."""
     argv = ["--steps", str(budget), "--seed", str(seed), "--fractions", f"{args.fraction:g}"]
+    if args.sites:
+        argv += ["--sites", *map(str, site_files(args))]
+    if args.quick:
+        argv.append("--quick")
     if args.targets:
         argv += ["--targets", *args.targets]
     return argv
@@ -73,11 +87,11 @@ def gather(args: argparse.Namespace) -> tuple[list[dict[str, Any]], list[str]]:
     per_seed: dict[tuple, list[float]] = defaultdict(list)
     sds: dict[tuple, list[float]] = defaultdict(list)
     missing, metrics = [], {}
+    sites = [load_site_config(f).name for f in site_files(args)]
+    names = loso.check_targets(args.targets, sites)
     for budget in args.budgets:
         for seed in args.seeds_pretrain:
             point = loso.parse_args(loso_argv(budget, seed, args))
-            sites = sorted(p.stem for p in SITES_DIR.glob("*.toml"))
-            names = loso.check_targets(args.targets, sites)
             _, summaries = loso.collect(point.work, names)
             for name in names:
                 rows = [
@@ -166,7 +180,8 @@ def report_of(result: dict[str, Any]) -> Report:
         "(issue 10): federated >= centralized - 0.01 and > every site-alone encoder. Each cell "
         "is the mean ± sd over evaluation seeds, or over the means of n pretraining seeds where "
         "it says [n].",
-        f"Missing points: {missing or 'none'}."
+        (f"Sites: {', '.join(result['sites'])}. " if "sites" in result else "")
+        + f"Missing points: {missing or 'none'}."
         + (f" This invocation ran for {seconds / 60:.0f} min." if seconds is not None else ""),
     )
     arms = {(r["target"], r["budget"], r["mode"], r["encoder"]): r for r in rows}
@@ -229,7 +244,8 @@ def _by(items: list[dict[str, Any]], *keys: str) -> dict[tuple, list[dict[str, A
 
 
 def plot(rows: list[dict[str, Any]], path: Path) -> None:
-    """One panel per target and mode: each arm's metric over the budget."""
+    """One panel per target and mode: each arm's metric over the budget; a target's frozen
+    panel above its finetune one, ``PANEL_COLUMNS`` targets per row (six would be too wide)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -239,10 +255,16 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
     if not panels:
         return
     targets = sorted({t for t, _ in panels})
-    fig, axes = plt.subplots(2, len(targets), figsize=(4 * len(targets), 7), squeeze=False)
-    for col, target in enumerate(targets):
-        for row, mode in enumerate(("frozen", "finetune")):
-            ax = axes[row][col]
+    columns = min(len(targets), PANEL_COLUMNS)
+    grid_rows = 2 * -(-len(targets) // columns)  # two (frozen, finetune) per row of targets
+    fig, axes = plt.subplots(
+        grid_rows, columns, figsize=(4 * columns, 3.5 * grid_rows), squeeze=False
+    )
+    used = set()
+    for index, target in enumerate(targets):
+        for offset, mode in enumerate(("frozen", "finetune")):
+            ax = axes[2 * (index // columns) + offset][index % columns]
+            used.add(ax)
             for encoder, line in _by(panels.get((target, mode), []), "encoder").items():
                 line.sort(key=lambda r: r["budget"])
                 style = "--" if encoder[0].startswith(loso.SITE_ALONE) else "-"
@@ -259,6 +281,8 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
             ax.set_xlabel("pretraining steps per task")
             ax.set_ylabel(next(r["metric"] for r in rows if r["target"] == target))
             ax.legend(fontsize=7)
+    for ax in axes.flat:  # the empty places of a last, incomplete row of targets
+        ax.set_visible(ax in used)
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     plt.close(fig)
@@ -275,6 +299,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     rows, missing = gather(args)
     judged = verdicts(rows)
     result: dict[str, Any] = {
+        "sites": [load_site_config(f).name for f in site_files(args)],
         "fraction": args.fraction,
         "budgets": args.budgets,
         "pretraining_seeds": args.seeds_pretrain,

@@ -27,6 +27,10 @@ class Refusal(StrEnum):
     SECURE_AGGREGATION_REFUSED = "secure aggregation refused"
     # the site sends no plain update (require_secure_aggregation in its site file)
     SECURE_AGGREGATION_REQUIRED = "secure aggregation required"
+    # encoded weights that cannot be decoded (federation.codecs: a missing entry, a wrong
+    # dtype or shape, a scale that is not a finite number >= 0); the server rejects a
+    # site's reply for it too, with the key at fault
+    MALFORMED_PAYLOAD = "malformed payload"
     # the site file, the run's settings or the weights sent do not fit this site
     CONFIGURATION_ERROR = "configuration error"
     # anything else (a bug, a full disk ...)

@@ -25,6 +25,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
+from federation.codecs import codec_names
 from federation.fields import (
     SOURCE,
     Audience,
@@ -119,6 +120,30 @@ class RunSettings:
         audience=SITES,
     )
     resume: bool = setting(False, "Continue the run in --out.", flag="--resume")
+    # A path is private: what was loaded is published as init_source (kind, hash, timm name).
+    init: str = setting(
+        "",
+        "Warm start: a folder umedpt-fl wrote (global/, checkpoint/, an export) or "
+        "timm:<name> (timm's pretrained weights, from this machine's caches); the server "
+        "sends its encoder (and the shared blocks) in round 1. Not applied on --resume.",
+        private=True,
+    )
+    # -- what travels (federation.codecs) and who trains each round --------------------
+    compression: str = setting(
+        "none",
+        "How weights travel: float32 (none), half precision (fp16, range checked; bf16) or "
+        "int8 per-tensor quantisation of each site's change with error feedback at the site "
+        "(its weights come down in bf16). Sites send their change under every codec but none.",
+        choices=codec_names(),
+    )
+    sites_per_round: int = setting(
+        0, "Train a seeded random N of the connected sites each round (0: all of them)."
+    )
+    fraction: float = setting(
+        0.0,
+        "Train a seeded random share (0-1] of the connected sites each round (0: all; "
+        "not with --sites-per-round). Every site is still evaluated when due.",
+    )
     # -- hostile or broken updates (strategies.defences) --------------------------------
     max_site_share: float = setting(1.0, "Most weight one site may have in an aggregate (0-1].")
     update_norm_bound: float = setting(
@@ -184,6 +209,10 @@ class RunSettings:
     )  # fmt: skip
     run_key: str = setting("", "Set by the server: names the sites' state of this run.",
                            command_line=False, audience=SITES)  # fmt: skip
+    init_source: str = setting(
+        "", "Set by the server: what --init loaded (kind, groups, weights hash; no path).",
+        command_line=False,
+    )  # fmt: skip
     # An aggregation rule's own options, by run-config key (declared in the rule's module;
     # parsed and checked by the server when it builds the rule).
     rule_options: Mapping[str, Any] = dataclasses.field(default_factory=dict)
@@ -229,6 +258,16 @@ class RunSettings:
                 raise ConfigError(SOURCE, key, f"expected a plain value, got {value!r}")
         if self.lr < 0:
             raise ConfigError(SOURCE, "lr", "must be >= 0 (0 = the preset's)")
+        if self.sites_per_round < 0:
+            raise ConfigError(SOURCE, "sites-per-round", "must be >= 0 (0 = every site)")
+        if not 0 <= self.fraction <= 1:
+            raise ConfigError(SOURCE, "fraction", f"must be in [0, 1], got {self.fraction}")
+        if self.sites_per_round and self.fraction:
+            raise ConfigError(
+                SOURCE,
+                "sites-per-round/fraction",
+                "give one of them: a number of sites per round or a share of the sites",
+            )
 
     @classmethod
     def from_run_config(cls, run_config: Mapping[str, Any]) -> RunSettings:
@@ -277,6 +316,11 @@ class RunSettings:
         checkpoint metadata, report.json and so the model card may hold."""
         private = {f.key for f in setting_fields(type(self)) if f.info.private}
         return {k: v for k, v in self.to_run_config().items() if k not in private}
+
+    @property
+    def samples_sites(self) -> bool:
+        """True when each round trains a random subset of the connected sites."""
+        return self.sites_per_round > 0 or 0 < self.fraction < 1
 
     @property
     def sites_to_wait_for(self) -> int:

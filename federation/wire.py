@@ -21,6 +21,7 @@ SITE_INFO = "site-info"  # ConfigRecord: a site's answer to the server's query
 SERVER_ROUND = "server-round"  # set by Flower's strategies in every round's config
 RUN_KEY = "run-key"  # names this run's local state folder at every site
 PROXIMAL_MU = "proximal-mu"  # FedProx's mu, added by Flower's FedProx
+COMPRESSION = "compression"  # the run's codec (federation.codecs): how the arrays travel
 
 # MetricRecord keys of a reply.
 NUM_EXAMPLES = "num-examples"  # Flower's FedAvg weights replies by this key

@@ -29,10 +29,12 @@ from server.report import (
     round_scalars,
     site_event_lines,
     strategy_sections,
+    traffic_summary,
     write_plot,
     write_report,
 )
 from server.rules import Rule, build_rule
+from server.run_state import LiveRun
 from server.state import (
     GLOBAL_CHECKPOINT,
     SERVER_STATE,
@@ -44,6 +46,7 @@ from server.state import (
 )
 from strategies import RoundFailedError, RoundRecord
 from umedpt.checkpoint import save_weights
+from umedpt.init_weights import WarmStart, apply_init, read_init
 from umedpt.model import UMedPTModel
 from umedpt.models.presets import model_config
 from umedpt.tasks import shared_blocks
@@ -59,14 +62,28 @@ from umedpt.tracking import (
 
 def initial_weights(settings: RunSettings) -> ArrayRecord:
     """The shared weights every site starts from: the encoder, plus every task type's block
-    when the run shares blocks."""
+    when the run shares blocks; with ``init``, loaded from there (:func:`initial_model`)."""
+    model, _ = initial_model(settings)
+    return ArrayRecord(model.shared_state_dict())
+
+
+def initial_model(settings: RunSettings) -> tuple[UMedPTModel, WarmStart | None]:
+    """The seeded global model, warm-started from ``settings.init`` when one is given.
+
+    The encoder always comes from the source, and each block the source holds too when the
+    run shares blocks (otherwise the global model has none). InitError when the source is
+    missing, unreadable or does not fit the run's preset and encoder.
+    """
+    architecture = model_config(settings.preset, settings.encoder or None)
     model = UMedPTModel(
-        model_config(settings.preset, settings.encoder or None),
+        architecture,
         [],
         extra_blocks=shared_blocks() if settings.share_blocks else (),
         seed=settings.seed,
     )
-    return ArrayRecord(model.shared_state_dict())
+    if not settings.init:
+        return model, None
+    return model, apply_init(model, read_init(settings.init, architecture))
 
 
 EXPORT_DIR = "export"  # <out>/export/: the finished run's model card (MLflow tracking only)
@@ -173,6 +190,9 @@ def _run_federation(grid: Grid, settings: RunSettings) -> dict[str, Any]:
         strategy.restore_history(history)  # e.g. client-level DP releases so far
         start_round = progress.completed_round + 1
         log(INFO, "resuming run %s after round %d", run_key, progress.completed_round)
+        if settings.init:
+            log(WARNING, "--init is not applied on --resume: the saved state in %s wins", out)
+        init_source = str(progress.settings.get("init-source", ""))
     else:
         if has_server_state(state_dir):
             raise RunExistsError(
@@ -180,10 +200,14 @@ def _run_federation(grid: Grid, settings: RunSettings) -> dict[str, Any]:
             )
         if settings.resume:
             log(WARNING, "--resume: %s holds no completed round yet; starting at round 1", out)
-        arrays = initial_weights(settings)
+        global_model, warm_start = initial_model(settings)
+        arrays = ArrayRecord(global_model.shared_state_dict())
+        init_source = warm_start.describe() if warm_start else ""
+        if warm_start:
+            log(INFO, "initial weights from --init: %s", init_source)
         run_key = settings.run_key or uuid.uuid4().hex[:12]
         start_round = 1
-    settings = dataclasses.replace(settings, run_key=run_key)
+    settings = dataclasses.replace(settings, run_key=run_key, init_source=init_source)
     out.mkdir(parents=True, exist_ok=True)
     architecture = model_config(settings.preset, settings.encoder or None)
     model_bytes = sum(a.numpy().nbytes for a in arrays.values())
@@ -199,6 +223,7 @@ def _run_federation(grid: Grid, settings: RunSettings) -> dict[str, Any]:
             "sites": sites,
             "global_shared_bytes": model_bytes,
             "rounds": history,
+            "traffic": traffic_summary(history, settings.compression),  # bytes per direction
             **strategy_sections(strategy),
             "tracking": tracker.where,
             "seconds": time.time() - started,
@@ -206,6 +231,11 @@ def _run_federation(grid: Grid, settings: RunSettings) -> dict[str, Any]:
 
     tracker: Tracker = NullTracker()
     site_log = SiteLog()
+    live = LiveRun.begin(  # the dashboard's run-state file (server.run_state)
+        out, settings.num_server_rounds, run_key=run_key,
+        resumed_after=start_round - 1 if start_round > 1 else None,
+    )  # fmt: skip
+    live.write(report("running"), running_round=start_round)
 
     def on_round_end(server_round: int, new_arrays: ArrayRecord, record: RoundRecord) -> None:
         history.append(_round_dict(record))
@@ -220,6 +250,7 @@ def _run_federation(grid: Grid, settings: RunSettings) -> dict[str, Any]:
             ServerProgress(server_round, run_key, settings.published(), history, current["sites"]),
         )
         write_report(out, current)
+        live.write(current, running_round=server_round + 1)
         tracker.log_scalars(server_round, round_scalars(history[-1]))
         log(INFO, progress_line(server_round, settings.num_server_rounds, record, current["sites"]))
 
@@ -264,6 +295,7 @@ def _run_federation(grid: Grid, settings: RunSettings) -> dict[str, Any]:
     finally:
         final = report(status)
         write_report(out, final)
+        live.write(final, running_round=None)
         write_plot(out, final)
         artifacts = final_artifacts(out)
         if status == "completed" and settings.tracking == TrackingKind.MLFLOW.value:
@@ -284,5 +316,7 @@ def progress_line(server_round: int, total: int, record: RoundRecord, sites: dic
         parts.append(f"{site} " + " ".join(shown))
     rejected = f"; rejected {len(record.rejected)}" if record.rejected else ""
     replied = f"{len(record.train_metrics)}/{len(record.bytes_sent)} sites replied"
+    if record.sites_available:  # a seeded sample of the sites trained (strategies.sampling)
+        replied = f"{len(record.bytes_sent)} of {record.sites_available} sites trained, {replied}"
     evaluated = ": " + " | ".join(parts) if parts else " (not evaluated this round)"
     return f"round {server_round}/{total} ({record.seconds:.1f} s, {replied}){evaluated}{rejected}"

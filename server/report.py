@@ -119,6 +119,34 @@ def strategy_sections(strategy: Any) -> dict[str, Any]:
     }
 
 
+def traffic_summary(rounds: list[Mapping[str, Any]], codec: str) -> dict[str, Any]:
+    """Bytes per round per direction, as they travelled under the run's codec.
+
+    ``down``: the weights sent to sites (training and evaluation messages); ``up``: the
+    sites' training replies (encoded, or masked under secure aggregation). Per round and
+    their means over the rounds (``bench/compression.py`` compares codecs).
+    """
+    from federation.codecs import create_codec
+
+    per_round = [
+        {
+            "round": r.get("round"),
+            "down": sum(r.get("bytes_sent", {}).values())
+            + sum(r.get("bytes_sent_for_evaluation", {}).values()),
+            "up": sum(r.get("bytes_received", {}).values()),
+        }
+        for r in rounds
+    ]
+    n = max(len(per_round), 1)
+    return {
+        "codec": codec,
+        "downlink_codec": create_codec(codec).downlink,
+        "mean_down_per_round": sum(r["down"] for r in per_round) / n,
+        "mean_up_per_round": sum(r["up"] for r in per_round) / n,
+        "rounds": per_round,
+    }
+
+
 # -- per round: the tracker's scalars and the coordinator's log ---------------------------
 def round_scalars(record: Mapping[str, Any]) -> dict[str, float]:
     """The values a tracker logs for one round (a ``RoundRecord`` as a dict).
@@ -141,6 +169,8 @@ def round_scalars(record: Mapping[str, Any]) -> dict[str, float]:
         "round/bytes_sent": float(sum(sent.values()) + sum(sent_eval.values())),
         "round/bytes_received": float(sum(received.values())),
     }
+    if record.get("sites_available"):  # a seeded sample of the sites trained
+        scalars["round/sites_available"] = float(record["sites_available"])
     for site in sorted(set(sent) | set(sent_eval)):
         scalars[f"bytes/sent/{site}"] = float(sent.get(site, 0) + sent_eval.get(site, 0))
     for site, size in sorted(received.items()):

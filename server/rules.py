@@ -26,6 +26,7 @@ from strategies import (
 )
 from strategies.defences import UpdatePolicy
 from strategies.registry import RuleOptions, StrategyEntry
+from strategies.sampling import SiteSampling
 from umedpt.errors import ConfigError
 
 # The reply metric each weighting divides by (``weighted_by_key`` of Flower's FedAvg).
@@ -92,6 +93,30 @@ def update_policy(settings: RunSettings) -> UpdatePolicy:
     )
 
 
+def site_sampling(settings: RunSettings) -> SiteSampling:
+    """Which sites train in each round: ``sites-per-round`` or ``fraction`` of them, seeded
+    by the run's seed (every connected site when neither is set)."""
+    return SiteSampling(
+        per_round=settings.sites_per_round,
+        fraction=settings.fraction or 1.0,
+        seed=settings.seed,
+        minimum=settings.min_sites,
+    )
+
+
+def expected_sites(settings: RunSettings) -> int:
+    """Client-level DP's fixed denominator: ``client-dp-expected-sites``, else the expected
+    number of sites in a round's release: ``sites-per-round``, ``fraction`` of the sites
+    the server waits for, or ``min-sites`` without sampling."""
+    if settings.client_dp_expected_sites:
+        return settings.client_dp_expected_sites
+    if settings.sites_per_round:
+        return settings.sites_per_round
+    if settings.samples_sites:
+        return site_sampling(settings).size(settings.sites_to_wait_for)
+    return settings.min_sites
+
+
 def client_dp_config(settings: RunSettings) -> ClientDPConfig | None:
     """None when client-level DP is off (``client-dp-noise`` = 0)."""
     if settings.client_dp_noise <= 0:
@@ -100,7 +125,7 @@ def client_dp_config(settings: RunSettings) -> ClientDPConfig | None:
         settings.client_dp_noise,
         settings.client_dp_clip,
         settings.client_dp_delta,
-        expected_sites=settings.client_dp_expected_sites or settings.min_sites,
+        expected_sites=expected_sites(settings),
     )
 
 
@@ -138,6 +163,23 @@ def check_rule_settings(settings: RunSettings) -> None:
             "says about itself (one claim of 1e9 examples would outweigh every other site), "
             'and caps the server chose could single one site out. Set weighting = "equal" '
             '(or "auto"), or turn secure aggregation off',
+        )
+    if settings.sites_per_round and settings.sites_per_round < settings.min_sites:
+        raise ConfigError(
+            SOURCE,
+            "sites-per-round",
+            f"{settings.sites_per_round} sites per round can never give the {settings.min_sites} "
+            "replies a round needs (min-sites): raise it or lower min-sites",
+        )
+    if settings.secure_aggregation and settings.compression == "int8":
+        raise ConfigError(
+            SOURCE,
+            "compression",
+            "int8 quantises each site's own change with its own scale and keeps an error "
+            "residual at the site; secure aggregation sums masked 32-bit vectors of one common "
+            "quantisation, so no int8 payload can be masked or summed, and the uplink would "
+            "not shrink. Use fp16 or bf16 (their weights come down in 16 bits; the masked "
+            "uplink stays secure aggregation's), or turn secure aggregation off",
         )
     if settings.secure_aggregation:
         problems = []
@@ -192,6 +234,8 @@ def build_rule(settings: RunSettings, *, query_timeout: float) -> Rule:
         min_replies=settings.min_sites,
         eval_every=settings.eval_every,
         policy=update_policy(settings),
+        compression=settings.compression,
+        sampling=site_sampling(settings) if settings.samples_sites else None,
     )
     if (secagg := secagg_config(settings)) is not None:
         return SecureAggregation(rule, secagg)

@@ -31,6 +31,7 @@ def accept_replies(
     weight_key: str | None,
     train: bool,
     policy: UpdatePolicy | None = None,
+    decode: Callable[[Message, Sequence[str]], str | None] | None = None,
 ) -> list[Message]:
     """The usable replies; every rejection (and, in training, every silence) goes to ``record``.
 
@@ -39,7 +40,10 @@ def accept_replies(
     positive number (None: none needed, the server weighs replies equally). Training
     replies are then checked against ``policy``'s norm bounds. Accepted replies' metrics
     (and sizes) are recorded per site. ``replying_node`` tells which node a reply answers
-    for (see ``GroupedStrategy.replying_node``).
+    for (see ``GroupedStrategy.replying_node``). ``decode`` (compressed updates,
+    :mod:`strategies.compression`) turns a training reply's encoded arrays into float32
+    weights in place before any check, or says why it cannot; the bytes recorded are those
+    that travelled.
     """
     phase = "training" if train else "evaluation"
 
@@ -55,9 +59,16 @@ def accept_replies(
         )
 
     candidates: list[tuple[str, Message]] = []
+    travelled: dict[str, int] = {}  # site -> bytes of its reply as it arrived (encoded)
     for reply in replies:
         node = replying_node(reply)
         site = site_name(node)
+        if train and not reply.has_error() and len(reply.content.array_records) == 1:
+            travelled[site] = arrays_nbytes(next(iter(reply.content.array_records.values())))
+        if decode is not None and train and node in sent_to:
+            if problem := decode(reply, sent_to[node]):
+                reject(site, problem)
+                continue
         problem = reply_problem(
             reply,
             expected_keys=sent_to.get(node, []),
@@ -94,7 +105,7 @@ def accept_replies(
         }
         if train:
             arrays = next(iter(reply.content.array_records.values()))
-            record.bytes_received[site] = arrays_nbytes(arrays)
+            record.bytes_received[site] = travelled.get(site, arrays_nbytes(arrays))
             record.train_metrics[site] = metrics
         else:
             record.eval_metrics[site] = metrics

@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterable, Iterator
-from logging import WARNING
+from logging import INFO, WARNING
 from typing import ClassVar
 
 import numpy as np
@@ -41,12 +41,16 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg, Result
 
 from federation import wire
+from federation.codecs import create_codec
+from federation.compression import encode_weights
 from strategies.acceptance import accept_replies
 from strategies.aggregation import Reducer, reduce_by_group, weighted_mean
+from strategies.compression import decode_reply
 from strategies.defences import UpdatePolicy, WeightLedger, capped_shares
 from strategies.messages import site_message, site_payload
 from strategies.records import RoundRecord, arrays_nbytes
 from strategies.round_loop import EvaluateFn, OnRoundEnd, run_rounds
+from strategies.sampling import SiteSampling
 from strategies.sites import SiteInfo, admit_sites, choose_nodes, query_sites, wait_for_nodes
 
 # How a round's train replies become new global arrays and metrics (see ``combining_with``).
@@ -78,7 +82,11 @@ class GroupedStrategy(FedAvg):
         min_replies: int,
         eval_every: int = 1,
         policy: UpdatePolicy | None = None,
+        compression: str = "none",
+        sampling: SiteSampling | None = None,
     ) -> None:
+        """``compression``: the run's codec (:mod:`federation.codecs`); ``sampling``: which
+        sites train in each round (None: every connected site, :mod:`strategies.sampling`)."""
         self.node_wait_timeout = node_wait_timeout
         self.query_timeout = query_timeout
         self.min_replies = min_replies
@@ -94,6 +102,10 @@ class GroupedStrategy(FedAvg):
         self._eval_weights = WeightLedger(self.policy)
         self.conflicts: dict[str, set[int]] = {}  # site name -> the nodes claiming it
         self._combine: Combine = self.combine_replies
+        self.codec = create_codec(compression)
+        self.sampling = sampling
+        self._global_numpy: dict[str, np.ndarray] = {}  # the round's global, decoded once
+        self._numpy_of: ArrayRecord | None = None  # ... from this record
 
     # -- the extension point ------------------------------------------------------------
     def reduce_group(
@@ -184,7 +196,9 @@ class GroupedStrategy(FedAvg):
             connected = wait_for_nodes(
                 grid, max(minimum, self.min_available_nodes), timeout=self.node_wait_timeout
             )
-            nodes = choose_nodes(connected, fraction, minimum)
+            sampling = self.sampling if self.sampling and self.sampling.samples else None
+            # Sampling draws among known sites, so every connected one is asked first.
+            nodes = connected if sampling else choose_nodes(connected, fraction, minimum)
             unknown = [n for n in nodes if n not in self.sites]
             admit_sites(
                 self.sites,
@@ -194,17 +208,42 @@ class GroupedStrategy(FedAvg):
                 connected=connected,
                 conflicts=self.conflicts,
             )
+            if sampling:
+                available = {n: self.sites[n].name for n in connected if n in self.sites}
+                nodes = sampling.choose(available, server_round)
+                self.round_record(server_round).sites_available = len(available)
+                log(
+                    INFO,
+                    "round %s: training %d of %d sites (seeded sample): %s",
+                    server_round,
+                    len(nodes),
+                    len(available),
+                    ", ".join(self.site_name(n) for n in nodes),
+                )
         else:
             # Evaluation runs inside the round's deadline: no waiting for sites and no
             # queries, just the known sites that are still connected.
             nodes = sorted(n for n in grid.get_node_ids() if n in self.sites)
         config[wire.SERVER_ROUND] = server_round
+        config[wire.COMPRESSION] = self.codec.name
         record = self.round_record(server_round)
         messages = self._outbox = []
+        sent = arrays
+        if self.codec.name != "none":  # the global encoded once, each site sent its groups
+            sent, encoded = encode_weights(self.global_numpy(arrays), self.codec.name)
+            if encoded.fallbacks:
+                log(
+                    WARNING,
+                    "round %s: %d tensor(s) beyond %s's range sent as float32: %s",
+                    server_round,
+                    len(encoded.fallbacks),
+                    self.codec.downlink,
+                    ", ".join(encoded.fallbacks[:5]),
+                )
         for node in nodes:
             if (site := self.sites.get(node)) is None:
                 continue
-            payload = site_payload(arrays, site)
+            payload = site_payload(sent, site)
             messages.append(
                 site_message(
                     payload,
@@ -216,11 +255,25 @@ class GroupedStrategy(FedAvg):
                 )
             )
             if train:
-                self._sent_to[node] = list(payload.keys())
+                self._sent_to[node] = [k for k in site_payload(arrays, site).keys()]
                 record.bytes_sent[site.name] = arrays_nbytes(payload)
             else:
                 record.bytes_sent_for_evaluation[site.name] = arrays_nbytes(payload)
         return messages
+
+    def global_numpy(self, arrays: ArrayRecord | None = None) -> dict[str, np.ndarray]:
+        """The round's global weights (``arrays``, else the last trained) as numpy, once."""
+        source = arrays if arrays is not None else self._global
+        if source is None:
+            return {}
+        if self._numpy_of is not source:
+            self._numpy_of = source
+            self._global_numpy = {k: v.numpy() for k, v in source.items()}
+        return self._global_numpy
+
+    def _decode(self, reply: Message, keys: list[str]) -> str | None:
+        """A training reply's encoded change as float32 weights (:mod:`strategies.compression`)."""
+        return decode_reply(reply, self.codec, self.global_numpy(), keys)
 
     def _accept(
         self, server_round: int, replies: Iterable[Message], *, train: bool
@@ -238,6 +291,7 @@ class GroupedStrategy(FedAvg):
             weight_key=None if self.policy.equal_weights else self.weighted_by_key,
             train=train,
             policy=self.policy,
+            decode=self._decode if self.codec.sends_change else None,
         )
 
     def _weights(self, replies: list[Message], *, train: bool) -> list[float]:

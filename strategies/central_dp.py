@@ -28,7 +28,11 @@ with client-level DP it leaves out what would release their updates unnoised (ea
 change norm, how many were clipped).
 
 Accounting: Opacus' RDP accountant, one Gaussian-mechanism step per round in which a
-group was released, noise multiplier z, sample rate 1 (every connected site is asked).
+group was released, noise multiplier z, at that round's sample rate: 1 when every
+connected site is asked, ``sampled / available`` when the round trains a random subset
+(``--sites-per-round`` / ``--fraction``, :mod:`strategies.sampling`): amplification by
+subsampling, which lowers epsilon for the same noise. E is then the expected number of
+sampled sites.
 Per group, and per SITE over every group it trains: a site that trains the encoder and a
 shared block is released twice per round, so its epsilon composes both (RDP composition
 of the per-group histories). Epsilon is reported at ``client-dp-delta``.
@@ -95,11 +99,17 @@ class CentralDP:
     """The per-group mechanism and its accountant for one run."""
 
     config: ClientDPConfig
-    sample_rate: float = 1.0
+    sample_rate: float = 1.0  # of the next release (set each round by ClientLevelDP)
     rng: np.random.Generator = field(default_factory=np.random.default_rng)
-    steps: dict[str, int] = field(default_factory=dict)  # group -> noised releases so far
-    # site -> group -> releases that included the site's change
-    site_steps: dict[str, dict[str, int]] = field(default_factory=dict)
+    # group -> the sample rate of each noised release so far
+    releases: dict[str, list[float]] = field(default_factory=dict)
+    # site -> group -> the sample rates of the releases that included the site's change
+    site_releases: dict[str, dict[str, list[float]]] = field(default_factory=dict)
+
+    @property
+    def steps(self) -> dict[str, int]:
+        """Group -> noised releases so far."""
+        return {g: len(rates) for g, rates in self.releases.items()}
 
     @property
     def noise_std(self) -> float:
@@ -122,10 +132,11 @@ class CentralDP:
             total = sum(c[key] for c in clipped)
             noised = total + self.rng.normal(0.0, sigma, size=np.shape(total))
             result[key] = start + noised / self.config.expected_sites
-        self.steps[group] = self.steps.get(group, 0) + 1
+        self.releases.setdefault(group, []).append(self.sample_rate)
         facts = {
             "noise_std": self.noise_std,
             "expected_sites": float(self.config.expected_sites),
+            "sample_rate": self.sample_rate,
             "epsilon": self.epsilon(group),
         }
         return result, facts
@@ -151,23 +162,28 @@ class CentralDP:
 
         return reduce
 
-    def count_site(self, site: str, groups: Iterable[str]) -> None:
-        """``site``'s change was in this round's release of each of ``groups``."""
-        mine = self.site_steps.setdefault(site, {})
+    def count_site(self, site: str, groups: Iterable[str], rate: float | None = None) -> None:
+        """``site``'s change was in this round's release of each of ``groups`` (at ``rate``,
+        default: the current sample rate)."""
+        mine = self.site_releases.setdefault(site, {})
         for group in groups:
-            mine[group] = mine.get(group, 0) + 1
+            mine.setdefault(group, []).append(self.sample_rate if rate is None else rate)
 
     def epsilon(self, group: str) -> float:
         """Epsilon at ``delta`` of the group's releases so far (Opacus' RDP accountant)."""
-        return self._epsilon({group: self.steps.get(group, 0)})
+        return self._epsilon({group: self.releases.get(group, [])})
 
     def site_epsilon(self, site: str) -> float:
         """Epsilon of every release that included ``site``, composed over its groups."""
-        return self._epsilon(self.site_steps.get(site, {}))
+        return self._epsilon(self.site_releases.get(site, {}))
 
-    def _epsilon(self, steps_by_group: Mapping[str, int]) -> float:
-        history = [(self.config.noise_multiplier, self.sample_rate, n)
-                   for n in steps_by_group.values() if n > 0]  # fmt: skip
+    def _epsilon(self, rates_by_group: Mapping[str, list[float]]) -> float:
+        counts: dict[float, int] = {}
+        for rates in rates_by_group.values():
+            for rate in rates:
+                counts[rate] = counts.get(rate, 0) + 1
+        z = self.config.noise_multiplier
+        history = [(z, rate, n) for rate, n in sorted(counts.items())]
         return rdp_epsilon(history, self.config.delta) if history else 0.0
 
     def summary(self) -> dict[str, dict[str, float]]:
@@ -179,10 +195,10 @@ class CentralDP:
                 "noise_multiplier": self.config.noise_multiplier,
                 "clip": self.config.clip,
                 "expected_sites": self.config.expected_sites,
-                "rounds": steps,
-                "sample_rate": self.sample_rate,
+                "rounds": len(rates),
+                "sample_rate": sum(rates) / len(rates),  # the mean over its releases
             }
-            for group, steps in sorted(self.steps.items())
+            for group, rates in sorted(self.releases.items())
         }
 
     def site_summary(self) -> dict[str, dict[str, object]]:
@@ -191,19 +207,23 @@ class CentralDP:
             site: {
                 "epsilon": self.site_epsilon(site),
                 "delta": self.config.delta,
-                "releases": dict(sorted(groups.items())),
+                "releases": {g: len(rates) for g, rates in sorted(groups.items())},
             }
-            for site, groups in sorted(self.site_steps.items())
+            for site, groups in sorted(self.site_releases.items())
         }
 
     def replay(self, rounds: list[dict]) -> None:
         """Restore the releases of earlier rounds from their records (on resume)."""
-        self.steps, self.site_steps = {}, {}
+        self.releases, self.site_releases = {}, {}
         for record in rounds:
-            for group in record.get("client_dp", {}):
-                self.steps[group] = self.steps.get(group, 0) + 1
+            rates = {
+                g: float(f.get("sample_rate", 1.0)) for g, f in record.get("client_dp", {}).items()
+            }
+            for group, rate in rates.items():
+                self.releases.setdefault(group, []).append(rate)
             for site, groups in record.get("client_dp_sites", {}).items():
-                self.count_site(site, groups)
+                for group in groups:
+                    self.count_site(site, [group], rates.get(group, 1.0))
 
 
 def rdp_epsilon(history: list[tuple[float, float, int]], delta: float) -> float:
@@ -228,7 +248,7 @@ class ClientLevelDP(StrategyWrapper):
             "its clip of each site's change bounds the sensitivity of a sum only",
         )
         super().__init__(rule)
-        self.mechanism = CentralDP(config, sample_rate=rule.fraction_train)
+        self.mechanism = CentralDP(config)
 
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
@@ -237,6 +257,8 @@ class ClientLevelDP(StrategyWrapper):
         rule = self.rule
         assert isinstance(rule, GroupedStrategy)
         record = rule.round_record(server_round)
+        if rule.sampling is not None and record.sites_available:  # amplification by sampling
+            self.mechanism.sample_rate = rule.sampling.rate(record.sites_available)
         reducer = self.mechanism.reducer(rule.global_arrays, record.client_dp)
 
         def combine(server_round: int, replies: list[Message]):

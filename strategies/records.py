@@ -17,6 +17,9 @@ class RoundRecord:
     bytes_sent: dict[str, int] = field(default_factory=dict)  # training payloads
     bytes_received: dict[str, int] = field(default_factory=dict)
     bytes_sent_for_evaluation: dict[str, int] = field(default_factory=dict)
+    # strategies.sampling: how many known sites were connected when the round's training
+    # sites were drawn (0: no sampling, every connected site trained)
+    sites_available: int = 0
     train_metrics: dict[str, dict[str, float]] = field(default_factory=dict)
     eval_metrics: dict[str, dict[str, float]] = field(default_factory=dict)
     rejected: list[tuple[str, str]] = field(default_factory=list)  # (site, reason)

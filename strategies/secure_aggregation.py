@@ -525,5 +525,11 @@ class SecureAggregation(StrategyWrapper):
         means = dequantize(values, quant.clipping_range, quant.quantization_range)
         offset = -(len(active) - 1) * quant.clipping_range
         scale = quant.quantization_range / q_total
-        arrays = {k: Array((v + offset) * scale) for k, v in zip(keys[1:], means, strict=True)}
+        means = [(v + offset) * scale for v in means]
+        if st.codec.sends_change:  # under a lossy codec the sites masked their CHANGE from
+            # the weights they were sent: added to the float32 global here, so no rounding of
+            # the 16-bit downlink ever enters the global weights
+            reference = st.global_numpy()
+            means = [reference[k] + v for k, v in zip(keys[1:], means, strict=True)]
+        arrays = {k: Array(np.asarray(v)) for k, v in zip(keys[1:], means, strict=True)}
         return ArrayRecord(arrays), q_total / quant.quantization_range * quant.max_weight

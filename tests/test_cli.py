@@ -28,7 +28,21 @@ def test_demo_data_writes_one_site_file_per_site(demo) -> None:
         "clinic-b.toml",
         "clinic-c.toml",
         "clinic-d.toml",
+        "clinic-dicom.toml",
+        "clinic-e.toml",
+        "clinic-nifti.toml",
     ]
+
+
+def test_demo_data_takes_out_as_the_other_commands_do(demo, tmp_path) -> None:
+    result = runner.invoke(app, ["demo-data", "--out", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in tmp_path.glob("*.toml")) == sorted(
+        p.name for p in demo.glob("*.toml")
+    )
+    for args in ([], [str(tmp_path / "a"), "--out", str(tmp_path / "b")]):
+        refused = runner.invoke(app, ["demo-data", *args])
+        assert refused.exit_code == 2 and "name the folder once" in refused.output
 
 
 def test_check_site_prints_a_summary_and_writes_a_preview(demo, tmp_path) -> None:
@@ -94,7 +108,7 @@ def test_help_lists_every_registered_command_and_version_prints() -> None:
         assert name in result.output
     assert {name for name, _ in COMMANDS} == {
         "simulate", "server", "client", "check-site", "pretrain", "evaluate", "export",
-        "demo-data",
+        "demo-data", "dashboard",
     }  # fmt: skip
     version = runner.invoke(app, ["--version"])
     assert version.exit_code == 0 and version.output.strip() == f"umedpt-fl {__version__}"

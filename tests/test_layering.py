@@ -2,9 +2,10 @@
 
 Layers, bottom up: ``umedpt`` (the ML core, no Flower), ``federation`` (what client and
 server share), ``client`` / ``server`` / ``strategies`` (the two sides; ``server`` may use
-``strategies``), ``umedpt_fl`` (the commands: the only package that imports both sides),
-and ``bench``/``experiments``/``deploy`` beside them. Every Python file of the repo belongs
-to one of them: a new package must be given its rules here.
+``strategies``), ``dashboard`` (the coordinator's read-only view of the run-state file
+``server`` writes: no Flower, neither side), ``umedpt_fl`` (the commands: the only package
+that imports both sides), and ``bench``/``experiments``/``deploy`` beside them. Every
+Python file of the repo belongs to one of them: a new package must be given its rules here.
 """
 
 from __future__ import annotations
@@ -22,9 +23,11 @@ ROOT = Path(__file__).resolve().parent.parent
 FORBIDDEN = {
     "umedpt": ("flwr", "ray", "typer", "client", "server", "strategies", "federation", "umedpt_fl"),
     "federation": ("client", "server", "strategies", "umedpt_fl", "typer"),
-    "client": ("server", "strategies", "umedpt_fl", "typer"),
+    "client": ("server", "strategies", "umedpt_fl", "typer", "dashboard"),
     "server": ("client", "umedpt_fl", "typer"),
     "strategies": ("client", "server", "umedpt_fl", "typer"),
+    # the coordinator's read-only view of a run folder: no Flower, no torch, neither side
+    "dashboard": ("flwr", "ray", "torch", "client", "server", "strategies", "umedpt_fl", "typer"),
     "umedpt_fl": (),  # the composition root imports every layer
     "bench": ("tests", "experiments"),
     "experiments": ("tests",),

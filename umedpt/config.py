@@ -11,13 +11,15 @@ Example::
 
     [[tasks]]
     name = "breast-ultrasound"     # letters, digits, '-' and '_'
-    type = "classification"        # classification | multilabel | segmentation | detection
+    type = "classification"        # classification | multilabel | segmentation | detection |
+                                   # self-supervised (unlabelled images: no classes)
     format = "npz"                 # see `umedpt.data.readers.formats_for(type)`
     path = "data/BreastMNIST.npz"  # relative to this file
     classes = ["malignant", "normal-or-benign"]
     image_size = 64                # square side the images are resized to
     batch_size = 16
     skip_bad_samples = false       # true: warn about and skip unreadable samples
+    augment = "default"            # training only: "none" | "default" | {hflip = 0.5, ...}
 
     [tasks.split]                  # used when the data itself has no split
     val = 0.15
@@ -42,11 +44,12 @@ import math
 import re
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
+from umedpt.data.augment_config import AugmentConfig, default_augment, parse_augment
 from umedpt.errors import ConfigError
 
 SPLITS = ("train", "val", "test")
@@ -79,6 +82,11 @@ class TaskConfig:
     options: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
     source: Path = Path("<memory>")
     index: int = 0
+    # The site's private state folder (set by the site file): readers keep site-local
+    # secrets there, e.g. the key that pseudonymises DICOM patient IDs for splitting.
+    state_dir: Path | None = None
+    # Training-only augmentation (umedpt/data/augment_config.py); absent: DEFAULT_AUGMENT.
+    augment: AugmentConfig = field(default_factory=default_augment)
 
     @property
     def field_prefix(self) -> str:
@@ -128,6 +136,7 @@ _TASK_FIELDS = {
     "skip_bad_samples",
     "split",
     "options",
+    "augment",
 }
 _SITE_FIELDS = {"name", "state_dir", "tasks", "privacy", "require_secure_aggregation"}
 _SPLIT_FIELDS = {"val", "test", "seed", "group_pattern"}
@@ -177,11 +186,12 @@ def parse_site_config(raw: Mapping[str, Any], file: Path) -> SiteConfig:
         raise ConfigError(
             file, "require_secure_aggregation", f"must be true or false, got {secure_only!r}"
         )
+    state_dir = (base / state_dir_raw).resolve()
     return SiteConfig(
         name=name,
         file=file,
-        state_dir=(base / state_dir_raw).resolve(),
-        tasks=tasks,
+        state_dir=state_dir,
+        tasks=tuple(replace(task, state_dir=state_dir) for task in tasks),
         privacy=privacy,
         require_secure_aggregation=secure_only,
     )
@@ -192,7 +202,7 @@ def _parse_task(raw: Any, file: Path, base: Path, index: int) -> TaskConfig:
     if not isinstance(raw, Mapping):
         raise ConfigError(file, prefix, "must be a table ([[tasks]])")
     _reject_unknown(raw, _TASK_FIELDS, file, prefix + ".")
-    for required in ("name", "type", "format", "path", "classes"):
+    for required in ("name", "type", "format", "path"):
         if required not in raw:
             raise ConfigError(file, f"{prefix}.{required}", "is required")
     name = raw["name"]
@@ -219,16 +229,19 @@ def _parse_task(raw: Any, file: Path, base: Path, index: int) -> TaskConfig:
     path_raw = raw["path"]
     if not isinstance(path_raw, str) or not path_raw:
         raise ConfigError(file, f"{prefix}.path", f"must be a path string, got {path_raw!r}")
-    classes = raw["classes"]
+    # A type with min_classes = 0 has no classes (unlabelled images): the field is optional.
+    min_classes = TASK_TYPES.get(task_type).min_classes
+    if "classes" not in raw and min_classes > 0:
+        raise ConfigError(file, f"{prefix}.classes", "is required")
+    classes = raw.get("classes", [])
     if (
         not isinstance(classes, list)
-        or not classes
+        or (not classes and min_classes > 0)
         or not all(isinstance(c, str) and c for c in classes)
     ):
         raise ConfigError(file, f"{prefix}.classes", "must be a non-empty list of class names")
     if len(set(classes)) != len(classes):
         raise ConfigError(file, f"{prefix}.classes", "class names must be unique")
-    min_classes = TASK_TYPES.get(task_type).min_classes
     if len(classes) < min_classes:
         raise ConfigError(
             file, f"{prefix}.classes", f"{task_type} needs at least {min_classes} classes"
@@ -260,6 +273,11 @@ def _parse_task(raw: Any, file: Path, base: Path, index: int) -> TaskConfig:
         options=MappingProxyType(dict(options)),
         source=file,
         index=index,
+        augment=(
+            parse_augment(raw["augment"], file, f"{prefix}.augment")
+            if "augment" in raw
+            else default_augment()
+        ),
     )
 
 

@@ -15,6 +15,7 @@ from umedpt.config import SiteConfig, TaskConfig
 from umedpt.data.loading import load_task_data
 from umedpt.device import resolve_device
 from umedpt.errors import ConfigError
+from umedpt.init_weights import apply_init, read_init
 from umedpt.model import UMedPTModel, count_parameters
 from umedpt.models.presets import model_config
 from umedpt.tracking import TENSORBOARD_DIR, GuardedTracker, Tracker, TrackingConfig, create_tracker
@@ -37,6 +38,8 @@ class PretrainConfig:
     device: str = "auto"
     lr: float | None = None
     schedule: str = "constant"
+    # Warm start (umedpt.init_weights): a checkpoint or timm folder, or timm:<name>.
+    init: str | None = None
 
 
 def collect_tasks(sites: Sequence[SiteConfig]) -> list[TaskConfig]:
@@ -136,10 +139,14 @@ def pretrain(
     out.mkdir(parents=True, exist_ok=True)
     device = resolve_device(config.device)
     architecture = model_config(config.preset, config.encoder)
+    source = read_init(config.init, architecture) if config.init else None  # fail early
     tasks = collect_tasks(sites)
     runs = load_runs(tasks)
     seed_everything(config.seed)
     model = UMedPTModel(architecture, tasks, seed=config.seed)
+    warm_start = apply_init(model, source) if source is not None else None
+    if warm_start is not None:
+        log.info("initial weights from --init: %s", warm_start.describe())
     log.info("model: %s, %.2fM parameters", architecture.encoder, count_parameters(model) / 1e6)
 
     epoch_steps = steps_per_epoch(runs)
@@ -159,7 +166,8 @@ def pretrain(
     meta = {
         "kind": "centralized",
         "site_files": {t.name: str(t.source) for t in tasks},
-        "config": asdict(config),
+        # --init as what was loaded (kind, groups, hash), not as its path
+        "config": {**asdict(config), "init": warm_start.describe() if warm_start else None},
         "images": {r.config.name: len(r.data["train"]) for r in runs},  # for the model card
     }
     result = PretrainResult(out, total)

@@ -20,6 +20,7 @@ from umedpt import __version__
 from umedpt_fl.commands.certs import CERTS_COMMANDS
 from umedpt_fl.commands.check_site import check_site_command
 from umedpt_fl.commands.client import client_command
+from umedpt_fl.commands.dashboard import dashboard_command
 from umedpt_fl.commands.demo_data import demo_data_command
 from umedpt_fl.commands.evaluate import evaluate_command
 from umedpt_fl.commands.export import export_command
@@ -37,6 +38,7 @@ COMMANDS: tuple[tuple[str, Callable[..., Any]], ...] = (
     ("evaluate", evaluate_command),
     ("demo-data", demo_data_command),
     ("export", export_command),
+    ("dashboard", dashboard_command),
 )
 
 

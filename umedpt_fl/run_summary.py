@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,29 @@ def checked_settings(run: RunOptions, **overrides: Any) -> RunSettings:
     settings = run.settings(**overrides)
     check_rule_settings(settings)
     check_tracking(settings.tracking_config())
+    return checked_init(settings)
+
+
+def checked_init(settings: RunSettings) -> RunSettings:
+    """``settings`` with ``--init`` as an absolute path, its weights read and fitted to the
+    run's model now (InitError: exit 2 before anything starts); on ``--resume`` of a run
+    that has saved state, the init is not applied again, and is not read."""
+    from server.federation import initial_model
+    from server.state import SERVER_STATE, has_server_state
+    from umedpt.init_weights import TIMM_PREFIX
+
+    if not settings.init:
+        return settings
+    if settings.resume and has_server_state(Path(settings.out_dir) / SERVER_STATE):
+        console.print("--init is not applied on --resume: the run continues from its saved state")
+        return settings
+    if not settings.init.startswith(TIMM_PREFIX):
+        settings = dataclasses.replace(
+            settings, init=str(Path(settings.init).expanduser().resolve())
+        )
+    _, warm_start = initial_model(settings)
+    if warm_start is not None:
+        console.print(f"initial weights from --init: {warm_start.describe()}", highlight=False)
     return settings
 
 
@@ -47,6 +71,13 @@ def print_summary(report: dict) -> None:
             f"{len(rounds)} rounds, {sent / 1e6:.1f} MB sent to sites, "
             f"{received / 1e6:.1f} MB received; total {report.get('seconds', 0):.1f} s"
         )
+        if traffic := report.get("traffic"):
+            console.print(
+                f"per round: {traffic['mean_down_per_round'] / 1e6:.1f} MB down "
+                f"({traffic['downlink_codec']}), {traffic['mean_up_per_round'] / 1e6:.1f} MB up "
+                f"({traffic['codec']})",
+                highlight=False,
+            )
 
 
 def privacy_table(report: dict) -> Table | None:

@@ -88,7 +88,7 @@ def test_bad_format_for_type(tmp_path, task_type, fmt):
 
 
 def test_unknown_format(tmp_path):
-    err = _error(_site(tmp_path, {"format": "dicom"}))
+    err = _error(_site(tmp_path, {"format": "nrrd"}))
     assert err.field == "tasks[0].format" and "class-folders" in err.problem
 
 

@@ -50,7 +50,7 @@ def test_same_seed_same_bytes(tmp_path, demo):
 
 def test_sites_cover_all_task_types_and_formats(demo, loaded):
     root, tomls = demo
-    assert [p.name for p in tomls] == [f"clinic-{c}.toml" for c in "abcd"]
+    assert [p.name for p in tomls] == [f"clinic-{c}.toml" for c in "abcde"]
     assert all(p.parent == root for p in tomls)
     kinds = {(site.tasks[0].type, site.tasks[0].format) for site, _ in loaded.values()}
     assert kinds == {
@@ -58,6 +58,7 @@ def test_sites_cover_all_task_types_and_formats(demo, loaded):
         ("segmentation", "mask-folder"),
         ("detection", "voc"),
         ("classification", "npz"),
+        ("self-supervised", "folder"),
     }
     for site, data in loaded.values():
         task = site.tasks[0]
@@ -65,7 +66,8 @@ def test_sites_cover_all_task_types_and_formats(demo, loaded):
         assert site.state_dir == root / "state" / site.name
         assert not data.skipped
         assert all(data.splits[s] for s in ("train", "val", "test"))
-        assert sum(map(len, data.splits.values())) == 60
+        # the unlabelled site is a quarter of the others' size (the demo stays fast)
+        assert sum(map(len, data.splits.values())) == (15 if site.name == "clinic-e" else 60)
         assert data["train"][0].image.shape == (3, 64, 64)
     text = tomls[0].read_text()
     assert str(root) not in text  # relative paths only
@@ -159,3 +161,19 @@ def test_summary_and_preview(tmp_path, loaded):
     assert det["boxes_per_image"]["images_without_boxes"] > 0
     cls = summarize(*[(s.tasks[0], d) for s, d in loaded.values() if s.name == "clinic-a"][0])
     assert sum(cls["class_counts"]["train"].values()) == len(loaded["clinic-a"][1]["train"])
+    ssl = summarize(*[(s.tasks[0], d) for s, d in loaded.values() if s.name == "clinic-e"][0])
+    assert ssl["flat_images"] == 0 and ssl["masking"]["patch_pixels"] == 8
+
+
+def test_unlabelled_scans_sit_at_several_depths_and_the_labelled_bytes_are_unchanged(
+    tmp_path, demo
+):
+    root, tomls = demo
+    scans = sorted((root / "clinic-e" / "scans").rglob("*.png"))
+    assert len({p.parent for p in scans}) == 2 and len(scans) == 15
+    assert "classes" not in tomls[4].read_text()
+    without = write_demo_federation(tmp_path / "four", seed=0, images_per_site=60, unlabelled=False)
+    assert [p.name for p in without] == [p.name for p in tomls[:4]]
+    assert _files(tmp_path / "four") == {
+        k: v for k, v in _files(root).items() if not k.startswith(("clinic-e", "state"))
+    }

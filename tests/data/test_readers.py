@@ -28,9 +28,9 @@ def _all(data):
 
 
 def test_formats_per_task_type():
-    assert set(formats_for("classification")) == {"npz", "csv", "class-folders"}
-    assert set(formats_for("multilabel")) == {"npz", "csv"}
-    assert formats_for("segmentation") == ("mask-folder",)
+    assert set(formats_for("classification")) == {"npz", "csv", "class-folders", "dicom", "nifti"}
+    assert set(formats_for("multilabel")) == {"npz", "csv", "dicom"}
+    assert set(formats_for("segmentation")) == {"mask-folder", "dicom", "nifti"}
     assert set(formats_for("detection")) == {"voc", "coco"}
 
 
@@ -46,7 +46,7 @@ def test_one_format_name_has_a_reader_per_task_type():
 
 def test_unknown_format_lists_valid_names():
     with pytest.raises(RegistryError, match="valid names: .*class-folders.*voc"):
-        get_reader("dicom", "classification")
+        get_reader("nrrd", "classification")  # not a format here
     with pytest.raises(RegistryError, match="data format for segmentation 'csv'.*mask-folder"):
         get_reader("csv", "segmentation")
 
@@ -54,7 +54,7 @@ def test_unknown_format_lists_valid_names():
 def test_a_format_of_another_task_type_is_a_config_error(tmp_path, make_task):
     task = make_task(type="segmentation", format="csv", path=tmp_path / "x.csv", classes=("a",))
     # the message lists every type 'csv' holds: classification, multilabel (and any new one)
-    holds = r"format 'csv' holds classification or multilabel( or \w+)* data, not segmentation"
+    holds = r"format 'csv' holds classification or multilabel( or [\w-]+)* data, not segmentation"
     with pytest.raises(ConfigError, match=holds) as info:
         read_records(task)
     assert info.value.field == "tasks[0].format" and "mask-folder" in info.value.problem
@@ -181,6 +181,40 @@ def test_csv_images_root_option(tmp_path, make_task, save_png, grey):
         options={"images_root": "pics"},  # relative to the site file's folder
     )
     assert read_records(task)[0].image.path == tmp_path / "pics" / "a.png"
+
+
+def test_csv_empty_split_column_ignores_the_files_split(tmp_path, make_task, save_png, grey):
+    """A CSV whose split puts one patient in two splits (NIH's subset) is re-split by patient."""
+    rows = ["path,label,split"]
+    for patient in range(6):
+        for image, split in enumerate(("train", "test")):  # each patient in train and test
+            save_png(tmp_path / "img" / f"{patient:03d}_{image}.png", grey(8, 8))
+            rows.append(f"img/{patient:03d}_{image}.png,{patient % 2},{split}")
+    (tmp_path / "labels.csv").write_text("\n".join(rows) + "\n")
+    by_patient = SplitConfig(val=0.2, test=0.2, seed=0, group_pattern=r"^(\d+)_")
+
+    def splits_of(options):
+        task = make_task(
+            type="classification",
+            format="csv",
+            path=tmp_path / "labels.csv",
+            classes=("a", "b"),
+            split=by_patient,
+            options=options,
+        )
+        records = read_records(task)
+        patients: dict[str, set[str]] = {}
+        for split, chosen in assign_splits(records, task.split).items():
+            for r in chosen:
+                patients.setdefault(r.image.path.name.split("_")[0], set()).add(split)
+        return [r.split for r in records], patients
+
+    kept, crossing = splits_of({"split_column": "split"})
+    assert set(kept) == {"train", "test"} and all(len(s) == 2 for s in crossing.values())
+    given, patients = splits_of({"split_column": ""})
+    assert set(given) == {None}
+    assert all(len(s) == 1 for s in patients.values())
+    assert {split for (split,) in patients.values()} == {"train", "val", "test"}
 
 
 @pytest.mark.parametrize(

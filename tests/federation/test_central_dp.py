@@ -108,7 +108,7 @@ def test_the_report_releases_no_single_sites_change_in_the_clear() -> None:
     strategy, _ = dp_round(value=value)
     record = asdict(strategy.rounds[1])
     assert record["update_norms"] == {}
-    assert all(set(facts) == {"noise_std", "expected_sites", "epsilon"}
+    assert all(set(facts) == {"noise_std", "expected_sites", "epsilon", "sample_rate"}
                for facts in record["client_dp"].values())  # fmt: skip
     plain = make("fedavg")
     plain.start(ScriptedGrid(FOUR, value=value), big_initial(), num_rounds=1, timeout=5)

@@ -12,6 +12,9 @@ Sites:
 - ``clinic-b``: segmentation, ``mask-folder``: grey ellipses with filled 0/1 masks.
 - ``clinic-c``: detection, Pascal ``voc``: bright squares and discs (some images empty).
 - ``clinic-d``: classification, MedMNIST-style ``npz``: horizontal vs vertical stripes.
+- ``clinic-e``: self-supervised, a ``folder`` of unlabelled grey PNGs in sub-folders (any
+  depth): organ-like ellipses with textured lesions. A quarter of the others' size (at
+  least 12), so the demo simulation stays fast.
 """
 
 from __future__ import annotations
@@ -32,24 +35,37 @@ _ZIP_DATE = (1980, 1, 1, 0, 0, 0)
 
 
 def write_demo_federation(
-    out_dir: Path, *, seed: int = 0, image_size: int = 64, images_per_site: int = 240
+    out_dir: Path,
+    *,
+    seed: int = 0,
+    image_size: int = 64,
+    images_per_site: int = 240,
+    unlabelled: bool = True,
 ) -> list[Path]:
-    """Write four demo sites under ``out_dir`` and return their site TOML files."""
+    """Write the demo sites under ``out_dir`` and return their site TOML files.
+
+    Four labelled sites, plus the unlabelled ``clinic-e`` (last) unless ``unlabelled`` is
+    False (benchmarks that count labelled sites).
+    """
     if image_size < 32 or image_size % 32:
         raise ValueError(f"image_size must be a positive multiple of 32, got {image_size}")
     if images_per_site < 12:
         raise ValueError(f"images_per_site must be at least 12, got {images_per_site}")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    seeds = np.random.SeedSequence(seed).spawn(4)
+    # Child i depends only on (seed, i): adding a site leaves the others' bytes unchanged.
+    seeds = np.random.SeedSequence(seed).spawn(5)
     rngs = [np.random.default_rng(s) for s in seeds]
     n, size = images_per_site, image_size
-    return [
+    sites = [
         _clinic_a(out_dir, rngs[0], n, size),
         _clinic_b(out_dir, rngs[1], n, size),
         _clinic_c(out_dir, rngs[2], n, size),
         _clinic_d(out_dir, rngs[3], n, size),
     ]
+    if unlabelled:
+        sites.append(_clinic_e(out_dir, rngs[4], max(12, n // 4), size))
+    return sites
 
 
 # --- drawing ---------------------------------------------------------------------------
@@ -272,6 +288,34 @@ def _clinic_d(out_dir: Path, rng: np.random.Generator, n: int, size: int) -> Pat
             "format": "npz",
             "path": "clinic-d/stripes.npz",
             "classes": list(STRIPES),
+            "image_size": size,
+        },
+    )
+
+
+def _clinic_e(out_dir: Path, rng: np.random.Generator, n: int, size: int) -> Path:
+    """Unlabelled scans in two sub-folders: an organ (ellipse) with a textured lesion inside."""
+    root = out_dir / "clinic-e" / "scans"
+    yy, xx = _grid(size)
+    for i in range(n):
+        a, b = rng.uniform(0.25, 0.42, 2) * size
+        cx, cy = rng.uniform(0.4, 0.6, 2) * size
+        organ = ((xx - cx) / a) ** 2 + ((yy - cy) / b) ** 2 <= 1
+        img = _background(rng, size)
+        img[organ] += rng.uniform(30, 60)
+        r = rng.uniform(0.08, 0.14) * size
+        lesion = _shape_mask("disc", cx + rng.uniform(-0.4, 0.4) * a, cy, r, size) & organ
+        texture = _lesion_texture(TEXTURES[int(rng.integers(0, len(TEXTURES)))], rng, size)
+        img[lesion] += texture[lesion]
+        _save_png(root / f"day-{i % 2 + 1}" / f"scan{i:04d}.png", _to_u8(img))
+    return _write_toml(
+        out_dir,
+        "clinic-e",
+        {
+            "name": "scans",
+            "type": "self-supervised",
+            "format": "folder",
+            "path": "clinic-e/scans",
             "image_size": size,
         },
     )

@@ -52,12 +52,16 @@ class ImageSource:
 
     def read_image(self, ref: ImageRef) -> np.ndarray:
         """Read an image as uint8 RGB ``(H, W, 3)``."""
+        if ref.decoder is not None:
+            return ref.decoder.read_image(ref)
         if ref.member is None:
             return _pil_to_rgb(_open_pil(ref.path), str(ref))
         return array_to_rgb(self._npz_item(ref), str(ref))
 
     def read_mask(self, ref: ImageRef) -> np.ndarray:
         """Read a mask as an int64 class map ``(H, W)`` (values untouched)."""
+        if ref.decoder is not None:
+            return ref.decoder.read_mask(ref)
         if ref.member is None:
             return _pil_to_classes(_open_pil(ref.path), str(ref))
         arr = self._npz_item(ref)

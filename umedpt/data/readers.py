@@ -15,7 +15,8 @@ Formats and their options (all paths relative to the site file's folder, like ``
   class (ChestMNIST's layout). Options: ``key_prefix`` ("").
 - ``csv`` (classification): ``path`` is a CSV file. Options: ``path_column`` ("path"),
   ``label_column`` ("label", a class name or a class index), ``split_column`` ("split",
-  optional column), ``images_root`` ("" = the CSV file's folder).
+  optional column; "" ignores the file's split, so ``[tasks.split]`` splits the rows, e.g. by
+  patient with ``group_pattern``), ``images_root`` ("" = the CSV file's folder).
 - ``csv`` (multilabel): as above, but ``labels_column`` ("labels") holds the positive classes
   separated by ``separator`` ("|"), e.g. ``Effusion|Mass``; an empty cell means none.
 - ``class-folders`` (classification): ``path`` holds one folder per class name. No options.
@@ -26,6 +27,8 @@ Formats and their options (all paths relative to the site file's folder, like ``
   ``images`` ("JPEGImages"), ``image_sets`` ("ImageSets/Main").
 - ``coco`` (detection): ``path`` is a COCO JSON file. Options: ``images_root`` ("" = the JSON
   file's folder).
+- ``nifti`` (segmentation, classification, self-supervised): volumes sliced into 2-D
+  samples; its layouts and options are in ``umedpt.data.nifti``.
 """
 
 from __future__ import annotations
@@ -409,8 +412,8 @@ def _read_csv(
                 f"options.{option}",
                 f"{task.path} has no column '{column}' (columns: {', '.join(header) or 'none'})",
             )
-    has_split = opts.split_column in header
-    if "split_column" in task.options and not has_split:
+    has_split = bool(opts.split_column) and opts.split_column in header  # "": ignore it
+    if opts.split_column and "split_column" in task.options and not has_split:
         raise task.error("options.split_column", f"{task.path} has no column '{opts.split_column}'")
     records = []
     for row_no, row in enumerate(rows, start=2):
@@ -713,3 +716,8 @@ register_reader("class-folders", "classification", read_class_folders, ClassFold
 register_reader("mask-folder", "segmentation", read_mask_folder, MaskFolderOptions)
 register_reader("voc", "detection", read_voc, VocOptions)
 register_reader("coco", "detection", read_coco, CocoOptions)
+
+# Formats in their own modules register themselves on import (after the names they use).
+from umedpt.data import dicom as _dicom  # noqa: E402, F401
+from umedpt.data import nifti as _nifti  # noqa: E402, F401
+from umedpt.data import unlabelled as _unlabelled  # noqa: E402, F401

@@ -4,9 +4,22 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
+import numpy as np
 import torch
+
+
+class FileDecoder(Protocol):
+    """Decodes the files of a format Pillow cannot read (DICOM, NIfTI), for ``ImageSource``.
+
+    A frozen dataclass holding the decoding settings (a window, a frame): it is part of
+    the ImageRef, so of the record's ``repr`` and hence of the data cache's key.
+    """
+
+    def read_image(self, ref: ImageRef) -> np.ndarray: ...  # uint8 RGB (H, W, 3)
+
+    def read_mask(self, ref: ImageRef) -> np.ndarray: ...  # int64 class map (H, W)
 
 
 @dataclass(frozen=True)
@@ -16,6 +29,7 @@ class ImageRef:
     path: Path
     member: str | None = None  # .npz array name, e.g. "train_images"
     index: int | None = None  # position in that array
+    decoder: FileDecoder | None = None  # None: Pillow (or npz when ``member`` is set)
 
     def __str__(self) -> str:
         if self.member is None:

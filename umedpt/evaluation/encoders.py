@@ -13,12 +13,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from types import MappingProxyType
-from urllib.parse import urlparse
 
 import torch
 
-from umedpt import checkpoint, contract
+from umedpt import checkpoint, contract, init_weights
 from umedpt.errors import UmedptError
+from umedpt.init_weights import InitError, timm_pretrained_features
 from umedpt.models.encoder import Encoder
 from umedpt.models.presets import ModelConfig, model_config
 
@@ -126,48 +126,18 @@ def _folder_label(folder: Path) -> str:
 
 def _local_timm_weights(config: ModelConfig) -> torch.nn.Module:
     """timm's pretrained model, from a file already on this machine (never the network)."""
-    import timm
-
-    weights = local_weights_file(config.encoder)
     try:
-        return timm.create_model(
-            config.encoder,
-            pretrained=True,
-            features_only=True,
-            pretrained_cfg_overlay={"file": str(weights)},
-            **dict(config.encoder_kwargs),
+        return timm_pretrained_features(
+            config.encoder, config.encoder_kwargs, what=f"--encoder imagenet:{config.encoder}"
         )
-    except (RuntimeError, ValueError, OSError) as exc:
-        raise EncoderSpecError(
-            f"--encoder imagenet:{config.encoder}: {weights} does not load: {exc}"
-        ) from exc
+    except InitError as exc:
+        raise EncoderSpecError(str(exc)) from exc
 
 
 def local_weights_file(name: str) -> Path:
-    """Where timm's default pretrained weights of ``name`` lie in this machine's caches.
-
-    Looked up by hand (the Hugging Face cache, then torch hub's) because timm's own loader
-    would reach for the network when the file is missing, or check it for updates.
-    """
-    from huggingface_hub import try_to_load_from_cache
-    from timm.models import get_pretrained_cfg
-
-    cfg = get_pretrained_cfg(name)
-    if cfg is None:
-        raise EncoderSpecError(f"--encoder imagenet:{name}: timm has no pretrained weights for it")
-    if cfg.file and Path(cfg.file).is_file():
-        return Path(cfg.file)
-    if cfg.hf_hub_id:
-        for filename in ("model.safetensors", "pytorch_model.bin"):
-            found = try_to_load_from_cache(cfg.hf_hub_id, filename)
-            if isinstance(found, str):
-                return Path(found)
-    if cfg.url:
-        cached = Path(torch.hub.get_dir()) / "checkpoints" / Path(urlparse(cfg.url).path).name
-        if cached.is_file():
-            return cached
-    raise EncoderSpecError(
-        f"--encoder imagenet:{name}: timm has no local pretrained weights for it on this "
-        f"machine (looked for {cfg.hf_hub_id or cfg.url} in the Hugging Face and torch hub "
-        "caches); nothing is downloaded at run time: copy the weights there first"
-    )
+    """Where timm's default pretrained weights of ``name`` lie in this machine's caches
+    (:func:`umedpt.init_weights.local_weights_file`)."""
+    try:
+        return init_weights.local_weights_file(name, what=f"--encoder imagenet:{name}")
+    except InitError as exc:
+        raise EncoderSpecError(str(exc)) from exc

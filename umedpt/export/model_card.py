@@ -97,7 +97,7 @@ def front_matter(card: dict[str, Any]) -> str:
         "input_size": card["model"]["input_size"],
         "training": {
             k: training[k]
-            for k in ("kind", "rounds", "steps", "strategy")
+            for k in ("kind", "rounds", "steps", "strategy", "init")
             if training.get(k) is not None
         },
         "sites": {
@@ -145,6 +145,12 @@ def training_section(card: dict[str, Any]) -> list[str]:
             f"weighting `{training.get('weighting') or 'unknown'}`. Images never left the "
             "sites; each site kept its task heads."
         )
+    lines += [
+        "",
+        f"Initial weights: `{training['init']}` (`--init`)."
+        if training.get("init")
+        else "Initial weights: random (seeded).",
+    ]
     lines += ["", "| site | task | type | training images | last validation | DP epsilon |"]
     lines.append("| --- | --- | --- | ---: | --- | ---: |")
     for site in card["sites"]:

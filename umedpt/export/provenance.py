@@ -30,7 +30,7 @@ _PUBLIC_SETTINGS = (
     "num-server-rounds", "local-steps", "strategy", "weighting", "proximal-mu", "server-lr",
     "trim-beta", "min-sites", "preset", "encoder", "seed", "lr", "max-site-share",
     "update-norm-bound", "update-norm-ratio", "client-dp-noise", "client-dp-clip",
-    "secure-aggregation", "schedule", "share-blocks",
+    "secure-aggregation", "schedule", "share-blocks", "init-source",
 )  # fmt: skip
 
 
@@ -68,6 +68,7 @@ def training_facts(header: Mapping[str, Any], report: Mapping[str, Any] | None) 
             "epochs": config.get("epochs") if config.get("steps") is None else None,
             "seed": config.get("seed"),
             "schedule": config.get("schedule"),
+            "init": config.get("init"),  # what --init loaded (no path), or None
         }
     settings = dict(meta.get("settings") or (report or {}).get("config") or {})
     rounds = meta.get("rounds", meta.get("round"))
@@ -80,6 +81,7 @@ def training_facts(header: Mapping[str, Any], report: Mapping[str, Any] | None) 
         "strategy": settings.get("strategy"),
         "weighting": settings.get("weighting"),
         "settings": {k: settings[k] for k in _PUBLIC_SETTINGS if k in settings},
+        "init": settings.get("init-source") or None,
     }
 
 

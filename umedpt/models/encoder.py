@@ -41,3 +41,14 @@ class Encoder(nn.Module):
         if self.channels_last_output:
             features = [f.permute(0, 3, 1, 2).contiguous() for f in features]  # NHWC -> NCHW
         return features
+
+
+def feature_channels(config: ModelConfig) -> list[int]:
+    """The encoder's pyramid widths (strides 4..32), without building its weights.
+
+    For heads that read the encoder's maps directly (a parameter-free shared block):
+    ``build_head`` gets the model config, not the encoder. Built on the meta device, this
+    allocates nothing and draws nothing from torch's RNG.
+    """
+    with torch.device("meta"):
+        return Encoder(config).out_channels

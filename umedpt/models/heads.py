@@ -67,3 +67,34 @@ class DetectionHead(nn.Module):
             box_out.append(self.bbox(reg_feature))  # (B, 4, H, W), raw; decoded by the task
             ctr_out.append(self.centerness(reg_feature))  # (B, 1, H, W)
         return FCOSOutputs(cls_out, box_out, ctr_out)
+
+
+class ReconstructionOutputs(NamedTuple):
+    """What the masked-image-modelling head predicts, and the pooled features it read."""
+
+    reconstruction: torch.Tensor  # (B, 3, H, W): offsets from each image's visible mean
+    pooled: torch.Tensor  # (B, C): the deepest map, mean-pooled (for the effective rank)
+
+
+class ReconstructionHead(nn.Module):
+    """SimMIM's light decoder: a 1x1 conv on the deepest map, then pixel shuffle to full size.
+
+    Every stride-32 cell predicts its 32 x 32 x 3 pixels from its own feature vector, so
+    what the encoder must carry to the head is the content of the masked cells: a deeper
+    decoder would do the inpainting itself and leave the encoder less to learn (SimMIM).
+    """
+
+    def __init__(self, in_channels: int, stride: int = 32) -> None:
+        super().__init__()
+        if in_channels < 1 or stride < 1:
+            raise ValueError(f"need positive channels and stride, got {in_channels}, {stride}")
+        self.proj = nn.Conv2d(in_channels, 3 * stride * stride, 1)
+        self.shuffle = nn.PixelShuffle(stride)
+        # Small outputs at first: an untrained head predicts the visible mean (loss ~1).
+        nn.init.trunc_normal_(self.proj.weight, std=0.002)
+        nn.init.zeros_(self.proj.bias)
+
+    def forward(self, features: list[torch.Tensor]) -> ReconstructionOutputs:
+        deepest = features[-1]  # (B, C, H/32, W/32)
+        pixels = self.shuffle(self.proj(deepest))  # (B, 3, H, W)
+        return ReconstructionOutputs(pixels, deepest.mean(dim=(2, 3)))

@@ -5,7 +5,13 @@ themselves); ``get_task_type(name)`` then finds them.
 """
 
 # Importing a built-in type's module registers it.
-from umedpt.tasks import classification, detection, multilabel, segmentation  # noqa: F401
+from umedpt.tasks import (  # noqa: F401
+    classification,
+    detection,
+    multilabel,
+    segmentation,
+    self_supervised,
+)
 from umedpt.tasks.base import (
     TASK_TYPES,
     Batch,

@@ -22,6 +22,7 @@ from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from torch import nn
 
 from umedpt.config import TaskConfig
+from umedpt.data.augment import Transform, augment_image
 from umedpt.data.kinds import TargetKind
 from umedpt.data.samples import Record, Sample, TaskData
 from umedpt.data.targets import LoadContext
@@ -121,6 +122,14 @@ class TaskType(ABC):
     @abstractmethod
     def collate(self, samples: list[Sample]) -> Batch: ...
 
+    def collate_eval(self, samples: list[Sample]) -> Batch:
+        """The batch evaluation scores: ``collate``'s, unless that draws something at random.
+
+        A type whose training batches are random (masked image modelling's masks) gives
+        fixed ones here, so a split scores the same inputs at every evaluation.
+        """
+        return self.collate(samples)
+
     @abstractmethod
     def synthetic_samples(
         self, n: int, generator: torch.Generator, *, image_size: int = 64
@@ -134,6 +143,15 @@ class TaskType(ABC):
     def stratum(self, sample: Sample) -> Hashable:
         """What a class-stratified subset keeps in proportion (e.g. the label)."""
         return ("none",)
+
+    def augment(self, sample: Sample, transform: Transform) -> Sample:
+        """``sample`` after one random draw of ``transform`` (training only), targets aligned.
+
+        The default moves the image alone: right for targets about the whole image (a label,
+        a label set, none). A type whose targets live on the pixels (a mask, boxes) overrides
+        it with :mod:`umedpt.data.augment`'s helpers so they move with the image.
+        """
+        return augment_image(sample, transform)
 
     @abstractmethod
     def summarize(self, task: TaskConfig, data: TaskData) -> dict[str, Any]:

@@ -25,6 +25,7 @@ from torchvision.ops import (
 )
 
 from umedpt.config import TaskConfig
+from umedpt.data.augment import Transform, augment_with_boxes
 from umedpt.data.kinds import Ragged
 from umedpt.data.samples import Record, Sample, TaskData
 from umedpt.data.stats import class_counts, describe
@@ -125,6 +126,10 @@ class Detection(TaskType):
         scale = np.array([size / width, size / height, size / width, size / height], np.float32)
         sample.targets["boxes"] = torch.from_numpy(boxes * scale)
         sample.targets["box_labels"] = torch.from_numpy(labels)
+
+    def augment(self, sample: Sample, transform: Transform) -> Sample:
+        """Boxes move with the image; clipped, and dropped with their labels if they vanish."""
+        return augment_with_boxes(sample, transform, "boxes", "box_labels")
 
     def collate(self, samples: list[Sample]) -> Batch:
         no_boxes, no_labels = torch.zeros((0, 4)), torch.zeros((0,), dtype=torch.long)

@@ -12,6 +12,7 @@ from torch import nn
 from torchmetrics.segmentation import DiceScore, MeanIoU
 
 from umedpt.config import TaskConfig
+from umedpt.data.augment import Transform, augment_with_mask
 from umedpt.data.images import resize_mask
 from umedpt.data.kinds import Stacked
 from umedpt.data.samples import Record, Sample, TaskData
@@ -102,6 +103,10 @@ class Segmentation(TaskType):
         )
         resized = resize_mask(mask, context.task.image_size).copy()
         sample.targets["mask"] = torch.from_numpy(resized)
+
+    def augment(self, sample: Sample, transform: Transform) -> Sample:
+        """The mask moves with the image (nearest, so it stays a class map)."""
+        return augment_with_mask(sample, transform, "mask")
 
     def collate(self, samples: list[Sample]) -> Batch:
         masks = torch.stack([s.targets["mask"] for s in samples]).long()

@@ -119,7 +119,11 @@ class PrivateStep:
         self.gradients: dict[str, PrivateTaskGradient] = {}
         for t in tasks:
             stream = PoissonStream(
-                t.data["train"], t.config.batch_size, t.task_type.collate, seed=secrets.randbits(63)
+                t.data["train"],
+                t.config.batch_size,
+                t.task_type.collate,
+                seed=secrets.randbits(63),
+                augment=t.augmenter(),
             )
             self.streams[t.name] = stream
             self.gradients[t.name] = PrivateTaskGradient(

@@ -10,13 +10,18 @@ import torch
 from umedpt.data.samples import Sample
 from umedpt.tasks.base import Batch
 
+# Training augmentation of a batch's samples, drawing from the stream's generator
+# (umedpt.data.augment.Augmenter); None: the samples as cached.
+Augment = Callable[[list[Sample], torch.Generator], list[Sample]]
+
 
 class TaskStream:
     """Yields batches of one task forever, reshuffling (seeded) at every pass.
 
     A shorter task simply restarts: the multi-task loop draws one batch of every task
     per step, so tasks are visited equally often whatever their size. The stream's
-    position and RNG are part of its state, so a resumed run sees the same batches.
+    position and RNG are part of its state, so a resumed run sees the same batches
+    (augmented alike: ``augment`` draws from the same generator).
     """
 
     def __init__(
@@ -26,12 +31,14 @@ class TaskStream:
         collate: Callable[[list[Sample]], Batch],
         *,
         seed: int,
+        augment: Augment | None = None,
     ) -> None:
         if not samples:
             raise ValueError("a task stream needs at least one sample")
         self.samples = samples
         self.batch_size = min(batch_size, len(samples))
         self.collate = collate
+        self.augment = augment
         self.generator = torch.Generator().manual_seed(seed)
         self.order = torch.empty(0, dtype=torch.long)
         self.position = 0
@@ -46,7 +53,10 @@ class TaskStream:
             self.passes += 1
         indices = self.order[self.position : self.position + self.batch_size]
         self.position += self.batch_size
-        return self.collate([self.samples[i] for i in indices.tolist()])
+        return self.collate(self._augmented([self.samples[i] for i in indices.tolist()]))
+
+    def _augmented(self, samples: list[Sample]) -> list[Sample]:
+        return samples if self.augment is None else self.augment(samples, self.generator)
 
     def state_dict(self) -> dict[str, Any]:
         return {
@@ -75,6 +85,9 @@ class PoissonStream:
     caller and not restored with the state, because a repeated round that drew the same
     batches again would release them twice with fresh noise only, which costs more privacy
     than the ledger (which counts independent draws) records.
+
+    ``augment`` changes each drawn sample before its per-sample gradient: post-processing of
+    the sample, so the accounting is the same.
     """
 
     def __init__(
@@ -84,6 +97,7 @@ class PoissonStream:
         collate: Callable[[list[Sample]], Batch],
         *,
         seed: int,
+        augment: Augment | None = None,
     ) -> None:
         if not samples:
             raise ValueError("a task stream needs at least one sample")
@@ -92,6 +106,7 @@ class PoissonStream:
         self.samples = samples
         self.sample_rate = min(1.0, batch_size / len(samples))
         self.collate = collate
+        self.augment = augment
         self.generator = torch.Generator().manual_seed(seed)
         self.draws = 0
 
@@ -111,7 +126,10 @@ class PoissonStream:
         indices = self.next_indices()
         if not indices:
             return None
-        return self.collate([self.samples[i] for i in indices])
+        samples = [self.samples[i] for i in indices]
+        if self.augment is not None:
+            samples = self.augment(samples, self.generator)
+        return self.collate(samples)
 
     def state_dict(self) -> dict[str, Any]:
         return {"generator": self.generator.get_state(), "draws": torch.tensor(self.draws)}

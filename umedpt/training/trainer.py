@@ -29,6 +29,7 @@ import torch
 from torch import nn
 
 from umedpt.config import TaskConfig
+from umedpt.data.augment import Augmenter, make_augmenter
 from umedpt.data.samples import Sample, TaskData
 from umedpt.model import UMedPTModel
 from umedpt.privacy import DPSGDConfig
@@ -76,6 +77,10 @@ class TaskRun:
     @property
     def name(self) -> str:
         return self.config.name
+
+    def augmenter(self) -> Augmenter | None:
+        """What the training streams apply to this task's batches (None: nothing)."""
+        return make_augmenter(self.config.augment, self.task_type.augment)
 
 
 @dataclass
@@ -142,6 +147,7 @@ class MultiTaskTrainer:
                     t.config.batch_size,
                     t.task_type.collate,
                     seed=config.seed * 1000 + i,
+                    augment=t.augmenter(),
                 )
                 for i, t in enumerate(self.tasks)
             }
@@ -294,7 +300,8 @@ class MultiTaskTrainer:
             loss_sum, count = 0.0, 0
             size = self.config.eval_batch_size
             for start in range(0, len(samples), size):
-                batch = task.task_type.collate(samples[start : start + size]).to(self.device)
+                batch = task.task_type.collate_eval(samples[start : start + size])
+                batch = batch.to(self.device)
                 with self._autocast():
                     outputs = self.model(batch.images, task.name)
                     loss = total_loss(task.task_type.loss(outputs, batch, task.config))

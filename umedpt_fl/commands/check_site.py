@@ -68,6 +68,8 @@ def check_site_command(
             how = "read from the cache" if loaded.from_cache else "loaded"
             console.print(f"{how} {counts} samples in {loaded.seconds:.1f} s", highlight=False)
             console.print_json(json.dumps(summary, default=str))
+            if task.format == "dicom":
+                _print_dicom_headers(task)
             target = preview or config.file.with_name(f"{config.name}-preview.png")
             if len(config.tasks) > 1:
                 target = target.with_name(f"{target.stem}-{task.name}{target.suffix}")
@@ -76,3 +78,29 @@ def check_site_command(
     except BAD_INPUT_ERRORS as exc:
         raise fail(str(exc)) from exc
     console.print("\n[green]site OK[/]")
+
+
+def _print_dicom_headers(task) -> None:
+    """Counts per header value, and that identifiers were seen and stayed here (no values)."""
+    import json
+
+    from umedpt.data.dicom import header_summary
+
+    headers = header_summary(task)
+    seen = headers.pop("identifiers_seen")
+    in_paths = headers.pop("paths_naming_identifiers")
+    console.print("DICOM headers (files per value):")
+    console.print_json(json.dumps(headers, default=str))
+    if seen:
+        console.print(
+            f"identifiers seen ({', '.join(f'{k} in {n} files' for k, n in seen.items())}) "
+            "and kept local: none is printed, cached, logged or sent; the split uses a keyed "
+            "pseudonym of PatientID/StudyInstanceUID (secret in the state folder)",
+            highlight=False,
+        )
+    if in_paths:
+        console.print(
+            f"[yellow]warning:[/] {in_paths} file paths contain one of their own identifiers "
+            "(e.g. a UID as file name): paths appear in this site's own log and preview "
+            "titles; rename the files if that must not happen",
+        )

@@ -41,6 +41,14 @@ def pretrain_command(
     eval_every: Annotated[
         int | None, typer.Option(help="Steps between validations (default: one epoch).")
     ] = None,
+    init: Annotated[
+        str | None,
+        typer.Option(
+            help="Warm start: a folder umedpt-fl wrote (global/, checkpoint/, an export) or "
+            "timm:<name> (timm's pretrained weights, from this machine's caches); the "
+            "encoder and the blocks it holds start from there."
+        ),
+    ] = None,
     tracking: TrackingOption = TrackingKind.TENSORBOARD,
     tracking_uri: TrackingUri = None,
     tracking_experiment: TrackingExperiment = "umedpt-fl",
@@ -70,6 +78,7 @@ def pretrain_command(
             seed=seed,
             device=str(device),
             lr=lr,
+            init=init,
         )
         with Progress(
             TextColumn("[bold]pretrain"),

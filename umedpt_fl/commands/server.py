@@ -8,6 +8,7 @@ from typing import Annotated
 
 import typer
 
+from umedpt_fl.commands.dashboard import DashboardAddress, start_dashboard
 from umedpt_fl.console import (
     BAD_INPUT_ERRORS,
     ExitCode,
@@ -42,6 +43,7 @@ def server_command(
             "sites only, see `umedpt-fl sites register`).",
         ),
     ] = False,
+    dashboard: DashboardAddress = None,
     verbose: Verbose = False,
 ) -> None:
     """Start the coordinator (a Flower SuperLink with persistent state) and run the federation.
@@ -67,6 +69,7 @@ def server_command(
             node_auth=not (insecure or no_node_auth),
         )  # fmt: skip
         settings = checked_settings(run, out_dir=str(out.resolve()))
+        start_dashboard(dashboard, out, certfile=ssl_certfile, keyfile=ssl_keyfile)
     except BAD_INPUT_ERRORS as exc:
         raise fail(str(exc)) from exc
     try:

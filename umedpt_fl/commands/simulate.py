@@ -14,6 +14,7 @@ import typer
 
 from umedpt.config import SiteConfig, load_site_config
 from umedpt.errors import ConfigError
+from umedpt_fl.commands.dashboard import DashboardAddress, start_dashboard
 from umedpt_fl.console import (
     BAD_INPUT_ERRORS,
     ExitCode,
@@ -57,6 +58,7 @@ def simulate_command(
         float, typer.Option(help="CPU cores reserved per simulated site.")
     ] = 1.0,
     gpus_per_site: Annotated[float, typer.Option(help="GPU share per simulated site.")] = 0.0,
+    dashboard: DashboardAddress = None,
     verbose: Verbose = False,
 ) -> None:
     """Federate sites on this machine with Flower's simulation engine and report per site."""
@@ -66,8 +68,14 @@ def simulate_command(
     setup_logging(verbose)
     try:
         if not site:
-            site = write_demo_federation(out / "demo-data", seed=run["seed"])
-            console.print(f"using the demo sites in {out / 'demo-data'}")
+            # The four labelled demo sites: the unlabelled clinic-e is written beside them and
+            # joins with --site (one more site per round costs the demo a third more time
+            # on two cores).
+            *site, unlabelled = write_demo_federation(out / "demo-data", seed=run["seed"])
+            console.print(
+                f"using the demo sites in {out / 'demo-data'} (add the unlabelled one with "
+                f"--site {unlabelled})"
+            )
         sites = check_sites(list(site))
         min_sites = run["min_sites"]
         if min_sites is not None and not 1 <= min_sites <= len(sites):
@@ -78,6 +86,7 @@ def simulate_command(
             out_dir=str(out.resolve()),
             state_root=str((out / "sites").resolve()),
         )
+        start_dashboard(dashboard, out)  # a thread of this process, for as long as it runs
     except BAD_INPUT_ERRORS as exc:
         raise fail(str(exc)) from exc
     try:

@@ -1,0 +1,107 @@
+"""The encoder levers of a pretraining run, applied to site files: augmentation, and a
+self-supervised task over each site's own images.
+
+Why site files: a federated arm's sites read their own TOML (as real sites do), so a lever
+that every arm must see alike is written into the files every arm then reads. The derived
+files live in the experiment's cache folder, with absolute data paths; the originals in
+``bench/sites`` stay as they are, and cache keys name the levers beside the original files'
+:func:`bench.common.sites_key`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import tomllib
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import tomli_w
+
+from umedpt.data.augment_config import DEFAULT_AUGMENT
+
+SELF_SUPERVISED = "self-supervised"
+SELF_SUPERVISED_SUFFIX = "-ssl"  # the added task's name: <labelled task><suffix>
+
+
+@dataclass(frozen=True)
+class Levers:
+    """What a run adds to the site files as they are: ``augment`` on every labelled task
+    (a policy name; the site files' default is ``DEFAULT_AUGMENT``), and one
+    self-supervised task per labelled task, over the same files and split."""
+
+    augment: str = DEFAULT_AUGMENT
+    self_supervised: bool = False
+
+    @property
+    def is_default(self) -> bool:
+        return self == Levers()
+
+    def key(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def label(self) -> str:
+        parts = [f"augment {self.augment}"]
+        parts.append("self-supervised task at every site" if self.self_supervised else "no SSL")
+        return ", ".join(parts)
+
+
+def add_lever_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--augment",
+        default=DEFAULT_AUGMENT,
+        choices=("none", "default"),
+        help="augmentation policy of every labelled task (docs/augmentation.md)",
+    )
+    parser.add_argument(
+        "--self-supervised",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="add a self-supervised task over each labelled task's images "
+        "(docs/self-supervised.md)",
+    )
+
+
+def levers_of(args: argparse.Namespace) -> Levers:
+    return Levers(augment=args.augment, self_supervised=args.self_supervised)
+
+
+def lever_site_files(files: Sequence[Path], levers: Levers, folder: Path) -> list[Path]:
+    """``files`` as they are (no lever set), or their copies with ``levers`` applied, written
+    under ``folder`` (same file names; data paths and state folders made absolute)."""
+    if levers.is_default:
+        return [Path(f) for f in files]
+    folder.mkdir(parents=True, exist_ok=True)
+    derived = []
+    for file in files:
+        file = Path(file)
+        raw = tomllib.loads(file.read_text())
+        out = folder / file.name
+        out.write_text(tomli_w.dumps(apply_levers(raw, file.parent.resolve(), levers)))
+        derived.append(out)
+    return derived
+
+
+def apply_levers(raw: dict[str, Any], base: Path, levers: Levers) -> dict[str, Any]:
+    """A site file's table with ``levers`` applied; paths resolved against ``base``."""
+    site = dict(raw)
+    state_dir = site.get("state_dir", f".umedpt-state/{site['name']}")
+    site["state_dir"] = str((base / state_dir).resolve())
+    tasks = []
+    for task in raw.get("tasks", []):
+        task = {**task, "path": str((base / task["path"]).resolve())}
+        if task["type"] == SELF_SUPERVISED:
+            tasks.append(task)
+            continue
+        tasks.append({**task, "augment": levers.augment})
+        if levers.self_supervised:
+            unlabelled = {k: v for k, v in task.items() if k != "classes"}
+            unlabelled.update(
+                name=task["name"] + SELF_SUPERVISED_SUFFIX,
+                type=SELF_SUPERVISED,
+                augment=levers.augment,
+            )
+            tasks.append(unlabelled)
+    site["tasks"] = tasks
+    return site
