@@ -31,6 +31,7 @@ from flwr.common.logger import FLOWER_LOGGER
 
 from client import secagg
 from client.compression import as_change, compressed, received_tensors
+from client.message_clock import MessageClock
 from client.refusals import reason_only, refusal_reply
 from client.site import (
     PrivacyBudgetSpent,
@@ -118,6 +119,11 @@ def site_runner(context: Context, message: Message) -> SiteRunner:
     return SiteRunner(site_config(context), run_settings(context, message))
 
 
+def message_clock(message: Message) -> MessageClock:
+    """Start timing ``message`` in its handler (client.message_clock)."""
+    return MessageClock(created=message.metadata.created_at or None)
+
+
 def shared_from(message: Message) -> dict[str, torch.Tensor]:
     """The server's weights, decoded by the codec its message names (client.compression)."""
     return received_tensors(message)
@@ -167,6 +173,7 @@ class TrainedReply:
     runner: SiteRunner
     train_seconds: float = 0.0
     steps: int = 0
+    clock: MessageClock | None = None  # where the message's time went, until it is logged
 
     def log_as_sent(self, sent: Message, context: Context) -> Message:
         """Log ``sent`` (the reply exactly as it leaves: plain, masked or an error) and
@@ -184,6 +191,7 @@ class TrainedReply:
                 metrics=sent_metrics(sent),
                 train_seconds=self.train_seconds,
                 steps=self.steps,
+                timings=self.clock.timings() if self.clock is not None else None,
             ),
             coordinator=coordinator(context),
         )
@@ -197,7 +205,9 @@ class TrainedReply:
 def train_reply(message: Message, context: Context) -> tuple[Message, TrainedReply]:
     """Train one round; the plain reply (or an error reply), not yet logged."""
     config = message.content[wire.CONFIG]
-    runner = site_runner(context, message)
+    clock = message_clock(message)
+    with clock.stage("model_built"):
+        runner = site_runner(context, message)
     try:
         outcome = runner.train_round(
             shared_from(message),
@@ -211,7 +221,8 @@ def train_reply(message: Message, context: Context) -> tuple[Message, TrainedRep
     # Exactly the keys received, in the same order: heads never leave the site.
     arrays = ArrayRecord({k: outcome.shared[k] for k in message.content[wire.SHARED_ARRAYS].keys()})
     reply = metric_reply(message, outcome.metrics, outcome.num_examples, arrays)
-    return reply, TrainedReply(message, runner, outcome.train_seconds, outcome.steps)
+    clock.seconds.update(state_restored=outcome.restore_seconds, trained=outcome.train_seconds)
+    return reply, TrainedReply(message, runner, outcome.train_seconds, outcome.steps, clock)
 
 
 @app.train()
@@ -233,13 +244,16 @@ def train(message: Message, context: Context) -> Message:
 @app.evaluate()
 def evaluate(message: Message, context: Context) -> Message:
     config = message.content[wire.CONFIG]
-    runner = site_runner(context, message)
+    clock = message_clock(message)
+    with clock.stage("model_built"):
+        runner = site_runner(context, message)
     metrics, count = runner.evaluate_round(shared_from(message), int(config[wire.SERVER_ROUND]))
     reply = metric_reply(message, metrics, count)
-    runner.log_sent(
-        SentReply("evaluate", int(config[wire.SERVER_ROUND]), {}, sent_metrics(reply)),
-        coordinator=coordinator(context),
-    )
+    sent = SentReply(
+        "evaluate", int(config[wire.SERVER_ROUND]), {}, sent_metrics(reply),
+        timings=clock.timings(),
+    )  # fmt: skip
+    runner.log_sent(sent, coordinator=coordinator(context))
     return reply
 
 

@@ -15,6 +15,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
+from client.message_clock import describe
 from federation import wire
 from federation.secagg import WEIGHT_PREFIX as SECAGG_WEIGHT_PREFIX
 from umedpt import contract
@@ -37,6 +38,7 @@ class SentReply:
     train_seconds: float | None = None  # measured here; under DP it is not in ``metrics``
     steps: int = 0
     reason: str | None = None  # why nothing was trained (kind "refused")
+    timings: dict[str, float] | None = None  # where the message's time went (message_clock)
 
 
 def bytes_per_group(sizes: Mapping[str, int]) -> dict[str, int]:
@@ -104,6 +106,8 @@ class SentLog:
                 f"round {reply.server_round}: evaluated tasks {tasks} on {count} validation "
                 f"samples; sent no weights, only {scalars}, to {to}"
             )
+        if reply.timings:
+            line += f"; timings: {describe(reply.timings)}"
         if epsilon is not None and self.site.privacy is not None:
             line += (
                 f"; privacy spent so far: epsilon {epsilon:.2f} of "
@@ -140,6 +144,7 @@ class SentLog:
             "groups": reply.groups,
             "metrics": reply.metrics,
             "train_seconds": reply.train_seconds,
+            "timings": reply.timings,
             "reason": reply.reason,
             "epsilon": epsilon,
             "delta": delta,

@@ -137,8 +137,10 @@ def save_residual(folders: RoundFolders, server_round: int, residual: Mapping[st
     (saved by :meth:`RoundFolders.save` before the reply is encoded)."""
     path = folders.state_dir / f"round-{server_round:05d}" / RESIDUAL_FILE
     path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("wb") as fh:
+    tmp = path.with_name(path.name + ".tmp")  # a crash mid-write leaves the old file whole
+    with tmp.open("wb") as fh:
         np.savez(fh, **{k: np.asarray(v) for k, v in residual.items()})
+    tmp.replace(path)
     return path
 
 

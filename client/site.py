@@ -83,6 +83,7 @@ class RoundOutcome:
     num_examples: int
     train_seconds: float = 0.0
     steps: int = 0
+    restore_seconds: float = 0.0  # loading the site's state of its previous round
 
 
 def describe_site(site: SiteConfig, *, share_blocks: bool = True) -> dict[str, str]:
@@ -278,7 +279,9 @@ class SiteRunner:
     def _train(
         self, shared: Mapping[str, torch.Tensor], server_round: int, proximal_mu: float
     ) -> RoundOutcome:
+        tic = time.perf_counter()
         restored = self.restore(server_round)
+        restore_seconds = time.perf_counter() - tic
         keys = self.load_shared(shared)
         # The federation's clock: round r trains steps (r - 1) * L .. r * L - 1.
         self.trainer.set_schedule_step((server_round - 1) * self.settings.local_steps)
@@ -300,7 +303,9 @@ class SiteRunner:
         self._save(server_round)
         state = self.model.state_dict()
         shared_out = {k: state[k].detach().cpu() for k in keys}
-        return RoundOutcome(shared_out, metrics, num_examples, seconds, report.steps)
+        return RoundOutcome(
+            shared_out, metrics, num_examples, seconds, report.steps, restore_seconds
+        )
 
     def evaluate_round(
         self, shared: Mapping[str, torch.Tensor], server_round: int

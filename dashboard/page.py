@@ -68,6 +68,8 @@ def ago(epoch: float | None, now: float) -> str:
 
 def _site_row(row: SiteRow, now: float) -> str:
     state = '<span class="yes">connected</span>' if row.connected else '<span class="no">-</span>'
+    if row.not_sampled:
+        state = '<span class="yes">connected</span>, not sampled this round'
     if row.epsilon is None:
         epsilon = '<span class="muted">no DP</span>'
     else:
@@ -150,9 +152,19 @@ def render_page(data: PageData, *, now: float, refresh: int, source: str) -> str
         plot = line_plot(series, title=f"{site}: validation metric", y_range=(0.0, 1.0))
         body.append(f"<figure><figcaption>{escape(site)}</figcaption>{plot}</figure>")
     plot = line_plot([data.round_times], title="seconds per round")
+    extra = []
+    if data.traffic:
+        traffic = line_plot(data.traffic, title="bytes per round")
+        extra.append(f"<figure id='traffic'><figcaption>bytes per round (down, up)</figcaption>"
+                     f"{traffic}</figure>")  # fmt: skip
+    if data.participation:
+        sites = line_plot(data.participation, title="sites per round")
+        extra.append(f"<figure id='participation'><figcaption>sites trained / available per "
+                     f"round</figcaption>{sites}</figure>")  # fmt: skip
     body += [
         '</div><div class="row"><section><h2>Round times</h2>',
         f"<figure id='round-times'><figcaption>seconds per round</figcaption>{plot}</figure>",
+        *extra,
         '</section><section><h2>Events</h2><table id="events"><thead><tr><th>time</th>'
         "<th>round</th><th>event</th><th>site</th><th>detail</th></tr></thead><tbody>",
     ]

@@ -4,10 +4,14 @@ One function, :func:`page_data`, turns the state into typed rows so that the pag
 are tested without a browser. Everything here is derived from the rounds' records, the same
 records report.json, metrics.png and the coordinator's log lines come from:
 
-- a site is *connected* while the run is running and it was asked to train in the latest
-  round (a site asked in an earlier round but not in the latest is gone, as in the
-  coordinator's "dropped out" line); *last seen* is the end of the latest round in which it
-  replied at all (a refusal is a reply; a timeout is not);
+- a site is *connected* while the run is running and it was last known connected: a round
+  that asked every connected known site (it trained them all, or it evaluated) says who
+  is; a round that trained a seeded sample of the sites (``sites_available`` in its
+  record) and did not evaluate says nothing about the sites it did not draw, which stay
+  as they were and show as *not sampled* (a site asked in a round that asked every
+  connected site, then not in a later such round, is gone, as in the coordinator's
+  "dropped out" line); *last seen* is the end of the latest round in which it replied at
+  all (a refusal is a reply; a timeout is not);
 - a *refused* reply is one the server rejected; its class is the site's refusal class
   (:class:`federation.reasons.Refusal`) where the reply carried one, else what the server
   found wrong with it;
@@ -64,6 +68,7 @@ class SiteRow:
     privacy: str  # "sample-level DP", "client-level DP", both, or ""
     bytes_to_site: int
     bytes_from_site: int
+    not_sampled: bool = False  # connected, but not drawn to train in the latest round
 
 
 @dataclass(frozen=True)
@@ -107,6 +112,8 @@ class PageData:
     round_times: Series
     events: tuple[Event, ...]  # newest first
     notes: tuple[str, ...] = field(default=())  # e.g. name conflicts
+    traffic: tuple[Series, ...] = field(default=())  # bytes down and up per round
+    participation: tuple[Series, ...] = field(default=())  # sites trained / available
 
 
 def refusal_class(reason: str) -> str:
@@ -136,6 +143,29 @@ def _replied(record: Mapping[str, Any], site: str) -> bool:
     return site in heard or site in refused
 
 
+def _asked(record: Mapping[str, Any]) -> set[str]:
+    """The sites a round sent anything to (to train or to evaluate)."""
+    return set(record.get("bytes_sent", {})) | set(record.get("bytes_sent_for_evaluation", {}))
+
+
+def _census(record: Mapping[str, Any]) -> bool:
+    """The round asked every connected known site (no sampling, or it evaluated)."""
+    return not record.get("sites_available") or bool(record.get("bytes_sent_for_evaluation"))
+
+
+def _connected_after(rounds: list[Mapping[str, Any]]) -> set[str]:
+    """The sites last known connected after ``rounds`` (see the module's docstring)."""
+    connected: set[str] = set()
+    for record in rounds:
+        asked = _asked(record)
+        connected = asked if _census(record) else connected | asked
+    return connected
+
+
+def _mb(n: float) -> str:
+    return f"{n / 1e6:.2f} MB"
+
+
 def _describe_tasks(details: Mapping[str, Any]) -> str:
     tasks = wire.decode_tasks(str(details.get(wire.TASKS, "")))
     return ", ".join(f"{t.name} ({t.type})" for t in tasks)
@@ -149,8 +179,12 @@ def _fmt(value: Any) -> str:
     return str(value)
 
 
-def recipe(config: Mapping[str, Any]) -> tuple[tuple[str, str], ...]:
-    """The recipe's rows: the rule and its schedule, then compression and the privacy modes."""
+def recipe(
+    config: Mapping[str, Any], traffic: Mapping[str, Any] | None = None
+) -> tuple[tuple[str, str], ...]:
+    """The recipe's rows: the rule and its schedule, compression (both directions), the
+    sites per round, the mean traffic (report.json's ``traffic``) and the privacy modes."""
+    downlink = str((traffic or {}).get("downlink_codec", ""))
     rows = [(label, _fmt(config[key])) for label, key in RECIPE_KEYS if key in config]
     rows = [(k, "the preset's" if k == "learning rate" and v == "0" else v) for k, v in rows]
     compression = [f"{k}={_fmt(v)}" for k, v in sorted(config.items()) if "compress" in k]
@@ -158,7 +192,22 @@ def recipe(config: Mapping[str, Any]) -> tuple[tuple[str, str], ...]:
         compression.append(
             f"secure-aggregation quantisation {config.get('secagg-quantization-range')}"
         )
+    if downlink and config.get("compression", "none") != "none":
+        compression.append(f"weights sent down in {downlink}")
     rows.append(("compression", ", ".join(compression) or "none"))
+    if int(config.get("sites-per-round", 0) or 0):
+        rows.append(("sites per round", f"{config['sites-per-round']} (a random draw)"))
+    elif 0 < float(config.get("fraction", 0) or 0) < 1:
+        rows.append(("sites per round", f"{_fmt(config['fraction'])} of those connected (drawn)"))
+    elif "sites-per-round" in config or "fraction" in config:
+        rows.append(("sites per round", "every connected site"))
+    if traffic and traffic.get("rounds"):
+        rows.append((
+            "mean traffic per round",
+            f"{_mb(float(traffic.get('mean_down_per_round', 0)))} down, "
+            f"{_mb(float(traffic.get('mean_up_per_round', 0)))} up"
+            + (" (key exchange not counted)" if config.get("secure-aggregation") else ""),
+        ))  # fmt: skip
     privacy = []
     if config.get("secure-aggregation"):
         privacy.append("secure aggregation")
@@ -181,7 +230,8 @@ def _site_rows(state: Mapping[str, Any], running: bool) -> tuple[SiteRow, ...]:
     names = set(sites)
     for record in rounds:
         names |= set(record.get("bytes_sent", {})) | {s for s, _ in _rejections(record)}
-    latest_asked = set(rounds[-1].get("bytes_sent", {})) if rounds else set()
+    latest_asked = _asked(rounds[-1]) if rounds else set()
+    connected = _connected_after(rounds)
     sample_dp: Mapping[str, Mapping[str, Any]] = state.get("privacy", {})
     client_dp: Mapping[str, Mapping[str, Any]] = state.get("client_dp_sites", {})
     rows = []
@@ -204,7 +254,7 @@ def _site_rows(state: Mapping[str, Any], running: bool) -> tuple[SiteRow, ...]:
                 name=name,
                 node=str(details.get("node_id", "")),
                 tasks=_describe_tasks(details),
-                connected=running and name in latest_asked,
+                connected=running and name in connected,
                 last_seen=max(seen) if seen else None,
                 rounds_trained=sum(name in r.get("bytes_received", {}) for r in rounds),
                 refused=len(refusals),
@@ -218,6 +268,7 @@ def _site_rows(state: Mapping[str, Any], running: bool) -> tuple[SiteRow, ...]:
                     for key in ("bytes_sent", "bytes_sent_for_evaluation")
                 ),
                 bytes_from_site=sum(int(r.get("bytes_received", {}).get(name, 0)) for r in rounds),
+                not_sampled=running and name in connected and name not in latest_asked,
             )
         )
     return tuple(rows)
@@ -241,24 +292,30 @@ def _metric_plots(state: Mapping[str, Any]) -> dict[str, tuple[Series, ...]]:
 
 
 def _events(state: Mapping[str, Any]) -> tuple[Event, ...]:
-    """Joined (first asked to train), dropped (asked in a round, not in the next), rejected,
-    resumed; newest first (a resumption before the rounds it resumed into)."""
+    """Joined (first asked), dropped (known connected, not asked by a round that asked every
+    connected site: not merely left out of a sampled round), rejected, resumed; newest
+    first (a resumption before the rounds it resumed into)."""
     events: list[tuple[float, int, Event]] = []
     asked_before: set[str] = set()
-    previous: set[str] | None = None
+    connected: set[str] = set()
     for record in state.get("rounds", []):
         n = int(record["round"])
         when = record.get("started")
-        asked = set(record.get("bytes_sent", {}))
+        asked = _asked(record)
         for site in sorted(asked - asked_before):
-            events.append((n, 0, Event(when, n, "joined", site, "first asked to train")))
-        for site in sorted((previous or set()) - asked):
-            events.append((n, 1, Event(when, n, "dropped", site, f"not connected in round {n}")))
+            events.append((n, 0, Event(when, n, "joined", site, "first asked")))
+        if _census(record):
+            for site in sorted(connected - asked):
+                events.append(
+                    (n, 1, Event(when, n, "dropped", site, f"not connected in round {n}"))
+                )
+            connected = asked
+        else:
+            connected |= asked
         end = _round_end(record)
         for site, reason in _rejections(record):
             events.append((n, 2, Event(end, n, "rejected", site, reason)))
         asked_before |= asked
-        previous = asked
     for resume in state.get("resumes", []):
         after = int(resume.get("after_round", 0))
         detail = f"resumed after round {after}"
@@ -306,7 +363,7 @@ def page_data(state: Mapping[str, Any], now: float) -> PageData:
         elapsed=end - float(started) if started else None,
         remaining=_remaining(state, now),
         updated=float(updated) if updated else None,
-        recipe=recipe(state.get("config", {})),
+        recipe=recipe(state.get("config", {}), state.get("traffic")),
         stale=_stale(state, now),
     )
     round_times = Series(
@@ -325,4 +382,28 @@ def page_data(state: Mapping[str, Any], now: float) -> PageData:
         round_times=round_times,
         events=_events(state),
         notes=notes,
+        traffic=_traffic(state),
+        participation=_participation(rounds),
     )
+
+
+def _traffic(state: Mapping[str, Any]) -> tuple[Series, ...]:
+    """Bytes sent down and up per round (report.json's ``traffic``), empty without it."""
+    per_round = (state.get("traffic") or {}).get("rounds", [])
+    return tuple(
+        Series(label, tuple((float(r["round"]), float(r.get(key, 0))) for r in per_round))
+        for label, key in (("down", "down"), ("up", "up"))
+    ) if per_round else ()  # fmt: skip
+
+
+def _participation(rounds: list[Mapping[str, Any]]) -> tuple[Series, ...]:
+    """Sites asked to train per round and, where a sample was drawn, how many it was drawn
+    from (``sites_available``); empty when no round sampled."""
+    if not any(r.get("sites_available") for r in rounds):
+        return ()
+    trained = tuple((float(r["round"]), float(len(r.get("bytes_sent", {})))) for r in rounds)
+    available = tuple(
+        (float(r["round"]), float(r.get("sites_available") or len(r.get("bytes_sent", {}))))
+        for r in rounds
+    )
+    return Series("trained", trained), Series("available", available)

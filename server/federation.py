@@ -24,7 +24,9 @@ from federation import wire
 from federation.settings import RunSettings
 from server.lock import SERVERAPP_LOCK, folder_lock
 from server.report import (
+    asked_sites,
     describe_site,
+    is_census,
     primary_metrics,
     round_scalars,
     site_event_lines,
@@ -131,12 +133,17 @@ class SiteLog:
     def __init__(self) -> None:
         self.announced: set[int] = set()  # node ids already said to have joined
         self.previous: dict[str, Any] | None = None
+        self.connected: set[str] = set()  # last known connected (sampled rounds add only)
 
     def lines(self, strategy: Rule, record: dict[str, Any]) -> list[str]:
         new = {n: s for n, s in strategy.sites.items() if n not in self.announced}
         self.announced |= set(new)
         joined = {s.name: describe_site(n, s.details) for n, s in new.items()}
-        lines = site_event_lines(record, joined=joined, previous=self.previous)
+        lines = site_event_lines(
+            record, joined=joined, previous=self.previous, connected_before=self.connected
+        )
+        asked = asked_sites(record)
+        self.connected = asked if is_census(record) else self.connected | asked
         self.previous = record
         return lines
 

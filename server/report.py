@@ -124,7 +124,9 @@ def traffic_summary(rounds: list[Mapping[str, Any]], codec: str) -> dict[str, An
 
     ``down``: the weights sent to sites (training and evaluation messages); ``up``: the
     sites' training replies (encoded, or masked under secure aggregation). Per round and
-    their means over the rounds (``bench/compression.py`` compares codecs).
+    their means over the rounds (``bench/compression.py`` compares codecs). Secure
+    aggregation's setup traffic (stages 0-1: public keys and encrypted shares) and its
+    unmasking stage are NOT counted (``not_counted`` says so in the report).
     """
     from federation.codecs import create_codec
 
@@ -143,6 +145,7 @@ def traffic_summary(rounds: list[Mapping[str, Any]], codec: str) -> dict[str, An
         "downlink_codec": create_codec(codec).downlink,
         "mean_down_per_round": sum(r["down"] for r in per_round) / n,
         "mean_up_per_round": sum(r["up"] for r in per_round) / n,
+        "not_counted": "secure aggregation's key exchange, share forwarding and unmasking",
         "rounds": per_round,
     }
 
@@ -193,25 +196,40 @@ def round_scalars(record: Mapping[str, Any]) -> dict[str, float]:
     return scalars
 
 
+def asked_sites(record: Mapping[str, Any]) -> set[str]:
+    """The sites a round sent anything to (to train or to evaluate)."""
+    return set(record.get("bytes_sent", {})) | set(record.get("bytes_sent_for_evaluation", {}))
+
+
+def is_census(record: Mapping[str, Any]) -> bool:
+    """Whether the round asked every connected known site: it trained them all (no
+    sampling), or it evaluated (evaluation asks every known site still connected). A
+    sampled round without evaluation says nothing about the sites it did not draw."""
+    return not record.get("sites_available") or bool(record.get("bytes_sent_for_evaluation"))
+
+
 def site_event_lines(
     record: Mapping[str, Any],
     *,
     joined: Mapping[str, str],
     previous: Mapping[str, Any] | None,
+    connected_before: set[str] | None = None,
 ) -> list[str]:
     """The coordinator's plain-words lines for one round: who joined, dropped, was rejected.
 
     ``joined`` is {site: what it said about itself} for sites first seen in this round;
-    ``previous`` the record of the round before (None for the first this process ran).
-    A site asked to train in ``previous`` but not in this round is no longer connected
-    (dropped); a site that was asked and stayed silent is rejected with the reason
-    "no reply before the round timeout".
+    ``previous`` the record of the round before (None for the first this process ran);
+    ``connected_before`` the sites last known connected (default: those ``previous``
+    asked). A site known connected but not asked in a round that asked every connected
+    site (:func:`is_census`) is no longer connected (dropped); a site a sampled round did
+    not draw is not (:mod:`strategies.sampling`). A site that was asked and stayed silent
+    is rejected with the reason "no reply before the round timeout".
     """
     n = record["round"]
     lines = [f"round {n}: site {site} joined ({about})" for site, about in sorted(joined.items())]
-    if previous is not None:
-        asked = set(record.get("bytes_sent", {}))
-        for site in sorted(set(previous.get("bytes_sent", {})) - asked):
+    before = asked_sites(previous) if connected_before is None and previous else connected_before
+    if previous is not None and before and is_census(record):
+        for site in sorted(before - asked_sites(record)):
             lines.append(
                 f"round {n}: site {site} dropped out: no longer connected "
                 f"(it took part in round {previous['round']})"

@@ -95,7 +95,8 @@ def update_policy(settings: RunSettings) -> UpdatePolicy:
 
 def site_sampling(settings: RunSettings) -> SiteSampling:
     """Which sites train in each round: ``sites-per-round`` or ``fraction`` of them, seeded
-    by the run's seed (every connected site when neither is set)."""
+    by the run's seed (every connected site when neither is set; under client-level DP the
+    wrapper replaces the seed by a secret one, :class:`strategies.ClientLevelDP`)."""
     return SiteSampling(
         per_round=settings.sites_per_round,
         fraction=settings.fraction or 1.0,
@@ -106,14 +107,14 @@ def site_sampling(settings: RunSettings) -> SiteSampling:
 
 def expected_sites(settings: RunSettings) -> int:
     """Client-level DP's fixed denominator: ``client-dp-expected-sites``, else the expected
-    number of sites in a round's release: ``sites-per-round``, ``fraction`` of the sites
-    the server waits for, or ``min-sites`` without sampling."""
+    number of sites in a round's release: ``sites-per-round``, or ``min-sites`` without
+    sampling. ``fraction`` draws a share of the sites connected that round, which no
+    constant set before the run knows: it needs ``client-dp-expected-sites``
+    (``check_rule_settings``)."""
     if settings.client_dp_expected_sites:
         return settings.client_dp_expected_sites
     if settings.sites_per_round:
         return settings.sites_per_round
-    if settings.samples_sites:
-        return site_sampling(settings).size(settings.sites_to_wait_for)
     return settings.min_sites
 
 
@@ -154,6 +155,35 @@ def check_rule_settings(settings: RunSettings) -> None:
             f"'{entry.name}' reduces single updates, whose sensitivity that clip does not "
             f"bound. Use a rule whose aggregate is a weighted mean ({', '.join(linear_rules())})"
             f", or set client-dp-noise = 0",
+        )
+    if (
+        settings.client_dp_noise > 0
+        and settings.samples_sites
+        and not settings.sites_per_round
+        and not settings.client_dp_expected_sites
+    ):
+        raise ConfigError(
+            SOURCE,
+            "client-dp-expected-sites",
+            f"client-level DP divides each noised sum by a number fixed before the run; "
+            f"fraction = {settings.fraction} draws a share of whichever sites are connected "
+            "in a round, which can exceed the sites waited for and inflate the mean. Set "
+            "client-dp-expected-sites to the number of sites a round is expected to train, "
+            "or use sites-per-round",
+        )
+    if (
+        settings.secure_aggregation
+        and settings.share_blocks
+        and settings.samples_sites
+        and not settings.secagg_allow_unshared_blocks
+    ):
+        raise ConfigError(
+            SOURCE,
+            "secure-aggregation",
+            "with share-blocks and sites-per-round/fraction, a round may draw a single site "
+            "of a block, and a sum of one update is that update: secure aggregation cannot "
+            "hide it. Set secagg-allow-unshared-blocks = true (such a block then keeps its "
+            "weights that round, logged), or turn off share-blocks or the sampling",
         )
     if settings.secure_aggregation and weighting(settings) is Weighting.EXAMPLES:
         raise ConfigError(

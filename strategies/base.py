@@ -52,6 +52,7 @@ from strategies.records import RoundRecord, arrays_nbytes
 from strategies.round_loop import EvaluateFn, OnRoundEnd, run_rounds
 from strategies.sampling import SiteSampling
 from strategies.sites import SiteInfo, admit_sites, choose_nodes, query_sites, wait_for_nodes
+from umedpt import contract
 
 # How a round's train replies become new global arrays and metrics (see ``combining_with``).
 Combine = Callable[[int, list[Message]], tuple[ArrayRecord | None, MetricRecord | None]]
@@ -106,6 +107,7 @@ class GroupedStrategy(FedAvg):
         self.sampling = sampling
         self._global_numpy: dict[str, np.ndarray] = {}  # the round's global, decoded once
         self._numpy_of: ArrayRecord | None = None  # ... from this record
+        self._pool: list[int] = []  # the nodes this round's training sites were drawn from
 
     # -- the extension point ------------------------------------------------------------
     def reduce_group(
@@ -211,6 +213,7 @@ class GroupedStrategy(FedAvg):
             if sampling:
                 available = {n: self.sites[n].name for n in connected if n in self.sites}
                 nodes = sampling.choose(available, server_round)
+                self._pool = sorted(available)
                 self.round_record(server_round).sites_available = len(available)
                 log(
                     INFO,
@@ -260,6 +263,17 @@ class GroupedStrategy(FedAvg):
             else:
                 record.bytes_sent_for_evaluation[site.name] = arrays_nbytes(payload)
         return messages
+
+    def sampling_pool(self) -> dict[str, list[str]]:
+        """The sites this round's training sites were drawn from (empty without sampling),
+        each with the groups it would have carried: any of them could have been in the
+        release, so client-level DP accounts each (:mod:`strategies.central_dp`)."""
+        released = {contract.group_of(k) for k in self.global_arrays.keys()}
+        return {
+            self.sites[n].name: sorted(released & set(self.sites[n].groups))
+            for n in self._pool
+            if n in self.sites
+        }
 
     def global_numpy(self, arrays: ArrayRecord | None = None) -> dict[str, np.ndarray]:
         """The round's global weights (``arrays``, else the last trained) as numpy, once."""
@@ -334,6 +348,7 @@ class GroupedStrategy(FedAvg):
     ) -> Iterable[Message]:
         self._global = arrays
         self._sent_to = {}
+        self._pool = []
         return self._messages(server_round, arrays, config, grid, MessageType.TRAIN)
 
     def configure_evaluate(

@@ -32,10 +32,22 @@ group was released, noise multiplier z, at that round's sample rate: 1 when ever
 connected site is asked, ``sampled / available`` when the round trains a random subset
 (``--sites-per-round`` / ``--fraction``, :mod:`strategies.sampling`): amplification by
 subsampling, which lowers epsilon for the same noise. E is then the expected number of
-sampled sites.
+sampled sites (``sites-per-round``, or ``client-dp-expected-sites``, which ``--fraction``
+requires: :func:`server.rules.check_rule_settings`).
 Per group, and per SITE over every group it trains: a site that trains the encoder and a
 shared block is released twice per round, so its epsilon composes both (RDP composition
-of the per-group histories). Epsilon is reported at ``client-dp-delta``.
+of the per-group histories). Under sampling, EVERY site the round was drawn from is
+counted, at the sampled rate, for every group it would have carried, whether it was drawn
+or not: the discount of amplification already prices in the rounds a site sits out
+(counting only its drawn rounds, at the lower rate, would use that discount twice).
+Epsilon is reported at ``client-dp-delta``.
+
+Amplification holds only while nobody who sees the released weights can tell whether a
+site took part. So under client-level DP the draw is seeded by a SECRET (``os.urandom``,
+kept in the coordinator's server-state checkpoint so that ``--resume`` draws the same),
+never by the published run seed; and the coordinator's own records (its log,
+report.json, run-state.json, which name each round's training sites and their bytes) are
+as private as the sites' updates themselves (docs/privacy.md).
 
 With E larger than the number of sites that train a group (a block few sites share), the
 estimate shrinks toward the global weights: keep blocks at home (the default) under
@@ -49,7 +61,9 @@ sensitivity the same way.
 
 from __future__ import annotations
 
+import dataclasses
 import math
+import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from logging import INFO
@@ -64,6 +78,9 @@ from strategies.wrapper import StrategyWrapper, require_linear
 from umedpt import contract
 
 ADJACENCY = "add/remove one site (all its examples)"
+# The secret seed of the site draw under client-level DP, in the server's strategy state.
+SAMPLING_SEED_KEY = "client-dp.sampling-seed"
+SEED_WORDS = 4  # 128 bits, as uint32 words
 
 
 @dataclass(frozen=True)
@@ -221,9 +238,11 @@ class CentralDP:
             }
             for group, rate in rates.items():
                 self.releases.setdefault(group, []).append(rate)
+            # a group the site would have carried but nobody drawn trained: the round's rate
+            round_rate = next(iter(rates.values()), 1.0)
             for site, groups in record.get("client_dp_sites", {}).items():
                 for group in groups:
-                    self.count_site(site, [group], rates.get(group, 1.0))
+                    self.count_site(site, [group], rates.get(group, round_rate))
 
 
 def rdp_epsilon(history: list[tuple[float, float, int]], delta: float) -> float:
@@ -249,6 +268,29 @@ class ClientLevelDP(StrategyWrapper):
         )
         super().__init__(rule)
         self.mechanism = CentralDP(config)
+        self._seed_words = np.frombuffer(os.urandom(4 * SEED_WORDS), np.uint32).copy()
+        self._secret_draw()
+
+    def _secret_draw(self) -> None:
+        """The rule draws its sites from the secret seed, not the published run seed."""
+        rule = self.rule
+        assert isinstance(rule, GroupedStrategy)
+        if rule.sampling is not None:
+            secret = int.from_bytes(self._seed_words.tobytes(), "little")
+            rule.sampling = dataclasses.replace(rule.sampling, seed=secret)
+
+    def state_arrays(self) -> dict[str, np.ndarray]:
+        """The rule's state and the secret seed (private: the server-state checkpoint)."""
+        return {**self.rule.state_arrays(), SAMPLING_SEED_KEY: self._seed_words}
+
+    def load_state_arrays(self, state: dict[str, np.ndarray]) -> None:
+        """On resume: the saved secret seed, so the rounds left draw what they would have."""
+        state = dict(state)
+        saved = state.pop(SAMPLING_SEED_KEY, None)
+        if saved is not None:
+            self._seed_words = np.asarray(saved, np.uint32).copy()
+            self._secret_draw()
+        self.rule.load_state_arrays(state)
 
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
@@ -267,7 +309,13 @@ class ClientLevelDP(StrategyWrapper):
         with rule.combining_with(combine):
             arrays, metrics = rule.aggregate_train(server_round, replies)
         # What the release included, per site (accepted replies carry a weight)...
-        for reply in replies:
+        pool = rule.sampling_pool() if record.sites_available else {}
+        if pool and record.client_dp:
+            # ... under sampling: every site that could have been drawn, at the round's rate
+            for site, groups in sorted(pool.items()):
+                record.client_dp_sites[site] = groups
+                self.mechanism.count_site(site, groups)
+        for reply in [] if pool else replies:
             site = rule.site_name(rule.replying_node(reply))
             if site in record.weights and reply.content.array_records:
                 carried = next(iter(reply.content.array_records.values())).keys()

@@ -6,6 +6,10 @@ run's seed, the round and the sites' NAMES (node ids change from run to run in a
 simulation), so the same seed and sites give the same subsets, and a resumed run draws
 what the uninterrupted one would have.
 
+Under client-level DP the seed is a secret the coordinator keeps in its private state
+(:class:`strategies.ClientLevelDP`), not the published run seed: amplification needs that
+no one who sees the released weights can tell who was drawn.
+
 Client-level DP counts on it: a site's chance of being in a round's release is
 ``size / available`` (:attr:`SiteSampling.rate`), which its accountant uses (amplification
 by subsampling). Opacus' RDP accountant assumes Poisson sampling at that rate; a draw of

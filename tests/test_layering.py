@@ -96,6 +96,19 @@ def test_no_relative_or_dynamic_imports_anywhere() -> None:
     assert odd == []
 
 
+def test_no_test_module_imports_another() -> None:
+    """Helpers shared by test modules live in helper modules (``tests/helpers.py``,
+    ``tests/federation/inprocess.py``, ...), not in another ``test_*`` module: a test file
+    is free to change its helpers, and importing it runs its module-level setup."""
+    tests_importing_tests = [
+        f"{file.relative_to(ROOT)} imports {module}"
+        for file in python_files("tests")
+        for module in imported_modules(file)
+        if module.startswith("tests.") and any(p.startswith("test_") for p in module.split("."))
+    ]
+    assert tests_importing_tests == []
+
+
 def test_the_rule_catches_a_break(tmp_path) -> None:
     bad = tmp_path / "bad.py"
     bad.write_text("def f():\n    from server.report import write_report\n")

@@ -9,7 +9,7 @@ float32 per tensor), ``bf16`` (torch's bfloat16 as uint16 bit patterns) and ``in
 from __future__ import annotations
 
 from federation.codecs.base import FLOAT as FLOAT32
-from federation.codecs.base import SCALE_SUFFIX, Codec, Encoded, PayloadError
+from federation.codecs.base import RAW_SUFFIX, SCALE_SUFFIX, Codec, Encoded, PayloadError
 from federation.codecs.bf16 import Bf16
 from federation.codecs.feedback import encode_with_feedback, residual_fits
 from federation.codecs.fp16 import Fp16
@@ -20,6 +20,7 @@ from umedpt.registry import Registry
 __all__ = [
     "CODECS",
     "FLOAT32",
+    "RAW_SUFFIX",
     "SCALE_SUFFIX",
     "Codec",
     "Encoded",

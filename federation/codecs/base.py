@@ -18,6 +18,11 @@ from typing import ClassVar
 import numpy as np
 
 SCALE_SUFFIX = "@scale"  # int8: the entry of a tensor's scale, beside the tensor's own key
+# Beside a tensor that travels as it is (not float32): an empty marker entry, so that a
+# decoder told nothing else (a site decoding the server's weights) never takes a genuine
+# int8 or uint16 tensor for a codec's output.
+RAW_SUFFIX = "@raw"
+MARKER = np.zeros(0, np.uint8)
 FLOAT = np.dtype(np.float32)
 
 
@@ -69,6 +74,7 @@ class Codec(ABC):
             value = np.asarray(value)
             if value.dtype != FLOAT:
                 out.entries[key] = value
+                out.entries[key + RAW_SUFFIX] = MARKER
                 continue
             entries, fell_back = self.encode_tensor(key, value)
             out.entries.update(entries)
@@ -85,9 +91,9 @@ class Codec(ABC):
         (what the server sent), else the tensor keys and shapes as sent (a site decoding the
         server's weights; its model checks them next). PayloadError on any mismatch."""
         if reference is None:
-            keys = [k for k in entries if not k.endswith(SCALE_SUFFIX)]
+            keys = [k for k in entries if not k.endswith((SCALE_SUFFIX, RAW_SUFFIX))]
             expected: dict[str, tuple[np.dtype, tuple[int, ...] | None]] = {
-                k: (FLOAT if _floating(entries[k]) else np.dtype(entries[k].dtype), None)
+                k: (np.dtype(entries[k].dtype) if k + RAW_SUFFIX in entries else FLOAT, None)
                 for k in keys
             }
         else:
@@ -99,7 +105,7 @@ class Codec(ABC):
                 raise PayloadError(f"'{key}' is missing")
             if dtype != FLOAT:
                 value = _checked(key, entries[key], dtype, shape)
-                decoded[key], parts = value, [key]
+                decoded[key], parts = value, [key, key + RAW_SUFFIX]
             else:
                 value, parts = self.decode_tensor(key, entries, shape)
                 decoded[key] = value
@@ -107,14 +113,6 @@ class Codec(ABC):
         if extra := sorted(set(entries) - used):
             raise PayloadError(f"unexpected entr{'y' if len(extra) == 1 else 'ies'} {extra[:3]}")
         return decoded
-
-
-def _floating(value: np.ndarray) -> bool:
-    """An entry that a codec wrote for a float32 tensor (not a raw integer buffer)."""
-    return np.dtype(value.dtype).kind in "fV" or np.dtype(value.dtype) in (
-        np.dtype(np.uint16),
-        np.dtype(np.int8),
-    )
 
 
 def _checked(

@@ -22,7 +22,7 @@ from umedpt.evaluation import (
     run_evaluation,
     stratified_subset,
 )
-from umedpt.evaluation.probe import CellTrainer, Probe
+from umedpt.evaluation.probe import CellTrainer, FeatureBank, Probe
 from umedpt.evaluation.summary import labels_saved
 from umedpt.model import UMedPTModel
 from umedpt.models.presets import model_config
@@ -138,6 +138,22 @@ def test_only_finetune_changes_the_encoder(mode) -> None:
     assert (changed == []) == (mode == "frozen")
 
 
+def test_cached_features_and_their_targets_come_from_the_same_batch() -> None:
+    """A task type whose training batches are random (masks) scores the same with and
+    without the feature bank: both read ``collate_eval``'s fixed batch (review finding 6)."""
+    target = _target("self-supervised")
+    (spec,) = parse_encoders([])
+    probe = Probe(spec.build(), target.task, spec.config, seed=0)
+    cpu = torch.device("cpu")
+    bank = FeatureBank.build(probe.encoder, target.task, {"val": target.splits["val"]}, cpu)
+    trainer = CellTrainer(target.task, FROZEN, "reconstruction_score", cpu)
+    torch.manual_seed(1)
+    banked = trainer.score(probe, target.splits["val"], "val", bank)
+    torch.manual_seed(2)
+    direct = trainer.score(probe, target.splits["val"], "val", None)
+    assert banked["masked_l1"] == pytest.approx(direct["masked_l1"], rel=1e-4)
+
+
 def test_a_rerun_resumes_and_recomputes_a_lost_cell_identically(tmp_path) -> None:
     target = _target("classification")
     specs = parse_encoders([])
@@ -217,6 +233,19 @@ def test_a_target_the_readers_refuse_fails_before_training(tmp_path, demo_site) 
     assert result.exit_code == 2
     assert "missing-" in result.output
     assert not (tmp_path / "eval" / "results.json").exists()
+
+
+def test_a_self_supervised_target_is_refused_before_training(tmp_path, demo_site) -> None:
+    """No labels, so no labels to save; and its batches mask at random (review finding 6)."""
+    unlabelled = demo_site.parent / "clinic-e.toml"
+    args = ["evaluate", "--target", str(unlabelled), "--out", str(tmp_path / "eval"),
+            "--fractions", "100", "--seeds", "1", "--steps", "2", "--min-steps", "2",
+            "--mode", "frozen"]  # fmt: skip
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 2, result.output
+    said = " ".join(result.output.split())
+    assert "self-supervised" in said and "has no labels" in said
+    assert not (tmp_path / "eval").exists()
 
 
 def test_imagenet_weights_come_from_a_local_file_only(tmp_path, monkeypatch) -> None:

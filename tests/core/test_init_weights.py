@@ -9,8 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.helpers import make_task
-from umedpt import contract
+from tests.helpers import assert_group_equal, make_task, write_source
 from umedpt.checkpoint import save_checkpoint
 from umedpt.export.exporter import BLOCKS_DIR, export_checkpoint
 from umedpt.init_weights import InitError, SourceKind, apply_init, read_init, weights_digest
@@ -18,31 +17,6 @@ from umedpt.model import UMedPTModel
 from umedpt.models.presets import model_config
 
 TINY = model_config("tiny")
-
-
-def source_model(seed: int = 11) -> UMedPTModel:
-    """A tiny model with a classification block and head, every shared tensor perturbed:
-    equal initial values (norms at 1/0) cannot hide a key that was not loaded."""
-    model = UMedPTModel(TINY, [make_task("pre", "classification")], seed=seed)
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, tensor in model.state_dict().items():
-            if tensor.is_floating_point() and contract.is_shared(name):
-                tensor.add_(0.05 * torch.randn(tensor.shape, generator=generator))
-    return model.eval()
-
-
-def write_source(folder: Path, seed: int = 11) -> tuple[Path, UMedPTModel]:
-    """A source checkpoint as `pretrain` writes one: encoder, one block, one head."""
-    model = source_model(seed)
-    return save_checkpoint(folder, model, meta={"kind": "test"}), model
-
-
-def assert_group_equal(got: dict, want: dict, group: str) -> None:
-    want = contract.select(want, [group])
-    assert want, group
-    for key, value in want.items():
-        assert torch.equal(got[key], value), key
 
 
 @pytest.fixture(scope="module")

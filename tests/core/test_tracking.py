@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import importlib.util
 import logging
-from pathlib import Path
 
 import pytest
 
+from tests.helpers import mlflow_store, read_scalars
 from umedpt.data.demo import write_demo_federation
 from umedpt.errors import ConfigError
 from umedpt.pretrain import PretrainConfig, pretrain
@@ -22,25 +22,6 @@ from umedpt.tracking import (
     create_tracker,
 )
 from umedpt.tracking.mlflow_tracker import metric_key
-
-
-def read_scalars(log_dir: Path) -> dict[str, list[tuple[int, float]]]:
-    """{tag: [(step, value), ...]} from the event files in ``log_dir``."""
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    events = EventAccumulator(str(log_dir))
-    events.Reload()
-    return {
-        tag: [(e.step, e.value) for e in events.Scalars(tag)] for tag in events.Tags()["scalars"]
-    }
-
-
-def mlflow_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
-    """A local MLflow file store (mlflow-skinny has no database store of its own)."""
-    pytest.importorskip("mlflow")
-    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")  # MLflow 3 prefers a database
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    return (tmp_path / "mlruns").as_uri()
 
 
 def test_tensorboard_writes_event_files_that_read_back(tmp_path) -> None:

@@ -53,10 +53,16 @@ def test_a_second_listing_parses_no_header_and_gives_the_same_records(task, pars
     assert parses == []
 
 
-def test_the_index_holds_pseudonyms_only(task) -> None:
+@pytest.mark.parametrize("pacs_names", [False, True])
+def test_the_index_holds_pseudonyms_only(tmp_path, pacs_names) -> None:
+    """Also when folders are named by PatientID and files by SOPInstanceUID: the index keys
+    files by a keyed pseudonym of their path, never the path (review finding 7)."""
+    site = write_dicom_site(tmp_path, patients=3, slices=3, pacs_names=pacs_names)
+    task = load_site_config(site).tasks[0]
     read_records(task)
     text = index_file(task).read_text()
     assert index_file(task).stat().st_mode & 0o077 == 0
+    assert str(task.path) not in text and "README" not in text  # no path, no file name
     for file in task.path.rglob("*.dcm"):
         ds = pydicom.dcmread(file, stop_before_pixels=True)
         for keyword in FAKE_IDENTIFIER_KEYWORDS:

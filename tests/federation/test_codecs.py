@@ -235,3 +235,17 @@ def test_rules_refuse_int8_under_secure_aggregation_and_bad_sampling() -> None:
         RunSettings(sites_per_round=2, fraction=0.5)
     with pytest.raises(ConfigError, match="compression"):
         RunSettings(compression="int4")
+
+
+def test_a_genuine_int8_or_uint16_tensor_is_not_taken_for_codec_output() -> None:
+    values = {
+        "encoder.w": rng_values(),
+        "encoder.q": np.array([-3, 5], np.int8),
+        "encoder.bits": np.array([1, 2, 3], np.uint16),
+    }
+    for name in ("fp16", "bf16"):
+        encoded = create_codec(name).encode(values)
+        decoded = create_codec(name).decode(encoded.entries)  # as a site decodes the weights
+        assert decoded["encoder.q"].dtype == np.int8 and decoded["encoder.q"].tolist() == [-3, 5]
+        assert decoded["encoder.bits"].tolist() == [1, 2, 3]
+        assert decoded["encoder.w"].dtype == np.float32

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from client.supernode import SuperNodeOptions, supernode_command
+from client.supernode import SuperNodeOptions, app_host_command, supernode_command
 from federation import wire
 from server.coordinator import (
     SuperLinkOptions,
@@ -67,6 +67,22 @@ def test_supernode_command_names_its_site_file(tmp_path) -> None:
     assert command[command.index("--node-config") + 1] == f"site-config='{site.resolve()}'"
     with pytest.raises(ValueError, match="HOST:PORT"):
         SuperNodeOptions(server="nowhere", site_config=site, insecure=True)
+
+
+def test_a_site_runs_its_messages_in_one_long_lived_app_host_unless_asked(tmp_path) -> None:
+    site = tmp_path / "site.toml"
+    options = SuperNodeOptions(server="10.0.0.1:9093", site_config=site, insecure=True, port=9111)
+    command = supernode_command(options)  # Flower starts no executor of its own
+    assert command[command.index("--isolation") + 1] == "process"
+    host = app_host_command(options)  # ours, on the SuperNode's local Runtime API
+    assert host[1:3] == ["-m", "client.app_host"]
+    assert host[host.index("--runtime-api-address") + 1] == "127.0.0.1:9111"
+    flowers = SuperNodeOptions(
+        server="10.0.0.1:9093", site_config=site, insecure=True, isolation="subprocess"
+    )
+    assert "--isolation" not in supernode_command(flowers)  # Flower's default
+    with pytest.raises(ValueError, match="--isolation must be one of process, subprocess"):
+        SuperNodeOptions(server="h:1", site_config=site, insecure=True, isolation="thread")
 
 
 def report_with_two_rounds() -> dict:

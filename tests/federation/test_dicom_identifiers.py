@@ -13,6 +13,7 @@ import logging
 from pathlib import Path
 
 import pydicom
+import pytest
 from flwr.app import ArrayRecord, Message
 from typer.testing import CliRunner
 
@@ -54,10 +55,15 @@ def reply_bytes(reply: Message) -> bytes:
     return b"\n".join(parts)
 
 
+@pytest.mark.parametrize("pacs_names", [False, True], ids=["plain-names", "pacs-names"])
 def test_no_dicom_identifier_leaves_the_site_or_reaches_its_files(
-    demo_sites, tmp_path, caplog
+    demo_sites, tmp_path, caplog, pacs_names
 ) -> None:
-    site_file = write_dicom_site(tmp_path / "data", patients=4, slices=4)
+    """With ``pacs_names`` (folders named by PatientID, files by SOPInstanceUID) the paths
+    themselves are identifiers: the decoded cache keeps them beside the images on the site's
+    disk (and a refused file is named on the site's console and log), but nothing that
+    leaves the site, the run folder, the model card or the header index holds one."""
+    site_file = write_dicom_site(tmp_path / "data", patients=4, slices=4, pacs_names=pacs_names)
     secrets = identifiers(tmp_path / "data")
     assert len(secrets) > 20  # names, IDs, birth dates, accession numbers, UIDs
     site = load_site_config(site_file)
@@ -93,6 +99,9 @@ def test_no_dicom_identifier_leaves_the_site_or_reaches_its_files(
     texts["check-site output"] = checked.output.encode()
     texts["check-site output, unwrapped"] = checked.output.replace("\n", "").encode()
     assert len(grid.received) >= 4  # query, train, evaluate... of both sites
+    if pacs_names:  # the decoded cache keeps each image with its path, on the site's disk
+        texts = {w: c for w, c in texts.items() if "cache" not in Path(w).parts}
+        assert any(DICOM_INDEX in Path(w).parts for w in texts) and "replies" in texts
     for where, content in texts.items():
         for secret in secrets:
             assert secret.encode() not in content, f"{secret!r} found in {where}"

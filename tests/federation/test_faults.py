@@ -7,6 +7,7 @@ Every check of leftover processes looks only at the processes of the command in 
 from __future__ import annotations
 
 import json
+import re
 import signal
 from collections.abc import Callable
 from pathlib import Path
@@ -193,14 +194,15 @@ def test_a_killed_site_misses_its_round_and_rejoins_from_its_saved_state(
         "--encoder", ENCODER,
         log=tmp_path / "server.log", env=bare,
     )  # fmt: skip
+    steady_log = supernode_log_from_now(demo_sites[1])
     steady = client(demo_sites[1], port, "--insecure", log=tmp_path / "steady.log", env=bare)
     doomed_log = supernode_log_from_now(demo_sites[3])
     doomed = client(demo_sites[3], port, "--insecure", log=tmp_path / "doomed.log", env=bare)
     commands = [coordinator, steady, doomed]
     try:
         wait_for(lambda: completed_round(out) >= 1, 400, "round 1")
-        # the command, its SuperNode's reaper, the SuperNode, its SuperExec, and an app
-        # process training round 2 (it logs that it restored the site's round-1 state)
+        # the command, its reapers, the SuperNode, its app host (client.app_host), and the
+        # host's child training round 2 (it logs that it restored the site's round-1 state)
         wait_for(lambda: "restored from round 1" in doomed_log(), 60, "the site's round 2")
         doomed.signal(signal.SIGKILL)
         doomed.wait(10)
@@ -224,3 +226,37 @@ def test_a_killed_site_misses_its_round_and_rejoins_from_its_saved_state(
     site_log = (demo_sites[3].parent / "state" / "clinic-d" / "supernode.log").read_text()
     assert f"heads, blocks and optimizer state restored from round 1 of run {run_key}" in site_log
     assert_nothing_left(commands)
+    # One long-lived app host per site (client.app_host): imported once, a process per message.
+    # (a line may show twice: Opacus' import gives the root logger a handler of its own)
+    hosts = set(re.findall(r"app host (\d+): ClientApp imported", steady_log()))
+    assert len(hosts) == 1, steady_log()[-3000:]
+    children = set(re.findall(r"app host: message process (\d+) done", steady_log()))
+    assert len(children) >= 5  # a process each: query, 3 trains, evaluate
+    assert_message_timings(demo_sites[1], run_key, report)
+
+
+def assert_message_timings(site: Path, run_key: str, report: dict) -> None:
+    """Each reply's record says where its message's time went (client.message_clock)."""
+    state = load_site_config(site).state_dir
+    entries = [json.loads(line) for line in (state / "sent.jsonl").read_text().splitlines()]
+    entries = [e for e in entries if e["run_key"] == run_key]
+    trains = [e for e in entries if e["kind"] == "train"]
+    assert [e["round"] for e in trains] == [1, 2, 3]
+    round_seconds = {r["round"]: r["seconds"] for r in report["rounds"]}
+    for entry in trains:
+        timings = entry["timings"]
+        assert list(timings) == [
+            "received", "app_up", "model_built", "state_restored", "trained", "reply_built",
+            "handler",
+        ], timings  # fmt: skip
+        assert all(v >= 0 for v in timings.values()), timings
+        assert timings["trained"] == round(entry["train_seconds"], 3)
+        inside = sum(timings[k] for k in ("model_built", "state_restored", "trained"))
+        assert inside <= timings["handler"] + 0.002, timings
+        # Stages on one machine's clock fit in the round (the kernel's 10 ms tick aside).
+        before = timings["received"] + timings["app_up"]
+        assert before + timings["handler"] <= round_seconds[entry["round"]] + 0.05, timings
+    evaluation = next(e for e in entries if e["kind"] == "evaluate")
+    assert {"model_built", "handler"} <= set(evaluation["timings"]), evaluation
+    log_text = (state / LOG_NAME).read_text()
+    assert "; timings: received " in log_text and "trained " in log_text

@@ -9,13 +9,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from client.app import app as client_app
 from federation import wire
-from federation.settings import RunSettings
-from server.federation import RunExistsError, run_federation
+from server.federation import RunExistsError
 from server.state import GLOBAL_CHECKPOINT
 from strategies import RoundFailedError
 from tests.federation.fakes import ClientAppGrid
+from tests.federation.inprocess import federate, settings_for
 from umedpt import contract
 from umedpt.checkpoint import load_model, load_weights, read_header, read_meta
 from umedpt.config import load_site_config
@@ -23,24 +22,6 @@ from umedpt.model import UMedPTModel
 from umedpt.models.presets import PRESETS
 from umedpt.pretrain import load_runs
 from umedpt.training.trainer import MultiTaskTrainer, TrainConfig
-
-
-def settings_for(sites: list[Path], out: Path, **overrides) -> RunSettings:
-    base = RunSettings(
-        num_server_rounds=2,
-        local_steps=1,
-        out_dir=str(out),
-        site_configs=",".join(str(s) for s in sites),
-        state_root=str(out / "sites"),
-        seed=3,
-    )
-    return replace(base, **overrides)
-
-
-def federate(settings: RunSettings, **grid_kwargs) -> tuple[dict, ClientAppGrid]:
-    nodes = {100 + i: {"partition-id": i} for i in range(len(settings.site_config_list()))}
-    grid = ClientAppGrid(client_app, nodes, settings.to_run_config(), **grid_kwargs)
-    return run_federation(grid, settings), grid
 
 
 def global_weights(out: Path) -> dict[str, torch.Tensor]:

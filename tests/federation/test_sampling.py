@@ -80,8 +80,9 @@ def test_sampling_amplifies_client_level_dp() -> None:
 def test_the_dp_wrapper_accounts_at_the_rounds_rate_and_divides_by_the_sample_size() -> None:
     settings = RunSettings.of(sites_per_round=2, client_dp_noise=1.0, client_dp_clip=1.0)
     assert client_dp_config(settings).expected_sites == 2
-    assert client_dp_config(RunSettings.of(fraction=0.5, wait_for_sites=4, client_dp_noise=1.0,
-                                           client_dp_clip=1.0)).expected_sites == 2  # fmt: skip
+    assert client_dp_config(RunSettings.of(fraction=0.5, client_dp_expected_sites=2,
+                                           client_dp_noise=1.0, client_dp_clip=1.0)
+                            ).expected_sites == 2  # fmt: skip
     strategy = make("fedavg", sites_per_round=2, client_dp_noise=1.0, client_dp_clip=1.0)
     strategy.start(ScriptedGrid(FOUR), initial(), num_rounds=2, timeout=5)
     facts = strategy.rounds[2].client_dp["encoder"]

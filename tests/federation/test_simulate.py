@@ -6,39 +6,13 @@ Each test checks only the processes it started (adopted by the command's keeper,
 from __future__ import annotations
 
 import json
-import sys
-import tempfile
-from pathlib import Path
-from typing import NamedTuple
 
 import pytest
 
-from tests.processes import Tracked
+from tests.federation.simulation import simulate
 from umedpt.checkpoint import load_model, read_header
 
 pytestmark = pytest.mark.slow
-
-
-class Simulation(NamedTuple):
-    returncode: int
-    stdout: str
-    stderr: str
-    process: Tracked  # the command, with everything it started
-
-
-def simulate(out: Path, sites: list[Path], *extra: str) -> Simulation:
-    command = [sys.executable, "-m", "umedpt_fl.cli", "simulate", "--out", str(out)]
-    for site in sites:
-        command += ["--site", str(site)]
-    command += ["--rounds", "2", "--local-steps", "1", *extra]
-    with tempfile.TemporaryFile() as stdout, tempfile.TemporaryFile() as stderr:
-        process = Tracked(command, stdout=stdout, stderr=stderr)
-        code = process.wait(600)
-        outputs = []
-        for output in (stdout, stderr):
-            output.seek(0)
-            outputs.append(output.read().decode(errors="replace"))
-    return Simulation(code, *outputs, process)
 
 
 def test_simulation_reports_every_site_and_leaves_nothing_running(demo_sites, tmp_path) -> None:

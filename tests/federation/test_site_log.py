@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
+from flwr.app import Context, RecordDict
 
 import client.site as site_module
 import umedpt_fl.inprocess  # noqa: F401  (sets the task identity messages need outside a run)
@@ -15,33 +15,13 @@ from client.app import app as client_app
 from client.site import SENT_LOG, SentReply, SiteRunner
 from federation import wire
 from federation.settings import RunSettings
+from tests.federation.inprocess import ask, own_site
 from umedpt.config import load_site_config
 from umedpt.data.cache import site_cache_dir
-
-PRIVACY = "\n[privacy]\ntarget_epsilon = 8.0\ntarget_delta = 1e-5\nmax_grad_norm = 1.0\n"
-
-
-def own_site(demo_site: Path, state: Path, *, privacy: bool = False) -> Path:
-    """A copy of a demo site file (beside it: same data) with a state folder of its own."""
-    text = demo_site.read_text()
-    name = load_site_config(demo_site).name
-    text = text.replace(f'state_dir = "state/{name}"', f'state_dir = "{state}"')
-    if privacy:
-        text = text.replace("[[tasks]]", PRIVACY + "\n[[tasks]]", 1)
-    path = demo_site.parent / f"{name}-log-{state.parent.name}.toml"
-    path.write_text(text)
-    return path
 
 
 def sent_entries(state: Path) -> list[dict]:
     return [json.loads(line) for line in (state / SENT_LOG).read_text().splitlines()]
-
-
-def ask(kind: str, node: int, shared: dict, server_round: int) -> Message:
-    """A server's train or evaluate message, as the ServerApp sends it."""
-    config = ConfigRecord({wire.SERVER_ROUND: server_round, wire.RUN_KEY: "r"})
-    content = RecordDict({wire.CONFIG: config, wire.SHARED_ARRAYS: ArrayRecord(shared)})
-    return Message(content, dst_node_id=node, message_type=kind)
 
 
 def test_every_reply_is_logged_with_what_it_carried(demo_sites, tmp_path, site_log) -> None:
@@ -78,7 +58,19 @@ def test_every_reply_is_logged_with_what_it_carried(demo_sites, tmp_path, site_l
     assert "trained tasks lesions for 1 steps in" in trained[0]
     mb = groups["encoder"] / 1e6
     assert f"sent encoder ({mb:.1f} MB), blocks.classification (" in trained[0]
-    assert trained[0].endswith("to the coordinator at fed.example.org:9093")
+    # where the message's time went (client.message_clock); no app process start in-process
+    assert "to the coordinator at fed.example.org:9093; timings: received " in trained[0]
+    assert trained[0].endswith(" s") and "app process up" not in trained[0]
+    timings = entries[0]["timings"]
+    assert list(timings) == [
+        "received",
+        "model_built",
+        "state_restored",
+        "trained",
+        "reply_built",
+        "handler",
+    ]
+    assert timings["trained"] == round(entries[0]["train_seconds"], 3)
     assert any("round 1: evaluated tasks lesions on " in line and "sent no weights" in line
                for line in lines)  # fmt: skip
 

@@ -16,9 +16,9 @@ from federation import wire
 from federation.settings import RUN_CONFIG_ENV, RunSettings, settings_for_app
 from server.federation import run_federation
 from server.report import round_scalars
-from tests.core.test_tracking import mlflow_store, read_scalars
 from tests.federation.fakes import ScriptedGrid
-from tests.federation.test_federation import federate, settings_for
+from tests.federation.inprocess import federate, settings_for
+from tests.helpers import mlflow_store, read_scalars
 from umedpt.errors import ConfigError
 from umedpt.tracking import TENSORBOARD_DIR
 

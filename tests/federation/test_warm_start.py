@@ -20,8 +20,8 @@ from federation import wire
 from federation.settings import RunSettings
 from server.federation import initial_weights
 from server.state import GLOBAL_CHECKPOINT
-from tests.core.test_init_weights import assert_group_equal, write_source
-from tests.federation.test_federation import federate, settings_for
+from tests.federation.inprocess import federate, settings_for
+from tests.helpers import assert_group_equal, write_source
 from umedpt import contract
 from umedpt.checkpoint import load_state, read_meta
 from umedpt.export.exporter import export_checkpoint
@@ -157,7 +157,7 @@ def test_a_simulation_starts_from_a_relative_init_and_records_it(
 ) -> None:
     """`simulate` as a user runs it (Ray, apps in other processes): the init path, relative
     to where the command ran, reaches the ServerApp; the run records what it loaded."""
-    from tests.federation.test_simulate import simulate
+    from tests.federation.simulation import simulate
 
     relative = os.path.relpath(source[1], Path.cwd())
     result = simulate(tmp_path / "sim", [demo_sites[3]], "--rounds", "1", "--init", relative)

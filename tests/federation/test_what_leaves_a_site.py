@@ -27,7 +27,7 @@ from federation.settings import RunSettings
 from server.federation import run_federation
 from server.state import GLOBAL_CHECKPOINT, SERVER_STATE
 from tests.federation.fakes import ClientAppGrid, ScriptedGrid
-from tests.federation.test_site_log import ask, own_site
+from tests.federation.inprocess import ask, own_site
 from umedpt.config import load_site_config
 from umedpt.errors import ConfigError, DataError
 from umedpt.export.exporter import export_checkpoint

@@ -5,8 +5,10 @@ site file) of a few patients, each slice labelled ``nodule`` or ``clear`` in a C
 ``SOPInstanceUID``; every third file is RLE-compressed (pydicom encodes and decodes RLE
 without plugins), and a ``README.txt`` sits among the files (skipped, counted). The files
 carry realistic fake identifiers (patient name and ID, birth date, accession number, UIDs):
-:data:`FAKE_IDENTIFIER_KEYWORDS` are what the identifier-scan test looks for. File names
-carry none of them. Same seed, same bytes.
+:data:`FAKE_IDENTIFIER_KEYWORDS` are what the identifier-scan test looks for. By default file
+names carry none of them (``patient-01/slice-001.dcm``); ``pacs_names=True`` names them as
+many exports do, folders by PatientID and files by SOPInstanceUID, so the tests can check
+that paths stay on the site. Same seed, same bytes.
 """
 
 from __future__ import annotations
@@ -42,9 +44,18 @@ _FAMILY = ("Lindqvist", "Okafor", "Brandt", "Nieminen", "Sousa", "Kowalczyk", "H
 
 
 def write_dicom_site(
-    out_dir: Path, *, seed: int = 0, patients: int = 8, slices: int = 6, size: int = 64
+    out_dir: Path,
+    *,
+    seed: int = 0,
+    patients: int = 8,
+    slices: int = 6,
+    size: int = 64,
+    pacs_names: bool = False,
 ) -> Path:
-    """Write ``clinic-dicom`` (``patients`` x ``slices`` DICOM files) and return its site file."""
+    """Write ``clinic-dicom`` (``patients`` x ``slices`` DICOM files) and return its site file.
+
+    ``pacs_names``: ``<PatientID>/<SOPInstanceUID>.dcm`` instead of ``patient-01/slice-001.dcm``.
+    """
     if patients < 3 or slices < 2:
         raise ValueError(f"need at least 3 patients of 2 slices, got {patients} x {slices}")
     out_dir = Path(out_dir)
@@ -58,7 +69,10 @@ def write_dicom_site(
             label = int((p + s) % 2)  # both classes in every patient
             hu = _ct_slice(rng, size, nodule=bool(label))
             ds = _dataset(patient, seed, p, s, hu, compressed=number % 3 == 2)
-            path = root / "dicom" / f"patient-{p + 1:02d}" / f"slice-{s + 1:03d}.dcm"
+            if pacs_names:
+                path = root / "dicom" / ds.PatientID / f"{ds.SOPInstanceUID}.dcm"
+            else:
+                path = root / "dicom" / f"patient-{p + 1:02d}" / f"slice-{s + 1:03d}.dcm"
             path.parent.mkdir(parents=True, exist_ok=True)
             ds.save_as(path, enforce_file_format=True)
             rows.append((ds.SOPInstanceUID, CLASSES[label]))

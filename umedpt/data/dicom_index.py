@@ -5,9 +5,12 @@ PatientID or study, the number of frames) before the decoded-image cache's key i
 without this a cached round of 500 slices spent most of its time in pydicom. The index holds,
 per file, its size and mtime and only those facts, each identifier as its keyed pseudonym
 (:mod:`umedpt.data.pseudonyms`), never in clear: the file may be read by anyone who can read
-the state folder, and the identifier-scan test reads it too. A changed file (size or mtime),
-a changed site secret (the pseudonyms would differ) or an unreadable index means a fresh
-parse of the headers concerned; the index is written atomically, so a reader never sees half.
+the state folder, and the identifier-scan test reads it too. Files are keyed by the keyed
+pseudonym of their absolute path, not the path: exports often name folders by PatientID and
+files by SOPInstanceUID (a moved data folder only costs one fresh parse). A changed file
+(size or mtime), a changed site secret (the pseudonyms would differ) or an unreadable index
+means a fresh parse of the headers concerned; the index is written atomically, so a reader
+never sees half.
 
 One file per task, ``<state_dir>/dicom-index/<task>.json``; files a load no longer lists are
 dropped from it when it is rewritten.
@@ -29,7 +32,7 @@ from umedpt.data.pseudonyms import Pseudonymizer
 
 logger = logging.getLogger(__name__)
 
-INDEX_FORMAT = 1  # bump when HeaderFacts changes: every old index is rebuilt
+INDEX_FORMAT = 2  # bump when HeaderFacts or the keys change: every old index is rebuilt
 FOLDER = "dicom-index"
 PSEUDONYM_KINDS = ("patient", "study", "sop")  # PatientID, StudyInstanceUID, SOPInstanceUID
 
@@ -59,6 +62,7 @@ class HeaderIndex:
         self.file = Path(state_dir) / FOLDER / f"{task_name}.json"
         # a keyed digest, not the secret: another secret means other pseudonyms, a rebuild
         self._check = pseudonyms.key("index", "header-index")
+        self._pseudonyms = pseudonyms
         self._old = self._load()
         self._new: dict[str, list[Any]] = {}
         self.parsed = 0  # headers parsed in this load (the rest came from the index)
@@ -71,7 +75,7 @@ class HeaderIndex:
         """
         from umedpt.errors import DataError
 
-        key = str(path)
+        key = self._pseudonyms.key("path", str(path))  # never the path: it may hold UIDs
         try:
             stat = path.stat()
         except OSError:

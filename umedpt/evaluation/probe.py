@@ -85,7 +85,7 @@ class FeatureBank:
         per_image = _feature_bytes(encoder, task.image_size, device)
         if total * per_image > BANK_LIMIT_BYTES:
             return None
-        collate = get_task_type(task.type).collate
+        collate = get_task_type(task.type).collate_eval  # fixed inputs: cells reuse them
         encoder.eval()
         features: dict[str, Features] = {}
         with torch.no_grad():
@@ -205,7 +205,9 @@ class CellTrainer:
     def _loss(
         self, probe: Probe, samples: list[Sample], indices: list[int], bank: FeatureBank | None
     ) -> torch.Tensor:
-        batch = self.task_type.collate([samples[i] for i in indices]).to(self.device)
+        # a bank's features came from ``collate_eval``: the targets must be of the same batch
+        collate = self.task_type.collate_eval if bank is not None else self.task_type.collate
+        batch = collate([samples[i] for i in indices]).to(self.device)
         if bank is not None:
             outputs = probe.decode(bank.take("train", indices))
         else:
@@ -225,7 +227,7 @@ class CellTrainer:
         size = self.eval_batch_size
         for start in range(0, len(samples), size):
             indices = list(range(start, min(start + size, len(samples))))
-            batch = self.task_type.collate([samples[i] for i in indices]).to(self.device)
+            batch = self.task_type.collate_eval([samples[i] for i in indices]).to(self.device)
             if bank is not None:
                 outputs = probe.decode(bank.take(split, indices))
             else:

@@ -28,7 +28,7 @@ from umedpt.evaluation.probe import CellTrainer, FeatureBank, Probe
 from umedpt.evaluation.protocol import Cell, CellResult, EvalProtocol, summary_metric
 from umedpt.evaluation.subsets import stratified_subset
 from umedpt.evaluation.summary import write_summary
-from umedpt.tasks import get_task_type
+from umedpt.tasks import TASK_TYPES, get_task_type
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +79,20 @@ def choose_task(site: SiteConfig, name: str | None) -> TaskConfig:
 
 
 def load_target(task: TaskConfig) -> Target:
-    """Read the target's data (a file the readers refuse fails here, before any training)."""
+    """Read the target's data (a file the readers refuse fails here, before any training).
+
+    A task type without labels (``target_fields`` empty: self-supervised) is refused: the
+    evaluation measures labels saved, and its training batches are drawn at random (masks),
+    which the probe's cached features and its targets would not share.
+    """
+    if not get_task_type(task.type).target_fields:
+        labelled = [n for n in TASK_TYPES.names() if TASK_TYPES.get(n).target_fields]
+        raise ConfigError(
+            task.source,
+            f"{task.field_prefix}.type",
+            f"task '{task.name}' is {task.type} and has no labels: evaluate measures the "
+            f"labels an encoder saves on a labelled target (types: {', '.join(labelled)})",
+        )
     data = load_task_data(task)
     splits = {s: list(data.splits.get(s, [])) for s in SPLITS}
     empty = [s for s in SPLITS if not splits[s]]

@@ -34,6 +34,14 @@ def client_command(
             "(Flower Hub signatures; see docs/deployment-security.md)."
         ),
     ] = None,
+    isolation: Annotated[
+        str,
+        typer.Option(
+            help="How messages run: 'process', one long-lived ClientApp host that imports "
+            "torch and the project once and forks a ready process per message; 'subprocess', "
+            "Flower's default, a fresh process and all its imports per message."
+        ),
+    ] = "process",
     skip_check: Annotated[bool, typer.Option(help="Do not read the data before joining.")] = False,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
@@ -58,7 +66,7 @@ def client_command(
         options = SuperNodeOptions(
             server=server, site_config=config.file, insecure=insecure,
             root_certificates=root_certificates, port=port, auth_key=auth_key,
-            trusted_entities=trusted_entities,
+            trusted_entities=trusted_entities, isolation=isolation,
         )  # fmt: skip
     except BAD_INPUT_ERRORS as exc:
         raise fail(str(exc)) from exc
