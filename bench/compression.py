@@ -29,7 +29,6 @@ from federation.entry import enter_command_process
 enter_command_process()  # a process entry: before Flower is imported
 
 import argparse
-import fcntl
 import hashlib
 import json
 import logging
@@ -44,7 +43,7 @@ from flwr.app import Array, ArrayRecord
 
 from bench.common import add_sites_arg, bench_parser, finish_run, site_files, sites_key, start_run
 from bench.report import Report
-from bench.simtools import federate_in_process
+from bench.simtools import cached, federate_in_process, federated_site_model
 from federation.codecs import codec_names, create_codec, encode_with_feedback
 from federation.compression import (
     change_from,
@@ -57,11 +56,8 @@ from federation.compression import (
 from federation.settings import RunSettings
 from server.federation import initial_weights
 from strategies import arrays_nbytes
-from umedpt import contract
-from umedpt.checkpoint import load_weights, read_header
-from umedpt.config import SiteConfig, load_site_config
+from umedpt.config import load_site_config
 from umedpt.data.demo import write_demo_federation
-from umedpt.model import UMedPTModel
 from umedpt.models.presets import model_config
 from umedpt.pretrain import load_runs
 from umedpt.tasks import get_task_type
@@ -189,33 +185,6 @@ def bytes_and_time(args: argparse.Namespace) -> dict[str, Any]:
 
 
 # -- accuracy ------------------------------------------------------------------------------
-def cached(path: Path, compute: Callable[[Path], dict[str, Any]]) -> dict[str, Any]:
-    """The unit's result from ``path``, or computed now (one process at a time, atomically)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path.with_suffix(".lock"), "w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        if path.is_file():
-            return json.loads(path.read_text())
-        result = compute(path.parent / path.stem)
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(result, indent=1))
-        tmp.replace(path)
-        return result
-
-
-def site_model(site: SiteConfig, run_dir: Path, preset: str) -> UMedPTModel:
-    """The final global weights with the site's own heads (and blocks kept at home)."""
-    model = UMedPTModel(model_config(preset), site.tasks)
-    have = {contract.group_of(k) for k in model.state_dict()}
-    global_dir = run_dir / "global"
-    load_weights(
-        model, global_dir, groups=[g for g in read_header(global_dir)["groups"] if g in have]
-    )
-    (local,) = (run_dir / "sites" / site.name / "runs").glob("*/latest-heads")
-    load_weights(model, local, groups=read_header(local)["groups"])
-    return model
-
-
 def federated(files: Sequence[Path], codec: str, seed: int, args: argparse.Namespace, work: Path):
     rounds = args.steps // args.local_steps
     tic = time.perf_counter()
@@ -236,7 +205,7 @@ def federated(files: Sequence[Path], codec: str, seed: int, args: argparse.Names
     for file in files:
         site = load_site_config(file)
         trainer = MultiTaskTrainer(
-            site_model(site, work / "run", args.accuracy_preset),
+            federated_site_model(site, work / "run", args.accuracy_preset),
             load_runs(site.tasks),
             TrainConfig(device="cpu"),
         )

@@ -25,18 +25,24 @@ anything imports Flower (``federation.entry``); so does the subprocess entry poi
 from __future__ import annotations
 
 import argparse
+import fcntl
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from bench.common import REPO_ROOT, median
 from federation import wire
+
+if TYPE_CHECKING:
+    from umedpt.config import SiteConfig
+    from umedpt.model import UMedPTModel
 
 SITE_NAME_LINE = re.compile(r'^name = "([^"]+)"$', re.MULTILINE)
 
@@ -215,3 +221,45 @@ def _worker(argv: Sequence[str] | None = None) -> None:
 
 if __name__ == "__main__":
     _worker()
+
+
+def federated_site_model(site: SiteConfig, run_dir: Path, preset: str) -> UMedPTModel:
+    """The global weights with the site's own heads (and, if kept at home, its blocks)."""
+    from umedpt import contract
+    from umedpt.checkpoint import load_weights, read_header
+    from umedpt.model import UMedPTModel
+    from umedpt.models.presets import model_config
+
+    model = UMedPTModel(model_config(preset), site.tasks)
+    have = {contract.group_of(k) for k in model.state_dict()}
+    global_dir = run_dir / "global"
+    load_weights(
+        model, global_dir, groups=[g for g in read_header(global_dir)["groups"] if g in have]
+    )
+    (local,) = (run_dir / "sites" / site.name / "runs").glob("*/latest-heads")
+    load_weights(model, local, groups=read_header(local)["groups"])
+    return model
+
+
+def cached(path: Path, compute: Callable[[Path], dict[str, Any]]) -> dict[str, Any]:
+    """The unit's result from ``path``, or computed now and written there (atomically).
+
+    One process at a time computes a unit (a lock beside it); a unit a killed process left
+    half done is started afresh.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_suffix(".lock"), "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        if path.is_file():
+            return json.loads(path.read_text())
+        shutil.rmtree(path.parent / path.stem, ignore_errors=True)
+        return _compute(path, compute)
+
+
+def _compute(path: Path, compute: Callable[[Path], dict[str, Any]]) -> dict[str, Any]:
+    result = compute(path.parent / path.stem)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(result, indent=1))
+    tmp.replace(path)
+    shutil.rmtree(path.parent / path.stem, ignore_errors=True)  # the run's weights: scored
+    return result

@@ -39,12 +39,10 @@ from federation.entry import enter_command_process
 enter_command_process()  # a process entry: before anything imports Flower
 
 import argparse
-import fcntl
 import hashlib
 import json
 import logging
 import os
-import shutil
 import statistics
 import time
 from collections.abc import Sequence
@@ -55,13 +53,12 @@ from typing import Any
 from bench.common import add_sites_arg, finish_run, site_files, sites_key, start_run
 from bench.levers import add_lever_args, lever_site_files, levers_of
 from bench.report import Report
-from bench.simtools import federate_in_process
+from bench.simtools import cached, federate_in_process, federated_site_model
 from experiments.common import WORK_DIR, experiment_parser
 from federation.settings import THREADS_ENV, RunSettings
 from strategies.fedadam import FedAdamOptions
 from strategies.fedprox import FedProxOptions
-from umedpt import contract
-from umedpt.checkpoint import load_model, load_weights, read_header
+from umedpt.checkpoint import load_model
 from umedpt.config import SiteConfig, load_site_config
 from umedpt.model import UMedPTModel
 from umedpt.models.presets import model_config
@@ -155,19 +152,6 @@ def scored(model: UMedPTModel, runs: Sequence[TaskRun]) -> dict[str, dict[str, d
     return {split: trainer.evaluate(split) for split in ("val", "test")}
 
 
-def federated_site_model(site: SiteConfig, run_dir: Path, preset: str) -> UMedPTModel:
-    """The global weights with the site's own heads (and, if kept at home, its blocks)."""
-    model = UMedPTModel(model_config(preset), site.tasks)
-    have = {contract.group_of(k) for k in model.state_dict()}
-    global_dir = run_dir / "global"
-    load_weights(
-        model, global_dir, groups=[g for g in read_header(global_dir)["groups"] if g in have]
-    )
-    (local,) = (run_dir / "sites" / site.name / "runs").glob("*/latest-heads")
-    load_weights(model, local, groups=read_header(local)["groups"])
-    return model
-
-
 def run_federated(files: Sequence[Path], seed: int, args: argparse.Namespace, folder: Path):
     rounds = args.steps // args.local_steps
     start = time.perf_counter()
@@ -210,29 +194,6 @@ def run_pretrain(sites: Sequence[SiteConfig], seed: int, args: argparse.Namespac
     model = load_model(folder / "run" / "checkpoint")
     runs = load_runs([t for s in sites for t in s.tasks])
     return {"seconds": seconds, **scored(model, runs)}
-
-
-def cached(path: Path, compute) -> dict[str, Any]:
-    """The unit's result from ``path``, or computed now and written there (atomically).
-
-    One process at a time computes a unit (a lock beside it); a unit a killed process left
-    half done is started afresh.
-    """
-    with open(path.with_suffix(".lock"), "w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        if path.is_file():
-            return json.loads(path.read_text())
-        shutil.rmtree(path.parent / path.stem, ignore_errors=True)
-        return _compute(path, compute)
-
-
-def _compute(path: Path, compute) -> dict[str, Any]:
-    result = compute(path.parent / path.stem)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(result, indent=1))
-    tmp.replace(path)
-    shutil.rmtree(path.parent / path.stem, ignore_errors=True)  # the run's weights: scored
-    return result
 
 
 def run_units(args: argparse.Namespace, files: list[Path], sites: list[SiteConfig]) -> dict:

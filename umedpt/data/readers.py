@@ -391,10 +391,12 @@ def read_csv_multilabel(task: TaskConfig, problems: Problems) -> list[Record]:
 def _read_csv(
     task: TaskConfig,
     problems: Problems,
-    opts: CsvOptions | MultiLabelCsvOptions,
-    label: tuple[str, str],  # (column, the option that names it)
+    opts: Any,  # a CSV reader's options: path_column, split_column, images_root
+    label: tuple[str, str] | None,  # (column, the option that names it); None: no labels
     parse_label: CellLabels,
 ) -> list[Record]:
+    """Records of a CSV's rows: its path column, optional split column and (unless ``label``
+    is None) the label cell ``parse_label`` turns into targets or a problem."""
     _require_file(task, task.path, "path")
     root = _resolve(task, opts.images_root, task.path.parent)
     _require_dir(task, root, "options.images_root")
@@ -405,8 +407,9 @@ def _read_csv(
             header = list(reader.fieldnames or [])
     except (OSError, UnicodeDecodeError, csv.Error) as exc:
         raise DataError(str(task.path), f"cannot read CSV: {exc}", task=task.name) from exc
-    label_column = label[0]
-    for column, option in ((opts.path_column, "path_column"), label):
+    label_column = label[0] if label is not None else None
+    required = [(opts.path_column, "path_column")] + ([label] if label is not None else [])
+    for column, option in required:
         if column not in header:
             raise task.error(
                 f"options.{option}",
@@ -422,7 +425,8 @@ def _read_csv(
         if not rel:
             problems.report(where, f"empty '{opts.path_column}'")
             continue
-        targets = parse_label((row.get(label_column) or "").strip())
+        cell = (row.get(label_column) or "").strip() if label_column is not None else ""
+        targets = parse_label(cell)
         if isinstance(targets, str):
             problems.report(where, targets)
             continue

@@ -20,7 +20,6 @@ format's options (the label-only ones are accepted and ignored), as are ``csv``'
 
 from __future__ import annotations
 
-import csv
 import json
 import zipfile
 from dataclasses import dataclass
@@ -31,7 +30,6 @@ import numpy as np
 from umedpt.config import SPLITS, TaskConfig
 from umedpt.data.images import IMAGE_SUFFIXES
 from umedpt.data.readers import (
-    _SPLIT_NAMES,
     ClassFoldersOptions,
     CocoOptions,
     MaskFolderOptions,
@@ -39,6 +37,7 @@ from umedpt.data.readers import (
     Problems,
     VocOptions,
     _image_files,
+    _read_csv,
     _require_dir,
     _require_file,
     _resolve,
@@ -104,45 +103,7 @@ class UnlabelledCsvOptions:
 def read_csv_paths(task: TaskConfig, problems: Problems) -> list[Record]:
     """The ``path_column`` of a CSV (and its optional split column); labels are ignored."""
     opts = parse_options(task, UnlabelledCsvOptions)
-    _require_file(task, task.path, "path")
-    root = _resolve(task, opts.images_root, task.path.parent)
-    _require_dir(task, root, "options.images_root")
-    try:
-        with task.path.open(newline="", encoding="utf-8-sig") as handle:
-            reader = csv.DictReader(handle)
-            rows = list(reader)
-            header = list(reader.fieldnames or [])
-    except (OSError, UnicodeDecodeError, csv.Error) as exc:
-        raise DataError(str(task.path), f"cannot read CSV: {exc}", task=task.name) from exc
-    if opts.path_column not in header:
-        raise task.error(
-            "options.path_column",
-            f"{task.path} has no column '{opts.path_column}' "
-            f"(columns: {', '.join(header) or 'none'})",
-        )
-    has_split = bool(opts.split_column) and opts.split_column in header  # "": ignore it
-    if opts.split_column and "split_column" in task.options and not has_split:
-        raise task.error("options.split_column", f"{task.path} has no column '{opts.split_column}'")
-    records = []
-    for row_no, row in enumerate(rows, start=2):  # the header is row 1
-        where = f"{task.path}, row {row_no}"
-        rel = (row.get(opts.path_column) or "").strip()
-        if not rel:
-            problems.report(where, f"empty '{opts.path_column}'")
-            continue
-        split = None
-        if has_split:
-            raw_split = (row.get(opts.split_column) or "").strip().lower()
-            split = _SPLIT_NAMES.get(raw_split)
-            if raw_split and split is None:
-                problems.report(
-                    where, f"split '{raw_split}' is not one of train, val (validation), test"
-                )
-                continue
-        records.append(Record(image=ImageRef(root / rel), split=split))
-    if not records and not problems.skipped:
-        raise DataError(str(task.path), "the CSV lists no images", task=task.name)
-    return records
+    return _read_csv(task, problems, opts, None, lambda cell: {})
 
 
 # --- npz -------------------------------------------------------------------------------
