@@ -471,37 +471,18 @@ def _from_manifest(
     label_fn: LabelFn | None,
     index: _Index,
 ) -> list[_Listed]:
-    from umedpt.data.readers import _SPLIT_NAMES
+    from umedpt.data.readers import csv_rows
 
-    header, rows = _csv_rows(task, task.path, "path")
-    root = (
+    root = (  # what the path and mask columns are relative to
         (task.source.parent / opts.images_root).resolve() if opts.images_root else task.path.parent
     )
-    if opts.path_column not in header:
-        raise task.error(
-            "options.path_column",
-            f"{task.path} has no column '{opts.path_column}' (columns: {', '.join(header)})",
-        )
-    has_split = bool(opts.split_column) and opts.split_column in header
     listed = []
-    for row_no, row in enumerate(rows, start=2):
-        where = f"{task.path}, row {row_no}"
-        rel = (row.get(opts.path_column) or "").strip()
-        if not rel:
-            problems.report(where, f"empty '{opts.path_column}'")
-            continue
-        targets = label_fn(row) if label_fn is not None else {}
+    for row in csv_rows(task, problems, opts):
+        where, file, split = row.where, row.image, row.split
+        targets = label_fn(row.cells) if label_fn is not None else {}
         if isinstance(targets, str):
             problems.report(where, targets)
             continue
-        split = None
-        if has_split:
-            raw = (row.get(opts.split_column) or "").strip().lower()
-            split = _SPLIT_NAMES.get(raw)
-            if raw and split is None:
-                problems.report(where, f"split '{raw}' is not one of train, val, test")
-                continue
-        file = root / rel
         try:
             dicom_header = index.file(file)
         except DataError as exc:  # the file is missing

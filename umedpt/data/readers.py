@@ -39,7 +39,7 @@ import logging
 import re
 import xml.etree.ElementTree as ET
 import zipfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import MISSING, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, TypeVar
@@ -388,15 +388,25 @@ def read_csv_multilabel(task: TaskConfig, problems: Problems) -> list[Record]:
     return _read_csv(task, problems, opts, (opts.labels_column, "labels_column"), parse)
 
 
-def _read_csv(
-    task: TaskConfig,
-    problems: Problems,
-    opts: Any,  # a CSV reader's options: path_column, split_column, images_root
-    label: tuple[str, str] | None,  # (column, the option that names it); None: no labels
-    parse_label: CellLabels,
-) -> list[Record]:
-    """Records of a CSV's rows: its path column, optional split column and (unless ``label``
-    is None) the label cell ``parse_label`` turns into targets or a problem."""
+@dataclass(frozen=True)
+class CsvRow:
+    """One usable row of an image table: where it is (for problems), its image and split."""
+
+    where: str
+    image: Path
+    split: str | None
+    cells: dict[str, str]
+
+
+def csv_rows(
+    task: TaskConfig, problems: Problems, opts: Any, required: Sequence[tuple[str, str]] = ()
+) -> Iterator[CsvRow]:
+    """The rows of ``task.path``'s CSV that name an image and a valid split.
+
+    ``opts`` has ``path_column``, ``split_column`` ("" ignores one) and ``images_root``;
+    ``required`` lists further (column, option naming it) pairs the header must have. A row
+    with an empty path or an unknown split is reported to ``problems`` and left out.
+    """
     _require_file(task, task.path, "path")
     root = _resolve(task, opts.images_root, task.path.parent)
     _require_dir(task, root, "options.images_root")
@@ -407,9 +417,7 @@ def _read_csv(
             header = list(reader.fieldnames or [])
     except (OSError, UnicodeDecodeError, csv.Error) as exc:
         raise DataError(str(task.path), f"cannot read CSV: {exc}", task=task.name) from exc
-    label_column = label[0] if label is not None else None
-    required = [(opts.path_column, "path_column")] + ([label] if label is not None else [])
-    for column, option in required:
+    for column, option in ((opts.path_column, "path_column"), *required):
         if column not in header:
             raise task.error(
                 f"options.{option}",
@@ -418,17 +426,11 @@ def _read_csv(
     has_split = bool(opts.split_column) and opts.split_column in header  # "": ignore it
     if opts.split_column and "split_column" in task.options and not has_split:
         raise task.error("options.split_column", f"{task.path} has no column '{opts.split_column}'")
-    records = []
-    for row_no, row in enumerate(rows, start=2):
+    for row_no, row in enumerate(rows, start=2):  # the header is row 1
         where = f"{task.path}, row {row_no}"
         rel = (row.get(opts.path_column) or "").strip()
         if not rel:
             problems.report(where, f"empty '{opts.path_column}'")
-            continue
-        cell = (row.get(label_column) or "").strip() if label_column is not None else ""
-        targets = parse_label(cell)
-        if isinstance(targets, str):
-            problems.report(where, targets)
             continue
         split = None
         if has_split:
@@ -439,7 +441,26 @@ def _read_csv(
                     where, f"split '{raw_split}' is not one of train, val (validation), test"
                 )
                 continue
-        records.append(Record(image=ImageRef(root / rel), split=split, targets=targets))
+        yield CsvRow(where, root / rel, split, row)
+
+
+def _read_csv(
+    task: TaskConfig,
+    problems: Problems,
+    opts: Any,  # a CSV reader's options: path_column, split_column, images_root
+    label: tuple[str, str] | None,  # (column, the option that names it); None: no labels
+    parse_label: CellLabels,
+) -> list[Record]:
+    """Records of a CSV's rows; ``parse_label`` turns the label cell into targets or a
+    problem (no label column when ``label`` is None)."""
+    records = []
+    for row in csv_rows(task, problems, opts, [label] if label is not None else []):
+        cell = (row.cells.get(label[0]) or "").strip() if label is not None else ""
+        targets = parse_label(cell)
+        if isinstance(targets, str):
+            problems.report(row.where, targets)
+            continue
+        records.append(Record(image=ImageRef(row.image), split=row.split, targets=targets))
     if not records and not problems.skipped:
         raise DataError(str(task.path), "the CSV lists no images", task=task.name)
     return records
