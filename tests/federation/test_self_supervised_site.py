@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from client.app import app as client_app
-from federation.settings import RunSettings
-from server.federation import progress_line, run_federation
+from server.federation import progress_line
 from server.report import primary_metrics
 from strategies.records import RoundRecord
-from tests.federation.fakes import ClientAppGrid
+from tests.federation.inprocess import federate, settings_for
 
 
 @pytest.mark.parametrize("share_blocks", [True, pytest.param(False, marks=pytest.mark.slow)])
@@ -17,18 +15,7 @@ def test_an_unlabelled_site_trains_the_encoder_and_reports_its_metric(
     demo_sites, tmp_path, share_blocks
 ) -> None:
     sites = [demo_sites[3], demo_sites[4]]  # clinic-d (labelled npz) and clinic-e (unlabelled)
-    settings = RunSettings(
-        num_server_rounds=2,
-        local_steps=1,
-        out_dir=str(tmp_path),
-        site_configs=",".join(str(s) for s in sites),
-        state_root=str(tmp_path / "sites"),
-        seed=3,
-        share_blocks=share_blocks,
-    )
-    nodes = {100 + i: {"partition-id": i} for i in range(len(sites))}
-    grid = ClientAppGrid(client_app, nodes, settings.to_run_config())
-    report = run_federation(grid, settings)
+    report, grid = federate(settings_for(sites, tmp_path, share_blocks=share_blocks))
     assert report["status"] == "completed", report.get("error")
     assert primary_metrics(report["sites"])["clinic-e"] == [("scans", "reconstruction_score")]
     last = report["rounds"][-1]
