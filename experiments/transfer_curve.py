@@ -72,6 +72,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 def loso_argv(budget: int, seed: int, args: argparse.Namespace) -> list[str]:
     """The leave-one-site-out invocation of one point of the curve (default recipe)."""
     argv = ["--steps", str(budget), "--seed", str(seed), "--fractions", f"{args.fraction:g}"]
+    argv += ["--pretrain-seeds", "1"]  # this curve names its pretraining seeds itself
     if args.sites:
         argv += ["--sites", *map(str, site_files(args))]
     if args.quick:

@@ -1,0 +1,166 @@
+"""experiments/leave_one_site_out.py: issue 20's goals over rows, and the held-out rule.
+
+Pure functions over rows and site files: no training. The goals are judged on synthetic
+rows where each verdict is known; the held-out rule on site files with a self-supervised
+task derived from every site's images (``bench/levers.py``), as the experiment derives them.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from bench.levers import Levers, lever_site_files
+from experiments import leave_one_site_out as loso
+from umedpt.config import load_site_config
+
+SITES = ("s1", "s2", "s3", "s4", "s5", "s6")
+FRACTIONS = (1.0, 10.0, 100.0)
+EVAL_SEEDS = 2
+
+
+def rows_for(target: str, at_10: dict[str, float], *, pretrain_seed: int = 0, random_100=0.5):
+    """Every cell of ``target`` for one pretraining seed: ``at_10`` per encoder at 10%, 0.1 at
+    1%, the value + 0.2 at 100% (random: ``random_100``); both modes alike."""
+    rows = []
+    for encoder, value in at_10.items():
+        for mode in loso.MODES:
+            for fraction in FRACTIONS:
+                v = {1.0: 0.1, 10.0: value, 100.0: value + 0.2}[fraction]
+                if encoder == loso.RANDOM and fraction == 100.0:
+                    v = random_100
+                for seed in range(EVAL_SEEDS):
+                    rows.append(
+                        {
+                            "target": target,
+                            "encoder": encoder,
+                            "mode": mode,
+                            "fraction": fraction,
+                            "seed": seed,
+                            "metric": "m",
+                            "value": v,
+                            "pretrain_seed": pretrain_seed,
+                        }
+                    )
+    return rows
+
+
+def arms(target: str, fed: float, cen: float, rnd: float, alone: float) -> dict[str, float]:
+    others = {f"{loso.SITE_ALONE}:{s}": alone for s in SITES if s != target}
+    return {loso.FEDERATED: fed, loso.CENTRALIZED: cen, loso.RANDOM: rnd, **others}
+
+
+def facts_of(rows, targets=SITES, seeds=(0,)):
+    return {
+        t: loso.target_facts(
+            rows,
+            t,
+            [s for s in SITES if s != t],
+            eval_seeds=EVAL_SEEDS,
+            seeds=list(seeds),
+            fractions=FRACTIONS,
+        )
+        for t in targets
+    }
+
+
+def test_goals_met_when_federated_leads_everywhere():
+    rows = [r for t in SITES for r in rows_for(t, arms(t, 0.8, 0.6, 0.5, 0.6))]
+    goals = loso.goals_of(facts_of(rows))
+    assert {g["status"] for g in goals.values()} == {loso.MET}
+    facts = facts_of(rows)["s1"]["modes"]["frozen"]
+    assert facts["labels_needed"] == 10.0  # 0.8 at 10% reaches random's 0.5 at 100%
+    assert facts["best_alone"]["mean"] == pytest.approx(0.6)
+
+
+def test_goals_missed_and_not_yet_measured():
+    # s1: federated 2 points below centralized (goal 1 missed on one target is missed);
+    # three targets where federated is below random and needs all labels (goals 2, 3 missed).
+    rows = rows_for("s1", arms("s1", 0.58, 0.6, 0.5, 0.5))
+    for t in ("s2", "s3", "s4"):
+        rows += rows_for(t, arms(t, 0.3, 0.3, 0.45, 0.2), random_100=0.9)
+    goals = loso.goals_of(facts_of(rows))
+    assert goals["fed_vs_centralized"]["status"] == loso.MISSED
+    assert goals["fed_vs_centralized"]["modes"]["frozen"]["failing"] == ["s1"]
+    # goal 2: s1 passes (0.58 > 0.5), s2-s4 fail, s5-s6 unmeasured: at most 3 < 4 can pass
+    assert goals["fed_above_random_and_alone"]["status"] == loso.MISSED
+    # goal 3: s1 passes, s2-s4 fail (0.5 at 100% < 0.9), s5, s6 may still make 3
+    frozen = goals["labels_needed"]["modes"]["frozen"]
+    assert (frozen["status"], frozen["unmeasured"]) == (loso.NOT_YET, ["s5", "s6"])
+    assert facts_of(rows, ["s5"])["s5"]["modes"]["frozen"]["missing"]
+
+
+def test_a_cell_without_every_evaluation_seed_is_not_measured():
+    rows = rows_for("s1", arms("s1", 0.8, 0.6, 0.5, 0.6))
+    partial = [r for r in rows if not (r["encoder"] == loso.CENTRALIZED and r["seed"] == 1)]
+    frozen = facts_of(partial, ["s1"])["s1"]["modes"]["frozen"]
+    assert frozen[loso.CENTRALIZED] is None
+    assert frozen["goals"]["fed_vs_centralized"] is None
+    assert "centralized 10% (pretraining seed 0)" in frozen["missing"]
+
+
+def test_close_arms_need_every_pretraining_seed_of_the_seeded_arms():
+    # federated 3 points above centralized: the goal waits for seeds 1 and 2 of the
+    # federated, centralized and random arms (not of the site-alone ones)
+    rows = rows_for("s1", arms("s1", 0.63, 0.6, 0.4, 0.4))
+    facts = facts_of(rows, ["s1"], seeds=(0, 1, 2))["s1"]
+    assert facts["close"] == [
+        "frozen: federated - centralized +3.0 pts",
+        "finetune: federated - centralized +3.0 pts",
+    ]
+    frozen = facts["modes"]["frozen"]
+    assert frozen["goals"]["fed_vs_centralized"] is None
+    assert "federated 10% (pretraining seed 1,2)" in frozen["missing"]
+    assert not any(m.startswith(loso.SITE_ALONE) for m in frozen["missing"])
+    for seed, fed in ((1, 0.55), (2, 0.55)):
+        seeded = {loso.FEDERATED: fed, loso.CENTRALIZED: 0.6, loso.RANDOM: 0.4}
+        rows += rows_for("s1", seeded, pretrain_seed=seed)
+    frozen = facts_of(rows, ["s1"], seeds=(0, 1, 2))["s1"]["modes"]["frozen"]
+    assert frozen[loso.FEDERATED] == pytest.approx((0.63 + 0.55 + 0.55) / 3)
+    assert frozen["goals"]["fed_vs_centralized"] is False  # 0.577 < 0.6 - 0.01
+    # far apart: one pretraining seed settles it
+    far = rows_for("s2", arms("s2", 0.9, 0.6, 0.4, 0.4))
+    assert facts_of(far, ["s2"], seeds=(0, 1, 2))["s2"]["pretrain_seeds"] == [0]
+
+
+def test_targets_in_issue_20s_order():
+    sites = ["bccd", "breastmnist", "hc18_fetal_head", "isic2017_dermoscopy"]
+    sites += ["nih_cxr14_64px", "pbc_blood_cells"]
+    assert loso.check_targets(None, sites) == [
+        *loso.FIRST_TARGETS,
+        "breastmnist",
+        "pbc_blood_cells",
+    ]
+    assert loso.check_targets(["pbc_blood_cells"], sites) == ["pbc_blood_cells"]
+    with pytest.raises(SystemExit, match="not among the sites"):
+        loso.check_targets(["nope"], sites)
+
+
+def write_site(folder: Path, name: str, data: str) -> Path:
+    (folder / data).mkdir(parents=True, exist_ok=True)
+    file = folder / f"{name}.toml"
+    file.write_text(
+        f'name = "{name}"\n\n[[tasks]]\nname = "{name}"\ntype = "classification"\n'
+        f'format = "class-folders"\npath = "{data}"\nclasses = ["a", "b"]\n'
+    )
+    return file
+
+
+def test_the_held_out_site_never_pretrains_not_even_its_self_supervised_task(tmp_path):
+    files = [write_site(tmp_path, n, f"data/{n}") for n in ("a", "b", "c")]
+    originals = {load_site_config(f).name: load_site_config(f) for f in files}
+    derived = lever_site_files(files, Levers(self_supervised=True), tmp_path / "derived")
+    pretraining = [load_site_config(f) for f in derived]
+    assert any(t.type == "self-supervised" for s in pretraining for t in s.tasks)
+    for name, target in originals.items():
+        others = loso.pretraining_sites(target, pretraining)
+        assert [s.name for s in others] == [n for n in originals if n != name]
+        held = (tmp_path / "data" / name).resolve()
+        for site in others:
+            for task in site.tasks:
+                assert not Path(task.path).resolve().is_relative_to(held), (name, task)
+    # the target's images under another site's name (labelled or derived): refused
+    copy = write_site(tmp_path, "copy_of_a", "data/a/sub")
+    with pytest.raises(SystemExit, match="held-out site a's data"):
+        loso.pretraining_sites(originals["a"], [*pretraining, load_site_config(copy)])
