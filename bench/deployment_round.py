@@ -5,7 +5,9 @@ sites (`umedpt-fl client`, one of them with DP-SGD), 3 local steps a round; with
 without `--secure-aggregation`; each site's ClientApp under both isolations side by side in
 one run: "subprocess" (Flower's default: a fresh `flwr-clientapp` process, and all its
 imports, per message; the mode before issue 23 section 4) and "process" (one long-lived
-app host per site that forks a ready process per message: client/app_host.py).
+app host per site that forks a ready process per message: client/app_host.py); and with
+the weights packed into one buffer (``--pack-arrays``, federation/packing.py: a few Flower
+objects per message instead of one or two per tensor) or not.
 
 A round's cost is the server's round seconds (report.json, training and, in the last
 round, evaluation); the slowest site's training is the largest ``train_seconds`` of the
@@ -14,8 +16,11 @@ also loads data and starts the host's first message; rounds 2.. are the steady s
 Goal (issue 23): a steady round costs at most the slowest training + 5 s (+ 10 s more
 with secure aggregation).
 
-    PYTHONPATH=. python3 -m bench.deployment_round            # about 35 min on 2 busy cores
-    PYTHONPATH=. python3 -m bench.deployment_round --quick    # one round each, plain only
+    PYTHONPATH=$PWD python3 -m bench.deployment_round          # about 35 min on 2 busy cores
+    PYTHONPATH=$PWD python3 -m bench.deployment_round --quick  # one round each, plain only
+    PYTHONPATH=$PWD python3 -m bench.deployment_round --isolations process --packing off,on
+
+(An absolute PYTHONPATH: the coordinator runs `flwr run` in its app folder.)
 """
 
 from __future__ import annotations
@@ -37,6 +42,7 @@ from federation.processes import start, stop
 from umedpt.data.demo import write_demo_federation
 
 ISOLATIONS = ("subprocess", "process")  # before, after
+PACKING = ("on",)  # --pack-arrays, the default; "off,on" compares
 SITES = 3
 # One site trains under DP-SGD, as in the issue's report.
 PRIVACY = "\n[privacy]\ntarget_epsilon = 50.0\ntarget_delta = 1e-5\nmax_grad_norm = 1.0\n"
@@ -54,10 +60,12 @@ def free_port() -> int:
 class Case:
     isolation: str
     secure_aggregation: bool
+    pack_arrays: bool = True
 
     @property
     def name(self) -> str:
-        return f"{self.isolation}{' + secagg' if self.secure_aggregation else ''}"
+        packing = " + packed" if self.pack_arrays else ""
+        return f"{self.isolation}{packing}{' + secagg' if self.secure_aggregation else ''}"
 
     @property
     def goal(self) -> float:
@@ -117,6 +125,7 @@ def run_case(case: Case, work: Path, args: Any) -> dict[str, Any]:
     ]  # fmt: skip
     if case.secure_aggregation:
         server_args.append("--secure-aggregation")
+    server_args.append("--pack-arrays" if case.pack_arrays else "--no-pack-arrays")
     processes: list[subprocess.Popen] = []
     try:
         server = umedpt_fl(*server_args, log_file=work / "server.log", env=env)
@@ -174,7 +183,8 @@ def run_case(case: Case, work: Path, args: Any) -> dict[str, Any]:
             }
         )
     return {"case": case.name, "isolation": case.isolation,
-            "secure_aggregation": case.secure_aggregation, "goal_overhead_seconds": case.goal,
+            "secure_aggregation": case.secure_aggregation, "pack_arrays": case.pack_arrays,
+            "goal_overhead_seconds": case.goal,
             "wall_seconds": wall, "rounds": measured}  # fmt: skip
 
 
@@ -251,12 +261,19 @@ def main() -> None:
     parser.add_argument("--timeout", type=float, default=1800.0, help="seconds per federation")
     parser.add_argument("--keep", type=Path, default=None, help="keep the work folder here")
     parser.add_argument("--isolations", default=",".join(ISOLATIONS), help="comma-separated")
+    parser.add_argument("--packing", default=",".join(PACKING), help="off,on: both, side by side")
     args = parser.parse_args()
     tic = start_run(args)
     if args.quick:
         args.rounds = 2
     isolations = args.isolations.split(",")
-    cases = [Case(i, s) for s in ((False,) if args.quick else (False, True)) for i in isolations]
+    packing = [{"off": False, "on": True}[p] for p in args.packing.split(",")]
+    cases = [
+        Case(i, s, p)
+        for s in ((False,) if args.quick else (False, True))
+        for i in isolations
+        for p in packing
+    ]
     load_at_start = " ".join(f"{x:.1f}" for x in os.getloadavg())
     results = []
     with scratch_dir("deployment-round-", args.keep) as work:

@@ -10,7 +10,7 @@ experiments (``experiments/recipe.py``, ``leave_one_site_out.py``, ``privacy_uti
 - ``simulate_in_subprocess``: one ``umedpt_fl.simulation.simulate`` run in a fresh Python process
   (Ray is started and shut down inside it, and one variant's actors, caches or memory cannot
   leak into the next variant's timings); returns the run's ``report.json`` plus the process'
-  own wall times.
+  own wall times and the peak memory of its process tree (``TreeMemory``).
 - ``simulate_rounds``: ``simulate_in_subprocess`` of the tiny preset plus its ``round_rows``.
 - ``round_rows``: per-round wall time vs the sites' own training time from a report;
   ``round_summary``: their medians over the timed rounds.
@@ -112,6 +112,55 @@ def demo_sites(root: Path, count: int, *, images_per_site: int = 150) -> list[Pa
     return files[:count]
 
 
+MEMORY_SAMPLE_SECONDS = 0.5
+
+
+class TreeMemory:
+    """Peak memory of a process and all its descendants (the simulate process, Ray's
+    raylet and GCS, the sites' actors), sampled from /proc: summed RSS (counts shared pages
+    such as torch's libraries once per process) and summed PSS (shares them out: what the
+    simulation as a whole holds)."""
+
+    def __init__(self, root: int) -> None:
+        self.root = root
+        self.rss = self.pss = 0
+        self.processes = 0
+
+    def tree(self) -> list[int]:
+        children: dict[int, list[int]] = {}
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                fields = stat.read_text().rsplit(")", 1)[1].split()
+            except (OSError, IndexError):
+                continue  # gone meanwhile
+            children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+        found, todo = [], [self.root]
+        while todo:
+            pid = todo.pop()
+            found.append(pid)
+            todo += children.get(pid, [])
+        return found
+
+    def sample(self) -> None:
+        rss = pss = 0
+        pids = self.tree()
+        for pid in pids:
+            try:
+                for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+                    if line.startswith("Rss:"):
+                        rss += int(line.split()[1]) * 1024
+                    elif line.startswith("Pss:"):
+                        pss += int(line.split()[1]) * 1024
+            except (OSError, ValueError, IndexError):
+                continue
+        self.rss, self.pss = max(self.rss, rss), max(self.pss, pss)
+        self.processes = max(self.processes, len(pids))
+
+    def peaks(self) -> dict[str, float]:
+        gib = 1024**3
+        return {"rss_gib": self.rss / gib, "pss_gib": self.pss / gib, "processes": self.processes}
+
+
 def simulate_in_subprocess(
     site_files: Sequence[Path],
     settings: dict[str, Any],
@@ -139,9 +188,19 @@ def simulate_in_subprocess(
     # ServerApp runs at nice 0, which distorts the timings; run them at normal priority.
     env.setdefault("RAY_worker_niceness", "0")
     start = time.perf_counter()
-    subprocess.run(command, check=True, env=env, timeout=timeout, cwd=REPO_ROOT)
+    with subprocess.Popen(command, env=env, cwd=REPO_ROOT) as process:
+        peak = TreeMemory(process.pid)
+        while process.poll() is None:
+            if time.perf_counter() - start > timeout:
+                process.kill()
+                raise subprocess.TimeoutExpired(command, timeout)
+            peak.sample()
+            time.sleep(MEMORY_SAMPLE_SECONDS)
+    if process.returncode:
+        raise subprocess.CalledProcessError(process.returncode, command)
     payload = json.loads(result_file.read_text())
     payload["seconds"] = time.perf_counter() - start  # includes Python + imports
+    payload["peak_memory"] = peak.peaks()
     payload["ray_worker_niceness"] = env["RAY_worker_niceness"]
     return payload
 

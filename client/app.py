@@ -42,6 +42,7 @@ from client.site import (
     describe_site,
 )
 from federation import wire
+from federation.packing import packing_mod
 from federation.reasons import Refusal
 from federation.settings import THREADS_ENV, RunSettings, settings_for_app
 from umedpt.config import SiteConfig, load_site_config
@@ -52,8 +53,9 @@ SITE_CONFIG_NODE_KEY = "site-config"
 COORDINATOR_NODE_KEY = "coordinator"
 
 # Around every handler: an exception (or a handler's own error reply) leaves the site as
-# its reason class only; the details go to the site's log (client.refusals).
-app = ClientApp(mods=[reason_only])
+# its reason class only; the details go to the site's log (client.refusals). Inside it,
+# packed weights are unpacked on arrival and a train reply packed (federation.packing).
+app = ClientApp(mods=[reason_only, packing_mod])
 
 
 class _ToFlowerLog(logging.Handler):
@@ -208,9 +210,10 @@ def train_reply(message: Message, context: Context) -> tuple[Message, TrainedRep
     clock = message_clock(message)
     with clock.stage("model_built"):
         runner = site_runner(context, message)
+    shared = shared_from(message)  # decoded: the tensors, none of a codec's own entries
     try:
         outcome = runner.train_round(
-            shared_from(message),
+            shared,
             int(config[wire.SERVER_ROUND]),
             proximal_mu=float(config.get(wire.PROXIMAL_MU, 0.0)),
         )
@@ -218,8 +221,8 @@ def train_reply(message: Message, context: Context) -> tuple[Message, TrainedRep
         # An error reply, not a crash: the server rejects it naming the site and the reason
         # class; the site's log has the numbers (client.site).
         return error_reply(message, Refusal.PRIVACY_BUDGET_EXHAUSTED), TrainedReply(message, runner)
-    # Exactly the keys received, in the same order: heads never leave the site.
-    arrays = ArrayRecord({k: outcome.shared[k] for k in message.content[wire.SHARED_ARRAYS].keys()})
+    # Exactly the tensors received, in the same order: heads never leave the site.
+    arrays = ArrayRecord({k: outcome.shared[k] for k in shared})
     reply = metric_reply(message, outcome.metrics, outcome.num_examples, arrays)
     clock.seconds.update(state_restored=outcome.restore_seconds, trained=outcome.train_seconds)
     return reply, TrainedReply(message, runner, outcome.train_seconds, outcome.steps, clock)

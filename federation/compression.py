@@ -32,8 +32,11 @@ __all__ = [
 
 
 def to_record(encoded: Encoded) -> ArrayRecord:
-    """The entries as an ArrayRecord, in their order."""
-    return ArrayRecord({k: Array(np.ascontiguousarray(v)) for k, v in encoded.entries.items()})
+    """The entries as an ArrayRecord, in their order (``np.require`` keeps a 0-d tensor,
+    such as BatchNorm's ``num_batches_tracked``, 0-d: ``ascontiguousarray`` makes it 1-d)."""
+    return ArrayRecord(
+        {k: Array(np.require(v, requirements="C")) for k, v in encoded.entries.items()}
+    )
 
 
 def weights_of(record: ArrayRecord) -> dict[str, np.ndarray]:

@@ -19,8 +19,10 @@ from typing import Any
 from flwr.app import ArrayRecord, ConfigRecord
 from flwr.common.logger import log
 from flwr.serverapp import Grid
+from flwr.superlink.grid.http_grid import HttpGrid
 
 from federation import wire
+from federation.packing import PackingGrid
 from federation.settings import RunSettings
 from server.lock import SERVERAPP_LOCK, folder_lock
 from server.report import (
@@ -60,6 +62,15 @@ from umedpt.tracking import (
     TrackingKind,
     create_tracker,
 )
+
+# Between two polls for the sites' replies; Flower's deployment grid waits a fixed 3 s.
+REPLY_POLL_SECONDS = 0.25
+
+
+def packed(grid: Grid) -> PackingGrid:
+    """``grid`` sending weights packed (federation.packing) and, when it is the deployment's
+    grid, polling for replies every :data:`REPLY_POLL_SECONDS`."""
+    return PackingGrid(grid, REPLY_POLL_SECONDS if isinstance(grid, HttpGrid) else None)
 
 
 def initial_weights(settings: RunSettings) -> ArrayRecord:
@@ -230,7 +241,9 @@ def _run_federation(grid: Grid, settings: RunSettings) -> dict[str, Any]:
             "sites": sites,
             "global_shared_bytes": model_bytes,
             "rounds": history,
-            "traffic": traffic_summary(history, settings.compression),  # bytes per direction
+            "traffic": traffic_summary(  # bytes per direction
+                history, settings.compression, secure_aggregation=settings.secure_aggregation
+            ),
             **strategy_sections(strategy),
             "tracking": tracker.where,
             "seconds": time.time() - started,
@@ -270,7 +283,7 @@ def _run_federation(grid: Grid, settings: RunSettings) -> dict[str, Any]:
             result_arrays = arrays
         else:
             result = strategy.start(
-                grid,
+                packed(grid) if settings.pack_arrays else grid,
                 arrays,
                 num_rounds=settings.num_server_rounds,
                 timeout=settings.round_timeout,

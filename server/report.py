@@ -119,7 +119,9 @@ def strategy_sections(strategy: Any) -> dict[str, Any]:
     }
 
 
-def traffic_summary(rounds: list[Mapping[str, Any]], codec: str) -> dict[str, Any]:
+def traffic_summary(
+    rounds: list[Mapping[str, Any]], codec: str, *, secure_aggregation: bool = False
+) -> dict[str, Any]:
     """Bytes per round per direction, as they travelled under the run's codec.
 
     ``down``: the weights sent to sites (training and evaluation messages); ``up``: the
@@ -127,6 +129,8 @@ def traffic_summary(rounds: list[Mapping[str, Any]], codec: str) -> dict[str, An
     their means over the rounds (``bench/compression.py`` compares codecs). Secure
     aggregation's setup traffic (stages 0-1: public keys and encrypted shares) and its
     unmasking stage are NOT counted (``not_counted`` says so in the report).
+    ``uplink_codec``: how the replies travelled: the codec, or ``masked`` (32-bit masked
+    vectors: secure aggregation encodes no reply with the codec).
     """
     from federation.codecs import create_codec
 
@@ -143,6 +147,7 @@ def traffic_summary(rounds: list[Mapping[str, Any]], codec: str) -> dict[str, An
     return {
         "codec": codec,
         "downlink_codec": create_codec(codec).downlink,
+        "uplink_codec": "masked" if secure_aggregation else codec,
         "mean_down_per_round": sum(r["down"] for r in per_round) / n,
         "mean_up_per_round": sum(r["up"] for r in per_round) / n,
         "not_counted": "secure aggregation's key exchange, share forwarding and unmasking",

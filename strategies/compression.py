@@ -44,6 +44,6 @@ def decode_reply(
     except PayloadError as exc:
         return f"{Refusal.MALFORMED_PAYLOAD.value} ({codec.name}): {exc}"
     reply.content[name] = ArrayRecord(
-        {k: Array(np.ascontiguousarray(v)) for k, v in weights.items()}
+        {k: Array(np.require(v, requirements="C")) for k, v in weights.items()}  # 0-d stays 0-d
     )
     return None

@@ -240,5 +240,8 @@ def load_model(folder: str | Path, *, map_location: str = "cpu") -> UMedPTModel:
 
 
 def load_trainer_state(folder: str | Path) -> dict[str, Any] | None:
+    """The folder's ``trainer.pt``, or None. Memory-mapped (copy on write): a site restores
+    its optimizer state (as large as the encoder) every round, and reading it into fresh
+    buffers first was a main cost of a round outside training (``bench/site_overhead.py``)."""
     path = Path(folder) / TRAINER_FILE
-    return torch.load(path, weights_only=True) if path.is_file() else None
+    return torch.load(path, weights_only=True, mmap=True) if path.is_file() else None

@@ -75,7 +75,7 @@ def print_summary(report: dict) -> None:
             console.print(
                 f"per round: {traffic['mean_down_per_round'] / 1e6:.1f} MB down "
                 f"({traffic['downlink_codec']}), {traffic['mean_up_per_round'] / 1e6:.1f} MB up "
-                f"({traffic['codec']})",
+                f"({traffic.get('uplink_codec', traffic['codec'])})",
                 highlight=False,
             )
 

@@ -20,7 +20,7 @@ BITS = np.dtype(np.uint16)
 
 def to_bf16_bits(values: np.ndarray) -> np.ndarray:
     """The uint16 bit patterns of ``torch.bfloat16`` of float32 ``values``."""
-    tensor = torch.from_numpy(np.ascontiguousarray(values, dtype=np.float32))
+    tensor = torch.from_numpy(np.require(values, np.float32, "C"))  # 0-d stays 0-d
     return tensor.to(torch.bfloat16).view(torch.int16).numpy().view(BITS)
 
 

@@ -29,12 +29,12 @@ class Fp16(Codec):
         if finite.size and float(np.max(np.abs(finite))) > FP16_MAX:
             return {key: values}, True  # beyond fp16's range: float32, said by the caller
         # torch's conversion: numpy's is software, and slow on the subnormals small changes hold
-        return {key: torch.from_numpy(np.ascontiguousarray(values)).half().numpy()}, False
+        return {key: torch.from_numpy(np.require(values, requirements="C")).half().numpy()}, False
 
     def decode_tensor(
         self, key: str, entries: Mapping[str, np.ndarray], shape: tuple[int, ...] | None
     ) -> tuple[np.ndarray, list[str]]:
         value = entry(entries, key, (HALF, FLOAT), shape)
         if value.dtype == HALF:
-            return torch.from_numpy(np.ascontiguousarray(value)).float().numpy(), [key]
+            return torch.from_numpy(np.require(value, requirements="C")).float().numpy(), [key]
         return value, [key]

@@ -10,6 +10,7 @@ from umedpt.checkpoint import (
     CheckpointError,
     load_group,
     load_model,
+    load_trainer_state,
     load_weights,
     read_header,
     read_meta,
@@ -99,3 +100,18 @@ def test_saving_again_replaces_the_checkpoint_atomically(tmp_path) -> None:
     save_checkpoint(tmp_path / "ckpt", model, meta={"step": 2})
     assert read_meta(tmp_path / "ckpt")["step"] == 2
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt"]
+
+
+def test_a_restored_trainer_state_changed_in_place_leaves_its_file_as_saved(tmp_path) -> None:
+    # load_trainer_state memory-maps trainer.pt: the optimizer's in-place updates must stay
+    # in memory (copy on write), or training would rewrite the saved round under the site.
+    model = model_for(make_task("a", "classification"))
+    state = {"moments": torch.arange(6.0), "step": 2}
+    save_checkpoint(tmp_path / "ckpt", model, groups=["heads.a"], trainer_state=state)
+    loaded = load_trainer_state(tmp_path / "ckpt")
+    assert loaded is not None and torch.equal(loaded["moments"], state["moments"])
+    loaded["moments"].mul_(10)
+    again = load_trainer_state(tmp_path / "ckpt")
+    assert again is not None and torch.equal(again["moments"], torch.arange(6.0))
+    assert again["step"] == 2
+    assert load_trainer_state(tmp_path / "missing") is None

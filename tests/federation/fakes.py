@@ -14,17 +14,21 @@ from flwr.app import (
     Array,
     ArrayRecord,
     ConfigRecord,
+    Context,
     Message,
     MetricRecord,
     RecordDict,
 )
+from flwr.clientapp import ClientApp
 
+from client import secagg as client_secagg
 from federation import wire
+from federation.packing import pack_message, unpack_message
 from federation.settings import RunSettings
 from server.rules import build_rule
 from umedpt_fl.inprocess import ClientAppGrid, InProcessGrid
 
-__all__ = ["ClientAppGrid", "ScriptedGrid"]
+__all__ = ["ClientAppGrid", "ScriptedGrid", "fake_client_app", "update"]
 
 
 class ScriptedGrid(InProcessGrid):
@@ -43,6 +47,14 @@ class ScriptedGrid(InProcessGrid):
         self.tamper = tamper
 
     def deliver(self, message: Message) -> Message:
+        # As the real ClientApp's packing mod does: what came packed is answered packed.
+        packed = unpack_message(message)
+        reply = self.answer(message)
+        if packed and message.metadata.message_type == "train":
+            pack_message(reply)
+        return reply
+
+    def answer(self, message: Message) -> Message:
         node = message.metadata.dst_node_id
         name, blocks, examples = self.sites[node]
         kind = message.metadata.message_type
@@ -84,3 +96,57 @@ def initial() -> ArrayRecord:
 def make(name: str = "fedavg", **settings):
     """A strategy as the server builds it, from RunSettings fields and rule options."""
     return build_rule(RunSettings.of(strategy=name, **settings), query_timeout=5)
+
+
+# Secure aggregation's protocol tests: a ClientApp with the real site stages (client/secagg.py)
+# whose training returns ``update``: random, distinct per site and key, the same every round.
+
+
+def update(node: int, key: str, shape: tuple[int, ...]) -> np.ndarray:
+    """A site's plain trained value of one key: random, distinct per site and key."""
+    rng = np.random.default_rng(node * 1000 + sum(map(ord, key)))
+    return rng.normal(0, 1, shape).astype(np.float32)
+
+
+def fake_client_app(sites: dict, claims: dict[int, str] | None = None) -> ClientApp:
+    """Describes itself like a site; trains by returning ``update``; real secagg stages.
+
+    ``claims``: the ``examples-per-step`` a node declares about itself when it joins.
+    """
+    app = ClientApp()
+
+    @app.query()
+    def describe(message: Message, context: Context) -> Message:
+        name, blocks, _ = sites[message.metadata.dst_node_id]
+        info = ConfigRecord({wire.SITE_NAME: name, wire.BLOCKS_USED: ",".join(blocks)})
+        if claim := (claims or {}).get(message.metadata.dst_node_id):
+            info[wire.EXAMPLES_PER_STEP] = claim
+        return Message(RecordDict({wire.SITE_INFO: info}), reply_to=message)
+
+    @app.train()
+    def train(message: Message, context: Context) -> Message:
+        node = message.metadata.dst_node_id
+        arrays = {
+            k: Array(update(node, k, v.numpy().shape))
+            for k, v in message.content[wire.SHARED_ARRAYS].items()
+        }
+        metrics = MetricRecord(
+            {wire.NUM_EXAMPLES: sites[node][2], wire.UNIT_WEIGHT: 1, "loss": 1.0}
+        )
+        content = RecordDict({wire.METRICS: metrics, wire.SHARED_ARRAYS: ArrayRecord(arrays)})
+        return Message(content, reply_to=message)
+
+    @app.evaluate()
+    def evaluate(message: Message, context: Context) -> Message:
+        metrics = MetricRecord({wire.NUM_EXAMPLES: 1, wire.UNIT_WEIGHT: 1, "loss": 1.0})
+        return Message(RecordDict({wire.METRICS: metrics}), reply_to=message)
+
+    client_secagg.register(app, lambda message, context: (train(message, context), Unlogged()))
+    return app
+
+
+class Unlogged:
+    """A fake site keeps no log of what it sends."""
+
+    def log_as_sent(self, sent: Message, context: Context) -> Message:
+        return sent

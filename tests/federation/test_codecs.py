@@ -19,7 +19,13 @@ from federation.codecs import (
     encode_with_feedback,
 )
 from federation.codecs.bf16 import from_bf16_bits, to_bf16_bits
-from federation.compression import decode_update, encode_weights
+from federation.compression import (
+    change_from,
+    decode_update,
+    decode_weights,
+    encode_weights,
+    to_record,
+)
 from federation.reasons import Refusal
 from federation.settings import RunSettings
 from server.rules import build_rule
@@ -107,6 +113,23 @@ def test_non_float_tensors_travel_as_they_are_in_every_codec() -> None:
         encoded = create_codec(name).encode(values)
         assert encoded.entries["encoder.count"].dtype == np.int64
         assert create_codec(name).decode(encoded.entries, values)["encoder.count"].tolist() == [7]
+
+
+def test_a_0d_tensor_keeps_its_shape_through_every_codec_and_record() -> None:
+    """BatchNorm's ``num_batches_tracked`` is 0-d (and a scalar parameter may be): it must
+    come back 0-d from the server's record, the site's reply and the server's decoding
+    (numpy's ``ascontiguousarray`` would make it 1-d, which the site's model refuses)."""
+    values = {"encoder.steps": np.array(7, np.int64), "encoder.scale": np.array(0.5, np.float32)}
+    for name in codec_names():
+        codec = create_codec(name)
+        record, _ = encode_weights(values, name)
+        received = decode_weights(record, name)
+        assert {k: v.shape for k, v in received.items()} == {k: () for k in values}, name
+        sent = change_from(received, received) if codec.sends_change else received
+        entries = {k: v.numpy() for k, v in to_record(codec.encode(sent)).items()}
+        weights = decode_update(entries, values, list(values), codec)
+        assert {k: v.shape for k, v in weights.items()} == {k: () for k in values}, name
+        assert weights["encoder.steps"] == 7 and weights["encoder.scale"] == 0.5, name
 
 
 def test_error_feedback_sums_to_the_true_changes_up_to_one_rounds_error() -> None:

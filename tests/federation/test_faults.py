@@ -184,6 +184,7 @@ def test_tls_federation_survives_a_stopped_and_a_killed_coordinator(
 def test_a_killed_site_misses_its_round_and_rejoins_from_its_saved_state(
     demo_sites, tmp_path
 ) -> None:
+    """... under int8 compression: the restarted site still adds its saved residual."""
     port, out = free_port(), tmp_path / "fed"
     # Every command as the shipped systemd units run it: a bare PATH (`env -i
     # PATH=/usr/bin:/bin`), no virtualenv on it; Flower's processes must still find each other.
@@ -191,7 +192,7 @@ def test_a_killed_site_misses_its_round_and_rejoins_from_its_saved_state(
     coordinator = server(
         out, port, "--min-sites", "1", "--wait-for-sites", "2", "--round-timeout", "90",
         "--insecure", "--rounds", "3", "--local-steps", "1", "--eval-every", "3",
-        "--encoder", ENCODER,
+        "--encoder", ENCODER, "--compression", "int8",
         log=tmp_path / "server.log", env=bare,
     )  # fmt: skip
     steady_log = supernode_log_from_now(demo_sites[1])
@@ -225,6 +226,16 @@ def test_a_killed_site_misses_its_round_and_rejoins_from_its_saved_state(
     run_key = report["config"]["run-key"]
     site_log = (demo_sites[3].parent / "state" / "clinic-d" / "supernode.log").read_text()
     assert f"heads, blocks and optimizer state restored from round 1 of run {run_key}" in site_log
+    # int8 up, bf16 down; the restarted site adds the residual it kept in round 1
+    traffic, full = report["traffic"], report["global_shared_bytes"]
+    assert (traffic["codec"], traffic["downlink_codec"], traffic["uplink_codec"]) == (
+        "int8", "bf16", "int8",
+    )  # fmt: skip
+    for record in report["rounds"]:  # (a little over 1/2 and 1/4: the test encoder's
+        # int64 BatchNorm counters travel as they are, and its many small tensors a scale each)
+        assert all(0.5 < b / full < 0.56 for b in record["bytes_sent"].values()), record
+        assert all(0.25 < b / full < 0.33 for b in record["bytes_received"].values()), record
+    assert "round 3: int8 change sent with error feedback (residual of round 1 added)" in site_log
     assert_nothing_left(commands)
     # One long-lived app host per site (client.app_host): imported once, a process per message.
     # (a line may show twice: Opacus' import gives the root logger a handler of its own)

@@ -8,6 +8,7 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
+from flwr.app import Array, ArrayRecord
 
 from client.round_state import RESIDUAL_FILE, RoundFolders, load_residual, save_residual
 from dashboard.view import page_data
@@ -18,7 +19,14 @@ from server.rules import check_rule_settings
 from strategies.central_dp import SAMPLING_SEED_KEY, rdp_epsilon
 from strategies.sampling import SiteSampling
 from tests.dashboard.states import round_record, state
-from tests.federation.fakes import ScriptedGrid, initial, make
+from tests.federation.fakes import (
+    ClientAppGrid,
+    ScriptedGrid,
+    fake_client_app,
+    initial,
+    make,
+    update,
+)
 from umedpt.errors import ConfigError
 
 FOUR = {
@@ -85,6 +93,75 @@ def test_secure_aggregation_with_shared_blocks_and_sampling_is_refused_or_allowe
         check_rule_settings(RunSettings.of(**risky))
     check_rule_settings(RunSettings.of(**risky, secagg_allow_unshared_blocks=True))
     check_rule_settings(RunSettings.of(**{**risky, "share_blocks": False}))
+
+
+# a and c share no block: a draw of {a, c} leaves both blocks with one site each
+SHARED = {
+    11: ("a", ("classification",), 10),
+    22: ("b", ("classification", "segmentation"), 30),
+    33: ("c", ("segmentation",), 60),
+}
+SHARED_GLOBAL = {
+    "encoder.w": np.zeros((3, 5), np.float32),
+    "blocks.classification.w": np.zeros(6, np.float32),
+    "blocks.segmentation.w": np.zeros((2, 2), np.float32),
+}
+SECAGG_STEP = 2 * 8.0 / 4194304  # one level over +-secagg-clipping-range (the defaults)
+
+
+def keep_into(ends: dict[int, dict[str, np.ndarray]]):
+    """An ``on_round_end`` that keeps each round's global weights in ``ends``."""
+
+    def keep(server_round: int, arrays: ArrayRecord, record: object) -> None:
+        ends[server_round] = {k: v.numpy().copy() for k, v in arrays.items()}
+
+    return keep
+
+
+def test_secure_aggregation_under_sampling_aggregates_each_draw_right() -> None:
+    """Three sites, two drawn a round, blocks shared: each round's aggregate is the plain
+    equal-weight mean of the drawn sites that train the group (within SecAgg+'s
+    quantisation); a group that only one drawn site trains is left out (kept as it was)."""
+    np.random.seed(0)  # SecAgg+'s stochastic rounding draws from NumPy's global generator
+    settings = dict(share_blocks=True, sites_per_round=2, min_sites=2, seed=0)
+    start = ArrayRecord({k: Array(v.copy()) for k, v in SHARED_GLOBAL.items()})
+    grid = ClientAppGrid(fake_client_app(SHARED), {n: {} for n in SHARED}, {})
+    secure = make("fedavg", secure_aggregation=True, secagg_allow_unshared_blocks=True, **settings)
+    ends: dict[int, dict[str, np.ndarray]] = {}
+    secure.start(grid, start, num_rounds=2, timeout=30, on_round_end=keep_into(ends))
+    current = {k: v.copy() for k, v in SHARED_GLOBAL.items()}
+    names = {name: node for node, (name, _, _) in SHARED.items()}
+    draws = []
+    for server_round in (1, 2):
+        record = secure.rounds[server_round]
+        drawn = sorted(names[s] for s in record.bytes_sent)
+        draws.append(drawn)
+        assert len(drawn) == 2 and record.rejected == [], record
+        expected_groups = set()
+        for key in SHARED_GLOBAL:
+            group = key.rsplit(".", 1)[0]
+            users = [n for n in drawn if group == "encoder" or group.split(".")[1] in SHARED[n][1]]
+            if len(users) >= 2:
+                expected_groups.add(group)
+                current[key] = np.mean([update(n, key, current[key].shape) for n in users], 0)
+            got = ends[server_round][key]
+            spread = 2 * max(np.abs(update(n, key, got.shape)).max() for n in SHARED)
+            np.testing.assert_allclose(got, current[key], atol=SECAGG_STEP + spread / 4194304)
+        assert record.updated_groups == sorted(expected_groups)
+    assert draws == [[22, 33], [11, 22]]  # seed 0: each block summed once, left out once
+    # a plain equal-weight FedAvg run draws the same sites (the run seed's draw: no secret)
+    # and its encoder (which every drawn site trains) is the same within quantisation
+    plain_ends: dict[int, dict[str, np.ndarray]] = {}
+    plain = make("fedavg", weighting="equal", **settings)
+    plain.start(ScriptedGrid(SHARED, value=lambda n, k, v: update(n, k, v.shape)),
+                ArrayRecord({k: Array(v.copy()) for k, v in SHARED_GLOBAL.items()}),
+                num_rounds=2, timeout=30,
+                on_round_end=keep_into(plain_ends))  # fmt: skip
+    assert [sorted(names[s] for s in plain.rounds[r].bytes_sent) for r in (1, 2)] == draws
+    for server_round in (1, 2):
+        np.testing.assert_allclose(
+            ends[server_round]["encoder.w"], plain_ends[server_round]["encoder.w"], atol=1e-5
+        )
 
 
 def sampled(n: int, drawn: list[str], evaluated: list[str] = ()) -> dict:

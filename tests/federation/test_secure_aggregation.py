@@ -12,7 +12,6 @@ from collections.abc import Callable
 import numpy as np
 import pytest
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
-from flwr.clientapp import ClientApp
 from flwr.common.secure_aggregation.quantization import quantize
 
 from client import secagg as client_secagg
@@ -21,7 +20,7 @@ from federation.reasons import Refusal
 from federation.settings import RunSettings
 from strategies import RoundFailedError
 from strategies.secure_aggregation import SecAggConfig, SecureAggregation, SecureAggregationError
-from tests.federation.fakes import ClientAppGrid, ScriptedGrid, make
+from tests.federation.fakes import ClientAppGrid, ScriptedGrid, fake_client_app, make, update
 from umedpt.errors import ConfigError
 
 # node -> (name, blocks, examples); every group is trained by two sites or more.
@@ -39,58 +38,8 @@ GLOBAL = {
 }
 
 
-def update(node: int, key: str, shape: tuple[int, ...]) -> np.ndarray:
-    """A site's plain trained value of one key: random, distinct per site and key."""
-    rng = np.random.default_rng(node * 1000 + sum(map(ord, key)))
-    return rng.normal(0, 1, shape).astype(np.float32)
-
-
 def initial() -> ArrayRecord:
     return ArrayRecord({k: Array(v.copy()) for k, v in GLOBAL.items()})
-
-
-def fake_client_app(sites: dict, claims: dict[int, str] | None = None) -> ClientApp:
-    """Describes itself like a site; trains by returning ``update``; real secagg stages.
-
-    ``claims``: the ``examples-per-step`` a node declares about itself when it joins.
-    """
-    app = ClientApp()
-
-    @app.query()
-    def describe(message: Message, context: Context) -> Message:
-        name, blocks, _ = sites[message.metadata.dst_node_id]
-        info = ConfigRecord({wire.SITE_NAME: name, wire.BLOCKS_USED: ",".join(blocks)})
-        if claim := (claims or {}).get(message.metadata.dst_node_id):
-            info[wire.EXAMPLES_PER_STEP] = claim
-        return Message(RecordDict({wire.SITE_INFO: info}), reply_to=message)
-
-    @app.train()
-    def train(message: Message, context: Context) -> Message:
-        node = message.metadata.dst_node_id
-        arrays = {
-            k: Array(update(node, k, v.numpy().shape))
-            for k, v in message.content[wire.SHARED_ARRAYS].items()
-        }
-        metrics = MetricRecord(
-            {wire.NUM_EXAMPLES: sites[node][2], wire.UNIT_WEIGHT: 1, "loss": 1.0}
-        )
-        content = RecordDict({wire.METRICS: metrics, wire.SHARED_ARRAYS: ArrayRecord(arrays)})
-        return Message(content, reply_to=message)
-
-    @app.evaluate()
-    def evaluate(message: Message, context: Context) -> Message:
-        metrics = MetricRecord({wire.NUM_EXAMPLES: 1, wire.UNIT_WEIGHT: 1, "loss": 1.0})
-        return Message(RecordDict({wire.METRICS: metrics}), reply_to=message)
-
-    client_secagg.register(app, lambda message, context: (train(message, context), Unlogged()))
-    return app
-
-
-class Unlogged:
-    """A fake site keeps no log of what it sends."""
-
-    def log_as_sent(self, sent: Message, context: Context) -> Message:
-        return sent
 
 
 def secure_run(

@@ -16,7 +16,9 @@ pytestmark = pytest.mark.slow
 
 
 def test_simulation_reports_every_site_and_leaves_nothing_running(demo_sites, tmp_path) -> None:
-    result = simulate(tmp_path / "sim", [demo_sites[1], demo_sites[3]])
+    """... with bf16 under secure aggregation (they compose; report.json gives the bytes)."""
+    sites = [demo_sites[1], demo_sites[3]]
+    result = simulate(tmp_path / "sim", sites, "--compression", "bf16", "--secure-aggregation")
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     output = result.stdout + result.stderr
     assert "round 1/2" in output and "round 2/2" in output
@@ -24,6 +26,14 @@ def test_simulation_reports_every_site_and_leaves_nothing_running(demo_sites, tm
     report = json.loads((tmp_path / "sim" / "report.json").read_text())
     assert report["status"] == "completed" and len(report["rounds"]) == 2
     assert report["config"]["min-sites"] == 2  # every listed site, unless asked otherwise
+    traffic, full = report["traffic"], report["global_shared_bytes"]
+    assert (traffic["codec"], traffic["downlink_codec"], traffic["uplink_codec"]) == (
+        "bf16", "bf16", "masked",
+    )  # fmt: skip
+    for record in report["rounds"]:  # bf16 weights down, the masked uplink stays 32-bit
+        assert all(0.49 < b / full < 0.52 for b in record["bytes_sent"].values()), record
+        assert all(0.99 < b / full < 1.02 for b in record["bytes_received"].values()), record
+    assert "per round: " in output and "MB up (masked)" in output
     assert (tmp_path / "sim" / "metrics.png").is_file()
     model = load_model(tmp_path / "sim" / "global")  # the folder alone, no report needed
     assert not model.blocks  # by default only the encoder is averaged ...
