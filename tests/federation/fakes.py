@@ -75,6 +75,16 @@ class ScriptedGrid(InProcessGrid):
         return Message(content, reply_to=message)
 
 
+# Four sites on one block, named a-d: the sampling tests draw from them.
+FOUR = {
+    11: ("a", ("segmentation",), 10),
+    22: ("b", ("segmentation",), 10),
+    33: ("c", ("segmentation",), 10),
+    44: ("d", ("segmentation",), 10),
+}
+NAMES = {n: s[0] for n, s in FOUR.items()}
+
+
 # A small federation the strategy tests share: three sites, two of them on one block.
 GLOBAL = {
     "encoder.w": np.zeros((2, 3), np.float32),

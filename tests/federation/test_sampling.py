@@ -11,15 +11,7 @@ from server.federation import progress_line
 from server.rules import client_dp_config
 from strategies.central_dp import CentralDP, ClientDPConfig
 from strategies.sampling import SiteSampling
-from tests.federation.fakes import ScriptedGrid, initial, make
-
-FOUR = {
-    11: ("a", ("segmentation",), 10),
-    22: ("b", ("segmentation",), 10),
-    33: ("c", ("segmentation",), 10),
-    44: ("d", ("segmentation",), 10),
-}
-NAMES = {n: s[0] for n, s in FOUR.items()}
+from tests.federation.fakes import FOUR, NAMES, ScriptedGrid, initial, make
 
 
 def test_the_draw_is_seeded_by_names_not_node_ids_and_has_the_requested_size() -> None:

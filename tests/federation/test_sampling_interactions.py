@@ -20,6 +20,8 @@ from strategies.central_dp import SAMPLING_SEED_KEY, rdp_epsilon
 from strategies.sampling import SiteSampling
 from tests.dashboard.states import round_record, state
 from tests.federation.fakes import (
+    FOUR,
+    NAMES,
     ClientAppGrid,
     ScriptedGrid,
     fake_client_app,
@@ -29,13 +31,6 @@ from tests.federation.fakes import (
 )
 from umedpt.errors import ConfigError
 
-FOUR = {
-    11: ("a", ("segmentation",), 10),
-    22: ("b", ("segmentation",), 10),
-    33: ("c", ("segmentation",), 10),
-    44: ("d", ("segmentation",), 10),
-}
-NAMES = {n: s[0] for n, s in FOUR.items()}
 DP = dict(sites_per_round=2, client_dp_noise=1.0, client_dp_clip=1.0, seed=3)
 
 
