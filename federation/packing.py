@@ -311,7 +311,9 @@ class PackingGrid(Grid):
         return self.grid.get_node_ids()
 
     def get_nodes(self):
-        return self.grid.get_nodes()
+        # An in-process grid (umedpt_fl.inprocess) has none: then Flower's default (ids only).
+        inner = getattr(self.grid, "get_nodes", None)
+        return inner() if inner is not None else super().get_nodes()
 
     def __getattr__(self, name: str):  # anything else a concrete grid offers (close ...)
         if name == "grid":  # not set yet: no recursion

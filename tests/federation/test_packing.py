@@ -252,3 +252,25 @@ def test_a_malformed_reply_ends_its_wait_and_leaves_nothing_behind() -> None:
     [reply] = grid.send_and_receive([message("train", ENTRIES)], timeout=30)
     assert reply.has_error() and "4 bytes left over" in reply.error.reason
     assert echo.polls == 1 and grid._sent == {}
+
+
+def test_the_server_grid_tells_registered_names_where_its_grid_knows_them(caplog) -> None:
+    from flwr.proto.node_pb2 import NodeInfo
+
+    from strategies.sites import registered_names
+
+    class Registered(EchoGrid):
+        def get_node_ids(self):
+            return [7, 8]
+
+        def get_nodes(self):
+            return [NodeInfo(node_id=7, name="clinic-a"), NodeInfo(node_id=8, name="")]
+
+    assert registered_names(PackingGrid(Registered(None))) == {7: "clinic-a"}
+    # An in-process grid has no get_nodes: ids only, no warning in the log of every run.
+    in_process = PackingGrid(inprocess.ClientAppGrid.__new__(inprocess.ClientAppGrid))
+    in_process.grid.node_ids = [1, 2]
+    with caplog.at_level("WARNING"):
+        assert registered_names(in_process) == {}
+        assert [n.node_id for n in in_process.get_nodes()] == [1, 2]
+    assert "registered names" not in caplog.text
