@@ -1,5 +1,5 @@
-"""The encoder levers of a pretraining run, applied to site files: augmentation, and a
-self-supervised task over each site's own images.
+"""The encoder levers of a pretraining run, applied to site files: augmentation, a
+self-supervised task over each site's own images, and class-balanced classification losses.
 
 Why site files: a federated arm's sites read their own TOML (as real sites do), so a lever
 that every arm must see alike is written into the files every arm then reads. The derived
@@ -22,28 +22,37 @@ import tomli_w
 from umedpt.data.augment_config import DEFAULT_AUGMENT
 
 SELF_SUPERVISED = "self-supervised"
+CLASSIFICATION = "classification"
 SELF_SUPERVISED_SUFFIX = "-ssl"  # the added task's name: <labelled task><suffix>
 
 
 @dataclass(frozen=True)
 class Levers:
     """What a run adds to the site files as they are: ``augment`` on every labelled task
-    (a policy name; the site files' default is ``DEFAULT_AUGMENT``), and one
-    self-supervised task per labelled task, over the same files and split."""
+    (a policy name; the site files' default is ``DEFAULT_AUGMENT``), one
+    self-supervised task per labelled task, over the same files and split, and
+    ``class_weighting`` on every classification task ("balanced": docs/recipe.md)."""
 
     augment: str = DEFAULT_AUGMENT
     self_supervised: bool = False
+    class_weighting: str = "none"
 
     @property
     def is_default(self) -> bool:
         return self == Levers()
 
     def key(self) -> dict[str, Any]:
-        return asdict(self)
+        # Without class weighting, the key of the runs cached before it existed.
+        key = asdict(self)
+        if self.class_weighting == "none":
+            del key["class_weighting"]
+        return key
 
     def label(self) -> str:
         parts = [f"augment {self.augment}"]
         parts.append("self-supervised task at every site" if self.self_supervised else "no SSL")
+        if self.class_weighting != "none":
+            parts.append(f"{self.class_weighting} class weights")
         return ", ".join(parts)
 
 
@@ -61,10 +70,20 @@ def add_lever_args(parser: argparse.ArgumentParser) -> None:
         help="add a self-supervised task over each labelled task's images "
         "(docs/self-supervised.md)",
     )
+    parser.add_argument(
+        "--class-weighting",
+        default="none",
+        choices=("none", "balanced"),
+        help="class weights of every classification task's loss (site file class_weighting)",
+    )
 
 
 def levers_of(args: argparse.Namespace) -> Levers:
-    return Levers(augment=args.augment, self_supervised=args.self_supervised)
+    return Levers(
+        augment=args.augment,
+        self_supervised=args.self_supervised,
+        class_weighting=args.class_weighting,
+    )
 
 
 def lever_site_files(files: Sequence[Path], levers: Levers, folder: Path) -> list[Path]:
@@ -94,7 +113,14 @@ def apply_levers(raw: dict[str, Any], base: Path, levers: Levers) -> dict[str, A
         if task["type"] == SELF_SUPERVISED:
             tasks.append(task)
             continue
-        tasks.append({**task, "augment": levers.augment})
+        weighting = {"class_weighting": levers.class_weighting}
+        tasks.append(
+            {
+                **task,
+                "augment": levers.augment,
+                **(weighting if task["type"] == CLASSIFICATION else {}),
+            }
+        )
         if levers.self_supervised:
             unlabelled = {k: v for k, v in task.items() if k != "classes"}
             unlabelled.update(

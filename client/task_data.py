@@ -58,7 +58,7 @@ def load_run(site: SiteConfig, task: TaskConfig) -> TaskRun:
         raise ConfigError(
             task.source, f"{task.field_prefix}.split", f"task '{task.name}' has no training samples"
         )
-    return TaskRun(task, loaded.data)
+    return TaskRun.of(task, loaded.data)
 
 
 class _ProgressLog:

@@ -164,3 +164,17 @@ def test_the_held_out_site_never_pretrains_not_even_its_self_supervised_task(tmp
     copy = write_site(tmp_path, "copy_of_a", "data/a/sub")
     with pytest.raises(SystemExit, match="held-out site a's data"):
         loso.pretraining_sites(originals["a"], [*pretraining, load_site_config(copy)])
+
+
+def test_the_class_weighting_lever_reaches_classification_tasks_only(tmp_path):
+    file = write_site(tmp_path, "a", "data/a")
+    with file.open("a") as fh:  # a second, segmentation task, which has no class weighting
+        fh.write('\n[[tasks]]\nname = "masks"\ntype = "segmentation"\nformat = "mask-folder"\n'
+                 'path = "data/a"\nclasses = ["background", "lesion"]\n')  # fmt: skip
+    levers = Levers(class_weighting="balanced")
+    [derived] = lever_site_files([file], levers, tmp_path / "derived")
+    tasks = {t.name: t for t in load_site_config(derived).tasks}
+    assert tasks["a"].class_weighting == "balanced" and tasks["masks"].class_weighting == "none"
+    # the cache key of runs without it is what it was before the lever existed
+    assert Levers().key() == {"augment": Levers().augment, "self_supervised": False}
+    assert levers.key()["class_weighting"] == "balanced" and "balanced" in levers.label()

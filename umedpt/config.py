@@ -20,6 +20,8 @@ Example::
     batch_size = 16
     skip_bad_samples = false       # true: warn about and skip unreadable samples
     augment = "default"            # training only: "none" | "default" | {hflip = 0.5, ...}
+    class_weighting = "none"       # classification: "balanced" weighs each class's loss by
+                                   # n / (C * its training count); not with [privacy]
 
     [tasks.split]                  # used when the data itself has no split
     val = 0.15
@@ -87,6 +89,12 @@ class TaskConfig:
     state_dir: Path | None = None
     # Training-only augmentation (umedpt/data/augment_config.py); absent: DEFAULT_AUGMENT.
     augment: AugmentConfig = field(default_factory=default_augment)
+    # "balanced": the loss weighs each class by n / (C * its training count), so an
+    # imbalanced task trains for the balanced accuracy it is scored by (classification only).
+    class_weighting: str = "none"
+    # Derived, not configured: the weights themselves, filled from the training split when
+    # the data is loaded (``TaskType.fit``); () trains unweighted.
+    class_weights: tuple[float, ...] = ()
 
     @property
     def field_prefix(self) -> str:
@@ -137,7 +145,9 @@ _TASK_FIELDS = {
     "split",
     "options",
     "augment",
+    "class_weighting",
 }
+CLASS_WEIGHTINGS = ("none", "balanced")
 _SITE_FIELDS = {"name", "state_dir", "tasks", "privacy", "require_secure_aggregation"}
 _SPLIT_FIELDS = {"val", "test", "seed", "group_pattern"}
 _PRIVACY_FIELDS = {
@@ -181,6 +191,16 @@ def parse_site_config(raw: Mapping[str, Any], file: Path) -> SiteConfig:
             raise task.error("name", f"task name '{task.name}' is used twice in this site")
         seen.add(task.name)
     privacy = _parse_privacy(raw["privacy"], file) if "privacy" in raw else None
+    if privacy is not None:
+        for task in tasks:
+            if task.class_weighting != "none":
+                # The weights come from every training label: one sample more or less moves
+                # every other sample's weight, which DP-SGD's per-sample bound does not cover.
+                raise task.error(
+                    "class_weighting",
+                    "is not available with [privacy]: its weights depend on all the site's "
+                    "labels, which DP-SGD's accounting does not cover",
+                )
     secure_only = raw.get("require_secure_aggregation", False)
     if not isinstance(secure_only, bool):
         raise ConfigError(
@@ -257,6 +277,17 @@ def _parse_task(raw: Any, file: Path, base: Path, index: int) -> TaskConfig:
         raise ConfigError(
             file, f"{prefix}.skip_bad_samples", f"must be true or false, got {skip!r}"
         )
+    weighting = raw.get("class_weighting", "none")
+    if weighting not in CLASS_WEIGHTINGS:
+        raise ConfigError(
+            file,
+            f"{prefix}.class_weighting",
+            f"must be one of {CLASS_WEIGHTINGS}, got {weighting!r}",
+        )
+    if weighting != "none" and task_type != "classification":
+        raise ConfigError(
+            file, f"{prefix}.class_weighting", f"applies to classification tasks, not {task_type}"
+        )
     options = raw.get("options", {})
     if not isinstance(options, Mapping):
         raise ConfigError(file, f"{prefix}.options", "must be a table ([tasks.options])")
@@ -278,6 +309,7 @@ def _parse_task(raw: Any, file: Path, base: Path, index: int) -> TaskConfig:
             if "augment" in raw
             else default_augment()
         ),
+        class_weighting=weighting,
     )
 
 

@@ -70,7 +70,7 @@ def load_runs(tasks: Sequence[TaskConfig]) -> list[TaskRun]:
                 f"{task.field_prefix}.split",
                 f"task '{task.name}' has no training samples",
             )
-        runs.append(TaskRun(task, data))
+        runs.append(TaskRun.of(task, data))
     return runs
 
 

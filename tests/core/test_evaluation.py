@@ -263,3 +263,30 @@ def test_imagenet_weights_come_from_a_local_file_only(tmp_path, monkeypatch) -> 
     assert random_baseline.label == "random" and random_baseline.config == spec.config
     built = spec.build().model.state_dict()
     torch.testing.assert_close(built["conv1.weight"], reference.state_dict()["conv1.weight"])
+
+
+def test_a_balanced_target_trains_its_heads_with_weights_from_its_training_labels(
+    tmp_path, demo_site
+) -> None:
+    from umedpt.config import load_site_config
+    from umedpt.evaluation.runner import load_target
+
+    kind = 'type = "classification"'
+    text = demo_site.read_text().replace(kind, kind + '\nclass_weighting = "balanced"')
+    weighted = demo_site.parent / "clinic-a-balanced.toml"
+    weighted.write_text(text)
+    target = load_target(load_site_config(weighted).tasks[0])
+    labels = Counter(s.targets["label"] for s in target.splits["train"])
+    weights = target.task.class_weights
+    assert len(weights) == len(target.task.classes) and len(set(weights)) > 1
+    # n / (C * n_c): every class weighs the same in total, and a training image 1 on average
+    totals = {c: weights[c] * n for c, n in labels.items()}
+    assert max(totals.values()) == pytest.approx(min(totals.values()))
+    assert sum(totals.values()) == pytest.approx(sum(labels.values()))
+    assert load_target(load_site_config(demo_site).tasks[0]).task.class_weights == ()
+    # the results folder records the weighting, and a rerun resumes it (JSON lists, not tuples)
+    first = run_evaluation(target, parse_encoders([]), FROZEN, tmp_path / "eval")
+    saved = json.loads((tmp_path / "eval" / "results.json").read_text())["target"]
+    assert saved["class_weighting"] == "balanced" and saved["class_weights"] == list(weights)
+    again = run_evaluation(target, parse_encoders([]), FROZEN, tmp_path / "eval")
+    assert len(again["cells"]) == len(first["cells"]) == 2

@@ -145,3 +145,34 @@ def test_detection_loss_without_boxes_has_only_the_classification_term() -> None
     assert set(components) == COMPONENTS["detection"]
     assert float(components["bbox_regression"]) == 0 and float(components["centerness"]) == 0
     assert float(components["classification"]) > 0
+
+
+def test_balanced_class_weighting_weighs_each_class_by_its_training_rarity() -> None:
+    import dataclasses
+
+    from umedpt.data.samples import Sample, TaskData
+    from umedpt.training.trainer import TaskRun
+
+    task_type = get_task_type("classification")
+    plain = make_run("t", "classification", n_train=4).config
+    task = dataclasses.replace(plain, classes=("a", "b", "c"), class_weighting="balanced")
+    image = torch.zeros(3, 64, 64, dtype=torch.uint8)
+    train = [Sample(image, str(i), {"label": y}) for i, y in enumerate([0, 0, 0, 1])]
+    run = TaskRun.of(task, TaskData({"train": train, "val": [], "test": []}))
+    # n / (C * n_c), C = 2 classes with training images: 4 / (2 * 3), 4 / (2 * 1); c weighs 0
+    assert run.config.class_weights == pytest.approx((2 / 3, 2.0, 0.0))
+    assert TaskRun.of(plain, run.data).config.class_weights == ()  # "none": unweighted
+
+    logits = torch.tensor([[2.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 0.0], [1.0, 1.0, 3.0]])
+    labels = torch.tensor([0, 1, 1, 0])
+    batch = Batch(torch.zeros(4, 3, 64, 64), {"labels": labels})
+    each = torch.nn.functional.cross_entropy(logits, labels, reduction="none")
+    expected = (each * torch.tensor([2 / 3, 2.0, 2.0, 2 / 3])).mean() / torch.log(torch.tensor(3.0))
+    got = task_type.loss(logits, batch, run.config)["cross_entropy"]
+    assert float(got) == pytest.approx(float(expected), rel=1e-6)
+    # a uniform guess over the training distribution still scores exactly 1
+    uniform = torch.zeros(4, 3)
+    train_batch = Batch(torch.zeros(4, 3, 64, 64), {"labels": torch.tensor([0, 0, 0, 1])})
+    assert float(task_type.loss(uniform, train_batch, run.config)["cross_entropy"]) == (
+        pytest.approx(1.0, rel=1e-6)
+    )

@@ -107,3 +107,18 @@ def test_invalid_toml(tmp_path):
     path.write_text("[[tasks]\n")
     err = _error(path)
     assert err.field == "<file>"
+
+
+def test_class_weighting_is_checked_and_kept_from_dp_sites(tmp_path):
+    site = load_site_config(_site(tmp_path, {"extra": 'class_weighting = "balanced"'}))
+    assert site.tasks[0].class_weighting == "balanced" and site.tasks[0].class_weights == ()
+    assert load_site_config(_site(tmp_path, {})).tasks[0].class_weighting == "none"
+    err = _error(_site(tmp_path, {"extra": 'class_weighting = "inverse"'}))
+    assert err.field == "tasks[0].class_weighting" and "'inverse'" in err.problem
+    err = _error(_site(tmp_path, {"type": "multilabel", "extra": 'class_weighting = "balanced"'}))
+    assert err.field == "tasks[0].class_weighting" and "multilabel" in err.problem
+    privacy = "[privacy]\ntarget_epsilon = 8.0\ntarget_delta = 1e-5\nmax_grad_norm = 1.0\n"
+    err = _error(
+        _site(tmp_path, {}, {"name": "y", "extra": 'class_weighting = "balanced"'}, header=privacy)
+    )
+    assert err.field == "tasks[1].class_weighting" and "[privacy]" in err.problem

@@ -51,7 +51,18 @@ class Target:
     splits: dict[str, list[Sample]]
 
     def describe(self) -> dict[str, Any]:
+        # How the heads weigh classes changes every cell: a resumed folder must match. Only
+        # when weighted, so folders written before the setting existed still resume.
+        weighting = (
+            {
+                "class_weighting": self.task.class_weighting,
+                "class_weights": list(self.task.class_weights),
+            }
+            if self.task.class_weights
+            else {}
+        )
         return {
+            **weighting,
             "file": str(self.task.source),
             "task": self.task.name,
             "type": self.task.type,
@@ -103,7 +114,7 @@ def load_target(task: TaskConfig) -> Target:
             f"task '{task.name}' has no {' or '.join(empty)} samples; an evaluation needs "
             "train (subsets are drawn from it), val (checkpoint selection) and test (scored once)",
         )
-    return Target(task, splits)
+    return Target(get_task_type(task.type).fit(task, splits["train"]), splits)
 
 
 def plan_cells(encoders: Sequence[EncoderSpec], protocol: EvalProtocol) -> list[Cell]:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
-from collections.abc import Hashable, Mapping
+from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -160,6 +160,12 @@ class TaskType(ABC):
     @abstractmethod
     def draw(self, ax: Any, sample: Sample, task: TaskConfig) -> None:
         """Draw ``sample``'s targets over its image on matplotlib ``ax`` and title it."""
+
+    def fit(self, task: TaskConfig, train: Sequence[Sample]) -> TaskConfig:
+        """``task`` with what the loss derives from the training split (none by default).
+
+        Called once when a task's data is loaded for training or evaluation."""
+        return task
 
     # -- model ------------------------------------------------------------------------
     @abstractmethod

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Hashable
+import dataclasses
+from collections.abc import Hashable, Sequence
 from typing import Any
 
 import torch
@@ -106,6 +107,18 @@ class Classification(TaskType):
             return super().stratum(sample)
         return ("label", int(sample.targets["label"]))
 
+    def fit(self, task: TaskConfig, train: Sequence[Sample]) -> TaskConfig:
+        """With ``class_weighting = "balanced"``: each class's weight n / (C * n_c) from the
+        training labels, C the classes that have any (a class with none weighs 0), so the
+        weights average 1 over the training samples and an untrained model's loss stays ~1."""
+        if task.class_weighting != "balanced":
+            return task
+        labels = [s.targets["label"] for s in train if "label" in s.targets]
+        counts = class_counts(labels, task.classes)
+        n, c = len(labels), sum(1 for k in counts.values() if k)
+        weights = tuple(n / (c * k) if k else 0.0 for k in counts.values())
+        return dataclasses.replace(task, class_weights=weights)
+
     def build_block(self, in_channels: list[int], config: ModelConfig) -> nn.Module:
         return ImageBlock(in_channels, config.image_dim)
 
@@ -113,7 +126,16 @@ class Classification(TaskType):
         return ClassificationHead(config.image_dim, len(task.classes))
 
     def loss(self, outputs: torch.Tensor, batch: Batch, task: TaskConfig) -> LossComponents:
-        ce = F.cross_entropy(outputs.float(), batch.targets["labels"])
+        labels = batch.targets["labels"]
+        if task.class_weights:
+            # A plain mean of weighted losses, not F.cross_entropy's weighted mean (which
+            # divides by the batch's weights): each sample's loss depends on it alone.
+            weight = torch.tensor(task.class_weights, device=outputs.device)
+            ce = (
+                F.cross_entropy(outputs.float(), labels, reduction="none") * weight[labels]
+            ).mean()
+        else:
+            ce = F.cross_entropy(outputs.float(), labels)
         return {"cross_entropy": ce / log_num_classes(len(task.classes))}
 
     def metrics(self, task: TaskConfig) -> TaskMetrics:

@@ -70,6 +70,12 @@ class TaskRun:
     config: TaskConfig
     data: TaskData
 
+    @classmethod
+    def of(cls, config: TaskConfig, data: TaskData) -> TaskRun:
+        """The run of freshly loaded data: the config gets what its task type derives from
+        the training split (:meth:`TaskType.fit`: class weights)."""
+        return cls(get_task_type(config.type).fit(config, data.splits.get("train", [])), data)
+
     @property
     def task_type(self) -> TaskType:
         return get_task_type(self.config.type)
