@@ -96,6 +96,11 @@ def lever_site_files(files: Sequence[Path], levers: Levers, folder: Path) -> lis
     for file in files:
         file = Path(file)
         raw = tomllib.loads(file.read_text())
+        if levers.class_weighting != "none" and "privacy" in raw:
+            raise ValueError(
+                f"{file}: --class-weighting {levers.class_weighting} cannot apply to a site with "
+                "[privacy] (its weights depend on every label; DP-SGD does not account them)"
+            )
         out = folder / file.name
         out.write_text(tomli_w.dumps(apply_levers(raw, file.parent.resolve(), levers)))
         derived.append(out)
@@ -113,16 +118,12 @@ def apply_levers(raw: dict[str, Any], base: Path, levers: Levers) -> dict[str, A
         if task["type"] == SELF_SUPERVISED:
             tasks.append(task)
             continue
-        weighting = {"class_weighting": levers.class_weighting}
-        tasks.append(
-            {
-                **task,
-                "augment": levers.augment,
-                **(weighting if task["type"] == CLASSIFICATION else {}),
-            }
-        )
+        labelled = {**task, "augment": levers.augment}
+        if levers.class_weighting != "none" and task["type"] == CLASSIFICATION:
+            labelled["class_weighting"] = levers.class_weighting  # else the file's own, if any
+        tasks.append(labelled)
         if levers.self_supervised:
-            unlabelled = {k: v for k, v in task.items() if k != "classes"}
+            unlabelled = {k: v for k, v in task.items() if k not in ("classes", "class_weighting")}
             unlabelled.update(
                 name=task["name"] + SELF_SUPERVISED_SUFFIX,
                 type=SELF_SUPERVISED,

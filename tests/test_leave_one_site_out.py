@@ -175,6 +175,18 @@ def test_the_class_weighting_lever_reaches_classification_tasks_only(tmp_path):
     [derived] = lever_site_files([file], levers, tmp_path / "derived")
     tasks = {t.name: t for t in load_site_config(derived).tasks}
     assert tasks["a"].class_weighting == "balanced" and tasks["masks"].class_weighting == "none"
+    # another lever keeps a site file's own weighting; its self-supervised copy drops it
+    own = write_site(tmp_path / "own", "b", "data/b")
+    kind = 'type = "classification"'
+    own.write_text(own.read_text().replace(kind, kind + '\nclass_weighting = "balanced"'))
+    [kept] = lever_site_files([own], Levers(self_supervised=True), tmp_path / "kept")
+    tasks = {t.name: t for t in load_site_config(kept).tasks}
+    assert tasks["b"].class_weighting == "balanced" and tasks["b-ssl"].class_weighting == "none"
+    private = write_site(tmp_path / "dp", "c", "data/c")
+    with private.open("a") as fh:
+        fh.write("\n[privacy]\ntarget_epsilon = 8.0\ntarget_delta = 1e-5\nmax_grad_norm = 1.0\n")
+    with pytest.raises(ValueError, match=r"c\.toml: --class-weighting balanced cannot apply"):
+        lever_site_files([private], levers, tmp_path / "derived-dp")
     # the cache key of runs without it is what it was before the lever existed
     assert Levers().key() == {"augment": Levers().augment, "self_supervised": False}
     assert levers.key()["class_weighting"] == "balanced" and "balanced" in levers.label()

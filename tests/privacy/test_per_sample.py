@@ -109,6 +109,15 @@ def test_the_tiny_preset_and_every_task_types_blocks_and_heads_are_batchnorm_fre
     check_private_modules(model.named_children())
 
 
+def test_a_private_trainer_refuses_class_weights_however_the_run_was_built() -> None:
+    run = make_run("t", "classification", n_train=4, n_val=0)
+    weighted = TaskRun(dataclasses.replace(run.config, class_weights=(0.5, 1.5)), run.data)
+    model = UMedPTModel(model_config("tiny"), [run.config], seed=0)
+    privacy = DPSGDConfig(max_grad_norm=1.0, noise_multipliers={"t": 1.0})
+    with pytest.raises(ValueError, match=r"tasks \['t'\]: class weights depend on every"):
+        MultiTaskTrainer(model, [weighted], TrainConfig(seed=0), privacy=privacy)
+
+
 SEED = 43  # Poisson draws of 40 samples at rate 1/40 from it: none, one, none
 
 

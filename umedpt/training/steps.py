@@ -103,6 +103,12 @@ class PrivateStep:
         *,
         mixed_precision: bool,
     ) -> None:
+        if weighted := [t.name for t in tasks if t.config.class_weights]:
+            # The site file refuses it too (umedpt.config): a run built another way must not.
+            raise ValueError(
+                f"tasks {weighted}: class weights depend on every training label, which "
+                "DP-SGD's accounting does not cover"
+            )
         used_blocks = sorted({model.task_blocks[t.name] for t in tasks})
         check_private_modules(
             [("encoder", model.encoder)]
