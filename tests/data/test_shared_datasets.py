@@ -19,7 +19,7 @@ pytestmark = pytest.mark.shared_data
 
 REPO = Path(__file__).resolve().parents[2]
 SITES = REPO / "bench" / "sites"
-DATA = REPO.parent / "shared" / "data"
+DATA = (REPO.parent / "shared" / "data").resolve()  # as the site files resolve it
 
 FOUR_SITES = ("breastmnist", "pbc_blood_cells", "hc18_fetal_head", "bccd")
 NEW_SITES = ("isic2017_dermoscopy", "nih_cxr14_64px")  # issue 19: two new modalities
