@@ -190,3 +190,24 @@ def test_the_class_weighting_lever_reaches_classification_tasks_only(tmp_path):
     # the cache key of runs without it is what it was before the lever existed
     assert Levers().key() == {"augment": Levers().augment, "self_supervised": False}
     assert levers.key()["class_weighting"] == "balanced" and "balanced" in levers.label()
+
+
+def test_balanced_evaluation_heads_train_every_arm_alike_in_their_own_cache(tmp_path):
+    from umedpt.data.demo import write_demo_federation
+
+    files = write_demo_federation(tmp_path / "demo", seed=0)
+    target = load_site_config(next(f for f in files if f.stem == "clinic-a"))  # classification
+    args = loso.parse_args(
+        ["--quick", "--eval-class-weighting", "balanced", "--out", str(tmp_path)]
+    )
+    args.fractions, args.eval_steps, args.eval_min_steps = "100", 2, 2
+    work = tmp_path / "work"
+    results = loso.evaluate_target(target, [], args, work / target.name, seed=0)
+    assert results["target"]["class_weighting"] == "balanced"
+    assert len(results["target"]["class_weights"]) == len(target.tasks[0].classes)
+    rows, _ = loso.collect(work, [target.name], 0, "balanced")
+    assert {(r["encoder"], r["mode"]) for r in rows} == {
+        ("random", "frozen"),
+        ("random", "finetune"),
+    }
+    assert loso.collect(work, [target.name])[0] == []  # unweighted cells live in eval/
