@@ -124,6 +124,7 @@ LABELS_FRACTION, LABELS_TARGETS = 50.0, 3  # random's 100% reached with <= 50% o
 CLOSE = 0.05  # arms within 5 points: more pretraining seeds
 MET, MISSED, NOT_YET = "met", "missed", "not yet measured"
 MODES = ("frozen", "finetune")
+CLASSIFICATION = "classification"  # the task type whose heads --eval-class-weighting weighs
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -383,8 +384,9 @@ def evaluate_target(
         min_steps=args.eval_min_steps,
     )
     task = choose_task(target, None)  # as `umedpt-fl evaluate --target`
-    if args.eval_class_weighting != "none" and task.type == "classification":
-        task = replace(task, class_weighting=args.eval_class_weighting)
+    weighting = args.eval_class_weighting if task.type == CLASSIFICATION else "none"
+    if weighting != "none":
+        task = replace(task, class_weighting=weighting)
     loaded = load_target(task)
     encoders = [
         replace(spec, random_init_seed=seed) if spec.kind == RANDOM else spec
@@ -405,8 +407,12 @@ def evaluate_target(
                 result.seconds,
             )
 
-    folder = work / eval_folder(args.eval_class_weighting)
+    folder = work / eval_folder(weighting)  # other task types: eval/ whatever the option
     return run_evaluation(loaded, encoders, protocol, folder, device="cpu", on_cell=progress)
+
+
+def _is_classification(results: Path) -> bool:
+    return json.loads(results.read_text())["target"]["type"] == CLASSIFICATION
 
 
 def eval_folder(class_weighting: str = "none") -> str:
@@ -439,6 +445,10 @@ def collect(
     rows, summaries = [], {}
     for name in targets:
         path = work / name / eval_folder(class_weighting) / "results.json"
+        if not path.is_file():  # a target that is not classification: unweighted heads
+            unweighted = work / name / eval_folder() / "results.json"
+            if unweighted.is_file() and not _is_classification(unweighted):
+                path = unweighted
         if path.is_file():
             results = json.loads(path.read_text())
             rows += rows_of(name, results, pretrain_seed)

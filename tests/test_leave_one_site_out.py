@@ -211,3 +211,9 @@ def test_balanced_evaluation_heads_train_every_arm_alike_in_their_own_cache(tmp_
         ("random", "finetune"),
     }
     assert loso.collect(work, [target.name])[0] == []  # unweighted cells live in eval/
+    # a segmentation target has no classes to weigh: its cells stay in eval/, found either way
+    masks = load_site_config(next(f for f in files if f.stem == "clinic-b"))
+    loso.evaluate_target(masks, [], args, work / masks.name, seed=0)
+    assert (work / masks.name / "eval" / "results.json").is_file()
+    balanced, _ = loso.collect(work, [masks.name], 0, "balanced")
+    assert len(balanced) == 2 and balanced == loso.collect(work, [masks.name])[0]
