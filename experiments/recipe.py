@@ -352,7 +352,10 @@ def screen_report_of(result: dict[str, Any]) -> Report:
         "recipe's test-split numbers are in `recipe.md`. `-` = not run."
     )
     tasks = list(result["recipes"][0]["tasks"]) if result["recipes"] else []
-    header = ["steps", "L", "schedule", "rule", "blocks", "augment", "SSL", "seeds", *tasks]
+    header = [
+        "steps", "L", "schedule", "rule", "blocks", "augment", "SSL", "class weights", "seeds",
+        *tasks,
+    ]  # fmt: skip
     rows = []
     for entry in result["recipes"]:
         st = entry["settings"]
@@ -371,7 +374,8 @@ def screen_report_of(result: dict[str, Any]) -> Report:
         levers = st.get("levers", {"augment": "none", "self_supervised": False})
         ssl = "yes" if levers["self_supervised"] else "no"
         recipe = [st["steps"], st["local_steps"], st["schedule"], rule, blocks]
-        rows.append([*recipe, levers["augment"], ssl, seeds, *cells])
+        weights = levers.get("class_weighting", "none")
+        rows.append([*recipe, levers["augment"], ssl, weights, seeds, *cells])
     return report.table(header, rows)
 
 
