@@ -746,7 +746,7 @@ def write_outputs(args: argparse.Namespace, sites: list[SiteConfig], start: floa
         for t, summary in summaries.items()
     }
     result = {
-        "name": NAME,
+        "name": args.name,  # the file stem the report names
         "meta": meta,
         "goals": goals_of(facts),
         "targets": facts,
