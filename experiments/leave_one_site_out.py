@@ -89,7 +89,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.common import REPO_ROOT, add_sites_arg, site_files, sites_key, start_run
-from bench.levers import add_lever_args, lever_site_files, levers_of
+from bench.levers import CLASSIFICATION, add_lever_args, lever_site_files, levers_of
 from bench.report import Report, write_json, write_results
 from bench.simtools import federate_in_process
 from experiments.common import WORK_DIR, experiment_parser
@@ -124,7 +124,6 @@ LABELS_FRACTION, LABELS_TARGETS = 50.0, 3  # random's 100% reached with <= 50% o
 CLOSE = 0.05  # arms within 5 points: more pretraining seeds
 MET, MISSED, NOT_YET = "met", "missed", "not yet measured"
 MODES = ("frozen", "finetune")
-CLASSIFICATION = "classification"  # the task type whose heads --eval-class-weighting weighs
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
