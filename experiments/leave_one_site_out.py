@@ -48,19 +48,8 @@ unweighted heads every arm scored chance on ISIC (balanced accuracy 0.31-0.35 at
 
 Each process writes the whole table from the shared caches after every unit, so the
 JSON always holds every finished cell of both. The lever ablation (issue 20's part 3: one
-budget, 10% of the labels, the targets where a goal is closest; each variant its own cache
-and ``--name``; T = those targets):
-
-    E="--eval-class-weighting balanced"
-    PYTHONPATH=. python3 experiments/leave_one_site_out.py --targets T --fractions 10 $E \\
-        --augment default --name leave-one-site-out-augment
-    PYTHONPATH=. python3 experiments/leave_one_site_out.py --targets T --fractions 10 $E \\
-        --self-supervised --name leave-one-site-out-ssl
-    PYTHONPATH=. python3 experiments/leave_one_site_out.py --targets T --fractions 10 $E \\
-        --class-weighting balanced --name leave-one-site-out-class-weights
-    PYTHONPATH=. python3 experiments/leave_one_site_out.py --targets T --fractions 10 $E \\
-        --sites bench/sites/{bccd,breastmnist,hc18_fetal_head,pbc_blood_cells}.toml \\
-        --name leave-one-site-out-four-sites
+budget, the targets where a goal is closest, only the federated arm, every pretraining seed)
+is ``experiments/lever_ablation.py``, which runs this module's units on its own caches.
 
 A smoke on the demo sites (``umedpt-fl demo-data /tmp/demo``; ~3 min on a busy 2-core box):
 
@@ -83,7 +72,7 @@ import logging
 import shutil
 import statistics
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Collection, Iterable, Iterator, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -112,6 +101,7 @@ log = logging.getLogger("experiments.leave_one_site_out")
 NAME = "leave-one-site-out"
 FEDERATED, CENTRALIZED, SITE_ALONE, RANDOM = "federated", "centralized", "site-alone", "random"
 SEEDED_ARMS = (FEDERATED, CENTRALIZED, RANDOM)  # the arms every pretraining seed retrains
+PRETRAINED_ARMS = (FEDERATED, CENTRALIZED, SITE_ALONE)  # random init is always evaluated too
 DEFAULTS = RunSettings()  # the recipe `simulate` and `server` run by default
 DEFAULT_STEPS = 300  # steps per task: the budget experiments/recipe.py measured the recipe at
 # Issue 20's order: the closest four-site targets, then the two new sites, then the rest.
@@ -275,43 +265,57 @@ def pretraining_sites(target: SiteConfig, sites: Sequence[SiteConfig]) -> list[S
 
 
 def pretrain_encoders(
-    target: SiteConfig, others: list[SiteConfig], args, work: Path, seed: int, alone: bool
+    target: SiteConfig,
+    others: list[SiteConfig],
+    args,
+    work: Path,
+    seed: int,
+    arms: Collection[str] = PRETRAINED_ARMS,
 ) -> list[str]:
-    """Pretrain (or find cached) ``target``'s encoders of pretraining seed ``seed`` (the site
-    alone ones only with ``alone``); ``LABEL=DIR`` specs."""
+    """Pretrain (or find cached) ``target``'s encoders of pretraining seed ``seed``, those of
+    ``arms`` (:data:`PRETRAINED_ARMS`); ``LABEL=DIR`` specs."""
     check_held_out(target, others)
+    unknown = set(arms) - set(PRETRAINED_ARMS)
+    if unknown:
+        raise ValueError(f"unknown arms {sorted(unknown)} (arms: {PRETRAINED_ARMS})")
     folders = encoder_folders(work.parent, target.name, [s.name for s in others])
     specs = []
-    fed = folders[FEDERATED].parent
-    if (fed / "global" / "checkpoint.json").is_file():
-        check_budget(fed / "global", args)
-    else:
-        shutil.rmtree(fed, ignore_errors=True)  # what a killed run left: start afresh
-        log.info("%s: federated pretraining on %s, seed %d", target.name, names(others), seed)
-        report = federate_in_process(
-            [s.file for s in others],
-            fed,
-            num_server_rounds=args.rounds,
-            local_steps=args.local_steps,
-            eval_every=args.rounds,
-            preset=args.preset,
-            seed=seed,
-            schedule=args.schedule,
-            share_blocks=args.share_blocks,
-            tracking="none",
-        )
-        if report["status"] != "completed":
-            raise RuntimeError(f"{target.name}: the federated pretraining failed: {report}")
-    specs.append(f"{FEDERATED}={folders[FEDERATED]}")
-    arms = [(CENTRALIZED, others)]
-    if alone:
-        arms += [(f"{SITE_ALONE}:{s.name}", [s]) for s in others]
-    for label, sites in arms:
+    if FEDERATED in arms:
+        pretrain_federated(target, others, folders[FEDERATED].parent, args, seed)
+        specs.append(f"{FEDERATED}={folders[FEDERATED]}")
+    centralized = [(CENTRALIZED, others)] if CENTRALIZED in arms else []
+    alone = [(f"{SITE_ALONE}:{s.name}", [s]) for s in others] if SITE_ALONE in arms else []
+    for label, sites in centralized + alone:
         folder = folders[label].parent
         with exclusive(folder):  # a site alone is shared by every target (and process)
             pretrain_arm(target, label, sites, folder, args, seed)
         specs.append(f"{label}={folders[label]}")
     return specs
+
+
+def pretrain_federated(
+    target: SiteConfig, others: list[SiteConfig], folder: Path, args, seed: int
+) -> None:
+    """The federated encoder (FedAvg over ``others``, the real ClientApp), unless cached."""
+    if (folder / "global" / "checkpoint.json").is_file():
+        check_budget(folder / "global", args)
+        return
+    shutil.rmtree(folder, ignore_errors=True)  # what a killed run left: start afresh
+    log.info("%s: federated pretraining on %s, seed %d", target.name, names(others), seed)
+    report = federate_in_process(
+        [s.file for s in others],
+        folder,
+        num_server_rounds=args.rounds,
+        local_steps=args.local_steps,
+        eval_every=args.rounds,
+        preset=args.preset,
+        seed=seed,
+        schedule=args.schedule,
+        share_blocks=args.share_blocks,
+        tracking="none",
+    )
+    if report["status"] != "completed":
+        raise RuntimeError(f"{target.name}: the federated pretraining failed: {report}")
 
 
 def names(sites: Iterable[SiteConfig]) -> list[str]:
@@ -373,9 +377,10 @@ def check_budget(folder: Path, args: argparse.Namespace) -> None:
 
 
 def evaluate_target(
-    target: SiteConfig, specs: list[str], args, work: Path, seed: int
+    target: SiteConfig, specs: list[str], args, work: Path, seed: int, with_random: bool = True
 ) -> dict[str, Any]:
-    """The protocol on ``target``'s own site file; the random init seeded by ``seed``."""
+    """The protocol on ``target``'s own site file; the random init seeded by ``seed`` (unless
+    not ``with_random``: a run that reads it from another cache)."""
     protocol = EvalProtocol(
         fractions=tuple(float(f) for f in args.fractions.split(",")),
         seeds=args.seeds,
@@ -390,6 +395,7 @@ def evaluate_target(
     encoders = [
         replace(spec, random_init_seed=seed) if spec.kind == RANDOM else spec
         for spec in parse_encoders(specs, preset=args.preset)
+        if with_random or spec.kind != RANDOM
     ]
 
     def progress(done: int, total: int, result: Any) -> None:
@@ -643,21 +649,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     start = start_run(args)
     # opacus's import (via umedpt.pretrain) runs logging.basicConfig first: root at WARNING
     log.setLevel(logging.INFO)
-    originals = [load_site_config(f) for f in site_files(args)]
+    originals, pretraining = prepare(args)
     by_name = {s.name: s for s in originals}
     targets = [by_name[n] for n in check_targets(args.targets, list(by_name))]
-    # What every pretraining arm reads: the site files with the levers written in.
-    derived = lever_site_files(site_files(args), levers_of(args), args.work / "sites")
-    pretraining = [load_site_config(f) for f in derived]
     seeds = pretrain_seeds(args)
-    for seed in seeds:
-        work = work_of(args, seed)
-        work.mkdir(parents=True, exist_ok=True)
-        saved = work / "settings.json"
-        if not saved.is_file():  # written whole, then renamed: another process may be reading
-            write_json(saved, pretraining_of(args, seed))
-        if json.loads(saved.read_text()) != pretraining_of(args, seed):
-            raise SystemExit(f"{work}: caches encoders of other settings ({saved}); use another")
     # Every target's first seed, then the further seeds where the arms are close.
     for seed in seeds:
         for target in targets:
@@ -669,14 +664,43 @@ def main(argv: Sequence[str] | None = None) -> None:
                 if not calls:
                     continue
                 log.info("%s: pretraining seed %d, arms close: %s", target.name, seed, calls)
-            work = work_of(args, seed) / target.name
-            work.mkdir(parents=True, exist_ok=True)
-            with exclusive(work):  # one process per target at a time
-                alone = seed == seeds[0]
-                specs = pretrain_encoders(target, others, args, work, seed, alone)
-                evaluate_target(target, specs, args, work, seed)
+            arms = PRETRAINED_ARMS if seed == seeds[0] else (FEDERATED, CENTRALIZED)
+            run_target(target, others, args, seed, arms)
             write_outputs(args, originals, start)
     write_outputs(args, originals, start)
+
+
+def prepare(args: argparse.Namespace) -> tuple[list[SiteConfig], list[SiteConfig]]:
+    """The sites as given, and as every pretraining arm reads them (the site files with the
+    levers written in); each pretraining seed's cache folder claimed for these settings."""
+    originals = [load_site_config(f) for f in site_files(args)]
+    derived = lever_site_files(site_files(args), levers_of(args), args.work / "sites")
+    for seed in pretrain_seeds(args):
+        work = work_of(args, seed)
+        work.mkdir(parents=True, exist_ok=True)
+        saved = work / "settings.json"
+        if not saved.is_file():  # written whole, then renamed: another process may be reading
+            write_json(saved, pretraining_of(args, seed))
+        if json.loads(saved.read_text()) != pretraining_of(args, seed):
+            raise SystemExit(f"{work}: caches encoders of other settings ({saved}); use another")
+    return originals, [load_site_config(f) for f in derived]
+
+
+def run_target(
+    target: SiteConfig,
+    others: list[SiteConfig],
+    args: argparse.Namespace,
+    seed: int,
+    arms: Collection[str] = PRETRAINED_ARMS,
+    with_random: bool = True,
+) -> dict[str, Any]:
+    """Pretrain ``arms`` for ``target`` (pretraining seed ``seed``) and evaluate them (beside
+    the random init, ``with_random``), unless cached; the evaluation's results."""
+    work = work_of(args, seed) / target.name
+    work.mkdir(parents=True, exist_ok=True)
+    with exclusive(work):  # one process per target at a time
+        specs = pretrain_encoders(target, others, args, work, seed, arms)
+        return evaluate_target(target, specs, args, work, seed, with_random)
 
 
 def all_rows(args: argparse.Namespace, targets: list[str]) -> list[dict[str, Any]]:
