@@ -54,6 +54,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--fraction", type=float, default=10.0, help="%% of the target's labels")
     parser.add_argument("--targets", nargs="*", default=None, help="site names (default: all)")
     add_sites_arg(parser)
+    parser.add_argument(
+        "--eval-class-weighting",
+        default="none",
+        choices=("none", "balanced"),
+        help="the leave-one-site-out evaluation heads' class weights (the six-site run: balanced)",
+    )
     parser.add_argument("--run", action="store_true", help="train and evaluate what is missing")
     args = parser.parse_args(argv)
     if args.quick:  # the one budget and a fraction leave_one_site_out.py --quick has
@@ -73,6 +79,7 @@ def loso_argv(budget: int, seed: int, args: argparse.Namespace) -> list[str]:
     """The leave-one-site-out invocation of one point of the curve (default recipe)."""
     argv = ["--steps", str(budget), "--seed", str(seed), "--fractions", f"{args.fraction:g}"]
     argv += ["--pretrain-seeds", "1"]  # this curve names its pretraining seeds itself
+    argv += ["--eval-class-weighting", args.eval_class_weighting]
     if args.sites:
         argv += ["--sites", *map(str, site_files(args))]
     if args.quick:
@@ -93,7 +100,7 @@ def gather(args: argparse.Namespace) -> tuple[list[dict[str, Any]], list[str]]:
     for budget in args.budgets:
         for seed in args.seeds_pretrain:
             point = loso.parse_args(loso_argv(budget, seed, args))
-            _, summaries = loso.collect(point.work, names)
+            _, summaries = loso.collect(point.work, names, seed, args.eval_class_weighting)
             for name in names:
                 rows = [
                     r
