@@ -21,3 +21,15 @@ WORK_DIR = REPO_ROOT / "experiments" / ".work"  # caches of pretrained encoders 
 def experiment_parser(doc: str | None, **kwargs: Any) -> argparse.ArgumentParser:
     """``bench.common.bench_parser`` writing to ``experiments/results`` by default."""
     return bench_parser(doc, out=RESULTS_DIR, **kwargs)
+
+
+def add_eval_class_weighting_arg(parser: argparse.ArgumentParser, default: str = "none") -> None:
+    """``--eval-class-weighting``: how a leave-one-site-out classification target's evaluation
+    heads weigh classes, every arm alike (its cells are cached apart: ``eval-<weighting>/``)."""
+    parser.add_argument(
+        "--eval-class-weighting",
+        default=default,
+        choices=("none", "balanced"),
+        help="class weights of a classification target's evaluation heads, every arm alike "
+        "(balanced: trained for the balanced accuracy they are scored by; the six-site run's)",
+    )

@@ -81,7 +81,7 @@ from bench.common import REPO_ROOT, add_sites_arg, site_files, sites_key, start_
 from bench.levers import CLASSIFICATION, add_lever_args, lever_site_files, levers_of
 from bench.report import Report, write_json, write_results
 from bench.simtools import federate_in_process
-from experiments.common import WORK_DIR, experiment_parser
+from experiments.common import WORK_DIR, add_eval_class_weighting_arg, experiment_parser
 from federation.settings import SCHEDULES, RunSettings
 from umedpt.checkpoint import read_meta, read_model_config
 from umedpt.config import SiteConfig, load_site_config
@@ -149,14 +149,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--eval-steps", type=int, default=200, help="most steps of one cell")
     parser.add_argument("--eval-min-steps", type=int, default=100)
-    parser.add_argument(
-        "--eval-class-weighting",
-        default="none",
-        choices=("none", "balanced"),
-        help="class weights of a classification target's evaluation heads, every arm alike "
-        "(balanced: trained for the balanced accuracy they are scored by; cached in "
-        "eval-balanced/)",
-    )
+    add_eval_class_weighting_arg(parser)
     parser.add_argument(
         "--work",
         type=Path,

@@ -50,7 +50,7 @@ from typing import Any
 from bench.common import add_sites_arg, site_files, start_run
 from bench.report import Report, write_results
 from experiments import leave_one_site_out as loso
-from experiments.common import experiment_parser
+from experiments.common import add_eval_class_weighting_arg, experiment_parser
 from umedpt.config import load_site_config
 
 log = logging.getLogger("experiments.lever_ablation")
@@ -90,12 +90,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--fraction", type=float, default=loso.GOAL_FRACTION)
     parser.add_argument("--seeds", type=int, default=3, help="evaluation seeds per cell")
     parser.add_argument("--pretrain-seeds", type=int, default=3, help="--seed, --seed+1, ...")
-    parser.add_argument(
-        "--eval-class-weighting",
-        default="balanced",
-        choices=("none", "balanced"),
-        help="class weights of a classification target's heads (as the six-site run's)",
-    )
+    add_eval_class_weighting_arg(parser, default="balanced")
     parser.add_argument(
         "--four-sites",
         nargs="+",

@@ -35,7 +35,7 @@ from typing import Any
 from bench.common import add_sites_arg, site_files, start_run
 from bench.report import Report, write_results
 from experiments import leave_one_site_out as loso
-from experiments.common import experiment_parser
+from experiments.common import add_eval_class_weighting_arg, experiment_parser
 from umedpt.config import load_site_config
 
 NAME = "transfer-vs-budget"
@@ -54,12 +54,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--fraction", type=float, default=10.0, help="%% of the target's labels")
     parser.add_argument("--targets", nargs="*", default=None, help="site names (default: all)")
     add_sites_arg(parser)
-    parser.add_argument(
-        "--eval-class-weighting",
-        default="none",
-        choices=("none", "balanced"),
-        help="the leave-one-site-out evaluation heads' class weights (the six-site run: balanced)",
-    )
+    add_eval_class_weighting_arg(parser)
     parser.add_argument("--run", action="store_true", help="train and evaluate what is missing")
     args = parser.parse_args(argv)
     if args.quick:  # the one budget and a fraction leave_one_site_out.py --quick has
