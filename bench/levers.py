@@ -11,6 +11,7 @@ files live in the experiment's cache folder, with absolute data paths; the origi
 from __future__ import annotations
 
 import argparse
+import os
 import tomllib
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -102,7 +103,13 @@ def lever_site_files(files: Sequence[Path], levers: Levers, folder: Path) -> lis
                 "[privacy] (its weights depend on every label; DP-SGD does not account them)"
             )
         out = folder / file.name
-        out.write_text(tomli_w.dumps(apply_levers(raw, file.parent.resolve(), levers)))
+        text = tomli_w.dumps(apply_levers(raw, file.parent.resolve(), levers))
+        # Another process's sites may be reading this file mid-federation (they reload it
+        # every message): rewrite it only when it changes, whole, then renamed into place.
+        if not out.is_file() or out.read_text() != text:
+            tmp = out.with_name(f"{out.name}.{os.getpid()}.tmp")
+            tmp.write_text(text)
+            tmp.replace(out)
         derived.append(out)
     return derived
 

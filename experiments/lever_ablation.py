@@ -176,6 +176,8 @@ def seed_means(rows: list[dict[str, Any]], eval_seeds: int) -> dict[tuple, float
     seeds, where every one of them is there."""
     values: dict[tuple, list[float]] = {}
     for r in rows:
+        if r["value"] is None:  # a cell without the metric (as loso.complete_means)
+            continue
         key = (r["target"], r["variant"], r["encoder"], r["mode"], r["pretrain_seed"])
         values.setdefault(key, []).append(r["value"])
     return {k: statistics.fmean(v) for k, v in values.items() if len(v) == eval_seeds}
@@ -218,16 +220,30 @@ def compare(
     return out
 
 
+def missing_of(
+    means: dict[tuple, float], targets: Sequence[str], variants: Sequence[str], seeds: list[int]
+) -> list[str]:
+    """What the comparison still lacks: per target, variant (or the random init) and mode,
+    the pretraining seeds without every evaluation seed."""
+    wanted = [(v, loso.FEDERATED) for v in variants] + [(DEFAULT, loso.RANDOM)]
+    out = []
+    for target in targets:
+        for variant, encoder in wanted:
+            label = "random init" if encoder == loso.RANDOM else variant
+            for mode in loso.MODES:
+                absent = [s for s in seeds if (target, variant, encoder, mode, s) not in means]
+                if absent:
+                    seeds_text = ",".join(map(str, absent))
+                    out.append(f"{target} {label} {mode} (pretraining seed {seeds_text})")
+    return out
+
+
 def write_outputs(args: argparse.Namespace, start: float) -> None:
     rows = gather(args)
     seeds = loso.pretrain_seeds(args)
-    comparison = compare(seed_means(rows, args.seeds), args.targets, args.variants, seeds)
-    missing = [
-        f"{c['target']} {c['variant']} (pretraining seed "
-        f"{','.join(str(s) for s in seeds if s not in c['pretrain_seeds'])})"
-        for c in comparison
-        if c["mode"] == loso.MODES[0] and len(c["pretrain_seeds"]) < len(seeds)
-    ]
+    means = seed_means(rows, args.seeds)
+    comparison = compare(means, args.targets, args.variants, seeds)
+    missing = missing_of(means, args.targets, args.variants, seeds)
     result = {
         "name": args.name,
         "comment": args.comment,
@@ -251,10 +267,11 @@ def write_outputs(args: argparse.Namespace, start: float) -> None:
 
 
 def signed(stats: dict[str, Any]) -> str:
+    """A paired difference in points, with its number of pretraining seeds: [n]."""
     if stats["mean"] is None:
         return "-"
     sd = "" if stats["sd"] is None else f" ± {100 * stats['sd']:.1f}"
-    return f"{100 * stats['mean']:+.1f}{sd}"
+    return f"{100 * stats['mean']:+.1f}{sd} [{stats['n']}]"
 
 
 def report_of(result: dict[str, Any]) -> Report:
@@ -268,7 +285,8 @@ def report_of(result: dict[str, Any]) -> Report:
         f"classification heads with {meta['eval_class_weighting']} class weights; pretraining "
         f"seeds {meta['pretrain_seeds']}. Federated: mean ± sd over pretraining seeds of each "
         "seed's mean over evaluation seeds. Change from default and distance to random init: "
-        "mean ± sd of the per-seed differences, in points (paired by pretraining seed). "
+        "mean ± sd of the per-seed differences, in points, over the [n] pretraining seeds that "
+        "both sides have. "
         "Rows: `lever-ablation.json`.",
         "Still missing: " + ("; ".join(meta["missing"]) or "nothing") + ".",
     )

@@ -61,6 +61,11 @@ def test_a_seed_without_every_evaluation_seed_is_left_out():
     assert ssl["pretrain_seeds"] == [0]
     assert ssl["vs_default"] == {"mean": pytest.approx(0.05), "sd": None, "n": 1}
     assert ssl["vs_random"]["mean"] is None  # no random cells yet
+    missing = ablation.missing_of(means, ["t"], ["default", "ssl"], [0, 1])
+    assert "t ssl frozen (pretraining seed 1)" in missing
+    assert "t ssl finetune (pretraining seed 1)" in missing
+    assert "t random init frozen (pretraining seed 0,1)" in missing
+    assert not any(m.startswith("t default") for m in missing)
 
 
 @pytest.fixture(scope="module")
@@ -92,3 +97,23 @@ def test_every_lever_is_its_own_cache_and_an_unknown_four_site_is_refused(demo_s
     args = ablation.parse_args(argv)  # the default four are the shared sites, not demo ones
     with pytest.raises(SystemExit, match="bccd"):
         ablation.variant_args(args, ablation.FOUR_SITES, "clinic-a")
+
+
+def test_derived_site_files_are_left_alone_while_unchanged(demo_sites, tmp_path):
+    """Sites mid-federation reload their file every message: a second process preparing the
+    same variant must not rewrite it under them, only repair a stale one (whole, renamed)."""
+    import os
+
+    from bench.levers import Levers, lever_site_files
+
+    levers = Levers(self_supervised=True)
+    first = lever_site_files(demo_sites, levers, tmp_path / "sites")
+    for f in first:
+        os.utime(f, ns=(10**9, 10**9))  # a write would move the time on
+    again = lever_site_files(demo_sites, levers, tmp_path / "sites")
+    assert again == first and {f.stat().st_mtime_ns for f in again} == {10**9}
+    text = first[0].read_text()
+    first[0].write_text("stale")
+    lever_site_files(demo_sites, levers, tmp_path / "sites")
+    assert first[0].read_text() == text
+    assert not list((tmp_path / "sites").glob("*.tmp"))
