@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import tempfile
 from collections import Counter
 from pathlib import Path
 
@@ -22,7 +23,7 @@ from umedpt.evaluation import (
     run_evaluation,
     stratified_subset,
 )
-from umedpt.evaluation.probe import CellTrainer, FeatureBank, Probe
+from umedpt.evaluation.probe import CellTrainer, FeatureBank, PooledPyramid, Probe
 from umedpt.evaluation.summary import labels_saved
 from umedpt.model import UMedPTModel
 from umedpt.models.presets import model_config
@@ -290,3 +291,63 @@ def test_a_balanced_target_trains_its_heads_with_weights_from_its_training_label
     assert saved["class_weighting"] == "balanced" and saved["class_weights"] == list(weights)
     again = run_evaluation(target, parse_encoders([]), FROZEN, tmp_path / "eval")
     assert len(again["cells"]) == len(first["cells"]) == 2
+
+
+# -- image-level probes: standardised pooled features ----------------------------------------
+def test_an_image_level_probe_sees_every_feature_on_one_scale() -> None:
+    """A pretrained encoder's few high-variance directions must not drown the small ones: the
+    probe's vector is the same whatever scale and offset one stage's features have."""
+    generator = torch.Generator().manual_seed(0)
+    stages = [torch.randn(16, c, 2, 2, generator=generator) for c in (4, 8)]
+    distorted = [stages[0] * 1000.0 + 5.0, stages[1]]
+    outputs = []
+    for features in (stages, distorted):
+        neck = PooledPyramid([4, 8])
+        neck.fit(PooledPyramid.pool(features))
+        outputs.append(neck(features))
+    torch.testing.assert_close(outputs[0], outputs[1], rtol=1e-3, atol=1e-3)
+    pooled = outputs[0]
+    torch.testing.assert_close(pooled.mean(0), torch.zeros(12), atol=1e-5, rtol=0)
+    torch.testing.assert_close(pooled.std(0, unbiased=False), torch.ones(12), atol=1e-3, rtol=0)
+
+
+def test_each_cell_standardises_with_all_training_images_banked_or_not(monkeypatch) -> None:
+    """Every cell's statistics come from the whole training split (no labels), so they are the
+    same at every fraction, and the same from the feature bank as from the encoder."""
+    fitted: list[torch.Tensor] = []
+    original = PooledPyramid.fit
+
+    def recording(self, pooled):
+        fitted.append(pooled.clone())
+        original(self, pooled)
+
+    monkeypatch.setattr(PooledPyramid, "fit", recording)
+    target = _target("classification")
+    encoders = parse_encoders([])
+    banked = EvalProtocol(fractions=(50.0, 100.0), modes=("frozen",), seeds=1, max_steps=2,
+                          min_steps=2, evals=1)  # fmt: skip
+    run_evaluation(target, encoders, banked, Path(tempfile.mkdtemp()))
+    finetune = EvalProtocol(fractions=(100.0,), modes=("finetune",), seeds=1, max_steps=2,
+                            min_steps=2, evals=1)  # fmt: skip
+    run_evaluation(target, encoders, finetune, Path(tempfile.mkdtemp()))  # no feature bank
+    assert len(fitted) == 3 and all(p.shape[0] == len(target.splits["train"]) for p in fitted)
+    torch.testing.assert_close(fitted[0], fitted[1])  # 50% and 100%: one standardisation
+    torch.testing.assert_close(fitted[0], fitted[2], rtol=1e-4, atol=1e-5)  # banked or not
+
+
+def test_a_results_folder_of_the_unstandardised_probe_is_refused_for_image_level_targets(
+    tmp_path,
+) -> None:
+    for task_type, refused in (("classification", True), ("segmentation", False)):
+        target = _target(task_type)
+        folder = tmp_path / task_type
+        run_evaluation(target, parse_encoders([]), FROZEN, folder)
+        path = folder / "results.json"
+        saved = json.loads(path.read_text())
+        path.write_text(json.dumps({**saved, "version": 1}))
+        if refused:  # its cells were trained on unstandardised features: never mixed with new
+            with pytest.raises(EvaluationMismatch, match="older umedpt-fl"):
+                run_evaluation(target, parse_encoders([]), FROZEN, folder)
+        else:  # the change is to image-level probes only: the cells stay valid
+            again = run_evaluation(target, parse_encoders([]), FROZEN, folder)
+            assert again["cells"] == saved["cells"]

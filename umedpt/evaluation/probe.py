@@ -1,7 +1,8 @@
 """One evaluation cell: a fresh neck and head on an encoder, trained on a subset, scored once.
 
 Image-level tasks (classification, multi-label) get a probe on the mean-pooled features of
-all four pyramid stages (far more stable than the last stage alone); pixel and box tasks
+all four pyramid stages (far more stable than the last stage alone), each feature
+standardised over the target's training images (:class:`PooledPyramid`); pixel and box tasks
 get their task type's own fresh block (the U-Net decoder, the FPN and towers). In frozen
 mode the encoder's features are computed once per split and reused by every cell
 (:class:`FeatureBank`); in finetune mode the encoder trains too, at a lower learning rate.
@@ -22,24 +23,67 @@ from torch import nn
 from umedpt.config import TaskConfig
 from umedpt.data.samples import Sample
 from umedpt.evaluation.protocol import CellResult, EvalProtocol
-from umedpt.models.blocks import ImageBlock
 from umedpt.models.encoder import Encoder
 from umedpt.models.presets import ModelConfig
 from umedpt.tasks import get_task_type, total_loss
 
 Features = list[torch.Tensor]
 BANK_LIMIT_BYTES = 3 * 2**30  # above this, frozen cells recompute features instead
+STANDARDISE_EPS = 1e-5  # as BatchNorm's: a constant feature stays finite
 
 
 class PooledPyramid(nn.Module):
-    """Mean-pools every pyramid stage and concatenates them: a probe's image vector."""
+    """Mean-pools every pyramid stage, concatenates them and standardises each feature: a
+    probe's image vector.
+
+    Why standardised: pretrained encoders spread a new site's images over few directions with
+    most of the variance (``experiments/results/feature-rank-six-sites.md``), and a linear
+    head trained for a few hundred steps fits those and not the small ones that separate the
+    new classes; per-feature standardisation (as linear probes in the literature do, e.g.
+    MAE's BatchNorm without affine) puts every direction on one scale, for every encoder
+    alike. The mean and sd are :meth:`fit` on the target's training images, without labels:
+    the same for every fraction of the labels, unlike a subset's or a batch's.
+    """
 
     def __init__(self, in_channels: Sequence[int]) -> None:
         super().__init__()
-        self.norm = nn.LayerNorm(sum(in_channels))
+        dim = sum(in_channels)
+        self.register_buffer("mean", torch.zeros(dim))
+        self.register_buffer("inv_std", torch.ones(dim))
+
+    @staticmethod
+    def pool(features: Features) -> torch.Tensor:
+        return torch.cat([f.float().mean(dim=(2, 3)) for f in features], dim=1)
+
+    def fit(self, pooled: torch.Tensor) -> None:
+        """Standardise with the statistics of ``pooled`` (N, C): :meth:`pool` of the images."""
+        self.mean.copy_(pooled.mean(dim=0))
+        self.inv_std.copy_(torch.rsqrt(pooled.var(dim=0, unbiased=False) + STANDARDISE_EPS))
 
     def forward(self, features: Features) -> torch.Tensor:
-        return self.norm(torch.cat([f.mean(dim=(2, 3)) for f in features], dim=1))
+        return (self.pool(features) - self.mean) * self.inv_std
+
+
+def pooled_training_features(
+    encoder: Encoder,
+    task: TaskConfig,
+    samples: Sequence[Sample],
+    device: torch.device,
+    bank: FeatureBank | None = None,
+    batch_size: int = 64,
+) -> torch.Tensor:
+    """:meth:`PooledPyramid.pool` of every training image, from ``bank`` when there is one;
+    the encoder as it is before a cell trains it (eval mode)."""
+    if bank is not None:
+        return PooledPyramid.pool(bank.features["train"])
+    collate = get_task_type(task.type).collate_eval
+    encoder.eval()
+    chunks = []
+    with torch.no_grad():
+        for start in range(0, len(samples), batch_size):
+            images = collate(list(samples[start : start + batch_size])).images.to(device)
+            chunks.append(PooledPyramid.pool(encoder(images)))
+    return torch.cat(chunks)
 
 
 class Probe(nn.Module):
@@ -51,10 +95,11 @@ class Probe(nn.Module):
         self.encoder = encoder
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            block = task_type.build_block(encoder.out_channels, config)
-            if isinstance(block, ImageBlock):
-                block = PooledPyramid(encoder.out_channels)
+            if task_type.image_level:
+                block: nn.Module = PooledPyramid(encoder.out_channels)
                 config = replace(config, image_dim=sum(encoder.out_channels))
+            else:
+                block = task_type.build_block(encoder.out_channels, config)
             self.neck = block
             self.head = task_type.build_head(task, config)
 

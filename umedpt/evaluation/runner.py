@@ -24,7 +24,13 @@ from umedpt.data.loading import load_task_data
 from umedpt.data.samples import Sample
 from umedpt.errors import ConfigError
 from umedpt.evaluation.encoders import EncoderSpec
-from umedpt.evaluation.probe import CellTrainer, FeatureBank, Probe
+from umedpt.evaluation.probe import (
+    CellTrainer,
+    FeatureBank,
+    PooledPyramid,
+    Probe,
+    pooled_training_features,
+)
 from umedpt.evaluation.protocol import Cell, CellResult, EvalProtocol, summary_metric
 from umedpt.evaluation.subsets import stratified_subset
 from umedpt.evaluation.summary import write_summary
@@ -33,7 +39,8 @@ from umedpt.tasks import TASK_TYPES, get_task_type
 log = logging.getLogger(__name__)
 
 FORMAT = "umedpt-fl evaluation"
-VERSION = 1
+# 2: image-level probes standardise each pooled feature (1: a LayerNorm over the vector)
+VERSION = 2
 RESULTS_FILE = "results.json"
 SPLITS = ("train", "val", "test")
 GRID_FIELDS = frozenset({"fractions", "modes", "seeds"})
@@ -164,6 +171,10 @@ def run_evaluation(
         bank = None
         if any(c.mode == "frozen" for c in mine):
             bank = FeatureBank.build(encoder, target.task, target.splits, torch_device)
+        pooled = None  # the standardisation of an image-level probe: once per encoder
+        if task_type.image_level:
+            train = target.splits["train"]
+            pooled = pooled_training_features(encoder, target.task, train, torch_device, bank)
         for cell in mine:
             key = (cell.fraction, cell.seed)
             if key not in subsets:
@@ -177,6 +188,8 @@ def run_evaluation(
                 spec.config,
                 seed=cell.seed,
             )
+            if pooled is not None and isinstance(probe.neck, PooledPyramid):
+                probe.neck.fit(pooled)
             result = trainer.run(
                 probe,
                 cell.mode,
@@ -231,6 +244,13 @@ def _load_or_start(
         raise EvaluationMismatch(
             f"{path}: unreadable ({exc}); move it away or use a new --out"
         ) from exc
+    if existing.get("version") == 1 and not get_task_type(target.task.type).image_level:
+        existing["version"] = VERSION  # version 2 changed image-level probes only
+    if existing.get("version") == 1:
+        raise EvaluationMismatch(
+            f"{path}: written by an older umedpt-fl (results version 1: image-level probes on "
+            "unstandardised features), not comparable with new cells; use a new --out"
+        )
     for field in ("format", "version", "target", "metric", "protocol"):
         if _recipe(field, existing.get(field)) != _recipe(field, fresh[field]):
             raise EvaluationMismatch(

@@ -101,6 +101,9 @@ class TaskType(ABC):
     name: ClassVar[str]
     primary_metric: ClassVar[str]  # the metric reports and benchmarks lead with
     min_classes: ClassVar[int] = 1  # the config validator rejects tasks with fewer classes
+    # One prediction per image from the pooled pyramid (classification, multi-label): an
+    # evaluation probes it with standardised pooled features (umedpt.evaluation.probe).
+    image_level: ClassVar[bool] = False
     # The Sample targets ``load_targets`` sets, by kind: the data cache stores exactly these.
     target_fields: ClassVar[Mapping[str, TargetKind]]
     synthetic_classes: ClassVar[tuple[str, ...]]  # the classes ``synthetic_samples`` draws

@@ -59,6 +59,7 @@ class Classification(TaskType):
     """
 
     name = "classification"
+    image_level = True
     # Balanced accuracy: on an imbalanced split, plain accuracy rewards the majority class
     # (BreastMNIST's val split is 73% one class); accuracy is still reported beside it.
     primary_metric = "balanced_accuracy"

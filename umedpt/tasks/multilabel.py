@@ -88,6 +88,7 @@ class MultiLabel(TaskType):
     """
 
     name = "multilabel"
+    image_level = True
     primary_metric = "auroc"
     min_classes = 2  # one yes/no class is single-label classification with two classes
     target_fields = {"labels": Stacked()}
