@@ -95,6 +95,7 @@ from umedpt.evaluation import (
 from umedpt.evaluation.summary import labels_saved, summarize
 from umedpt.models.presets import model_config
 from umedpt.pretrain import PretrainConfig, pretrain
+from umedpt.tasks import get_task_type
 
 log = logging.getLogger("experiments.leave_one_site_out")
 
@@ -449,9 +450,19 @@ def collect(
                 path = unweighted
         if path.is_file():
             results = json.loads(path.read_text())
+            if not current_probe(results):
+                log.warning("%s: skipped, version-1 image-level probe (move it away)", path.parent)
+                continue
             rows += rows_of(name, results, pretrain_seed)
             summaries[name] = summarize(results)
     return rows, summaries
+
+
+def current_probe(results: dict[str, Any]) -> bool:
+    """Whether an evaluation's cells are comparable with new ones: an image-level target's
+    version-1 cells trained their probe on unstandardised features (docs/evaluation.md)."""
+    image_level = get_task_type(results["target"]["type"]).image_level
+    return results.get("version", 1) >= 2 or not image_level
 
 
 # --- issue 20's goals: pure functions over rows ------------------------------------------

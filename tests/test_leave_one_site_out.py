@@ -217,3 +217,25 @@ def test_balanced_evaluation_heads_train_every_arm_alike_in_their_own_cache(tmp_
     assert (work / masks.name / "eval" / "results.json").is_file()
     balanced, _ = loso.collect(work, [masks.name], 0, "balanced")
     assert len(balanced) == 2 and balanced == loso.collect(work, [masks.name])[0]
+
+
+def test_a_version_1_image_level_evaluation_is_not_mixed_into_the_table(tmp_path):
+    """Its probe trained on unstandardised features: its cells are not comparable with new ones
+    (a segmentation target's are: its probe did not change)."""
+    import json
+
+    for name, kind in (("cls", "classification"), ("seg", "segmentation")):
+        folder = tmp_path / name / loso.eval_folder()
+        folder.mkdir(parents=True)
+        cell = {"encoder": "random", "mode": "frozen", "fraction": 10.0, "seed": 0}
+        results = {
+            "version": 1,
+            "metric": "m",
+            "target": {"type": kind, "task": name, "file": f"{name}.toml"},
+            "protocol": {"modes": ["frozen"]},
+            "encoders": {"random": {"kind": "random", "model": {}}},
+            "cells": [{**cell, "metrics": {"m": 0.5}}],
+        }
+        (folder / "results.json").write_text(json.dumps(results))
+    rows, _ = loso.collect(tmp_path, ["cls", "seg"])
+    assert [r["target"] for r in rows] == ["seg"]

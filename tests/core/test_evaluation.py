@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import tempfile
 from collections import Counter
 from pathlib import Path
 
@@ -23,11 +22,18 @@ from umedpt.evaluation import (
     run_evaluation,
     stratified_subset,
 )
-from umedpt.evaluation.probe import CellTrainer, FeatureBank, PooledPyramid, Probe
+from umedpt.evaluation.probe import (
+    CellTrainer,
+    FeatureBank,
+    PooledPyramid,
+    Probe,
+    pooled_training_features,
+)
 from umedpt.evaluation.summary import labels_saved
 from umedpt.model import UMedPTModel
+from umedpt.models.blocks import ImageBlock
 from umedpt.models.presets import model_config
-from umedpt.tasks import get_task_type
+from umedpt.tasks import TASK_TYPES, get_task_type
 from umedpt_fl.cli import app
 
 # Two frozen cells (features computed once), and one cell per mode: seconds, not minutes.
@@ -311,7 +317,9 @@ def test_an_image_level_probe_sees_every_feature_on_one_scale() -> None:
     torch.testing.assert_close(pooled.std(0, unbiased=False), torch.ones(12), atol=1e-3, rtol=0)
 
 
-def test_each_cell_standardises_with_all_training_images_banked_or_not(monkeypatch) -> None:
+def test_each_cell_standardises_with_all_training_images_banked_or_not(
+    monkeypatch, tmp_path
+) -> None:
     """Every cell's statistics come from the whole training split (no labels), so they are the
     same at every fraction, and the same from the feature bank as from the encoder."""
     fitted: list[torch.Tensor] = []
@@ -326,10 +334,10 @@ def test_each_cell_standardises_with_all_training_images_banked_or_not(monkeypat
     encoders = parse_encoders([])
     banked = EvalProtocol(fractions=(50.0, 100.0), modes=("frozen",), seeds=1, max_steps=2,
                           min_steps=2, evals=1)  # fmt: skip
-    run_evaluation(target, encoders, banked, Path(tempfile.mkdtemp()))
+    run_evaluation(target, encoders, banked, tmp_path / "banked")
     finetune = EvalProtocol(fractions=(100.0,), modes=("finetune",), seeds=1, max_steps=2,
                             min_steps=2, evals=1)  # fmt: skip
-    run_evaluation(target, encoders, finetune, Path(tempfile.mkdtemp()))  # no feature bank
+    run_evaluation(target, encoders, finetune, tmp_path / "finetune")  # no feature bank
     assert len(fitted) == 3 and all(p.shape[0] == len(target.splits["train"]) for p in fitted)
     torch.testing.assert_close(fitted[0], fitted[1])  # 50% and 100%: one standardisation
     torch.testing.assert_close(fitted[0], fitted[2], rtol=1e-4, atol=1e-5)  # banked or not
@@ -351,3 +359,29 @@ def test_a_results_folder_of_the_unstandardised_probe_is_refused_for_image_level
         else:  # the change is to image-level probes only: the cells stay valid
             again = run_evaluation(target, parse_encoders([]), FROZEN, folder)
             assert again["cells"] == saved["cells"]
+
+
+@pytest.mark.parametrize("bank", [False, True])
+def test_a_probe_trained_on_its_own_is_standardised_too(bank) -> None:
+    """Whoever runs a cell without the runner still trains on standardised features, never on
+    raw ones: the trainer fits an unfitted neck on the training images first."""
+    target = _target("classification")
+    (spec,) = parse_encoders([])
+    probe = Probe(spec.build(), target.task, spec.config, seed=0)
+    cpu = torch.device("cpu")
+    features = FeatureBank.build(probe.encoder, target.task, target.splits, cpu) if bank else None
+    expected = pooled_training_features(probe.encoder, target.task, target.splits["train"], cpu)
+    trainer = CellTrainer(target.task, FROZEN, "balanced_accuracy", cpu)
+    trainer.run(probe, "frozen", target.splits, range(4), seed=0, fraction=50.0,
+                encoder_label="random", bank=features)  # fmt: skip
+    assert probe.neck.fitted
+    torch.testing.assert_close(probe.neck.mean, expected.mean(0), rtol=1e-4, atol=1e-5)
+
+
+def test_image_level_is_what_the_task_types_block_says() -> None:
+    """The probe and the results version rely on the flag: it must match the block."""
+    config = model_config("tiny")
+    for name in TASK_TYPES.names():
+        task_type = get_task_type(name)
+        block = task_type.build_block([8, 16, 32, 64], config)
+        assert task_type.image_level == isinstance(block, ImageBlock), name

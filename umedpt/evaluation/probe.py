@@ -50,6 +50,7 @@ class PooledPyramid(nn.Module):
         dim = sum(in_channels)
         self.register_buffer("mean", torch.zeros(dim))
         self.register_buffer("inv_std", torch.ones(dim))
+        self.fitted = False  # CellTrainer.run fits an unfitted one: never raw features
 
     @staticmethod
     def pool(features: Features) -> torch.Tensor:
@@ -59,6 +60,7 @@ class PooledPyramid(nn.Module):
         """Standardise with the statistics of ``pooled`` (N, C): :meth:`pool` of the images."""
         self.mean.copy_(pooled.mean(dim=0))
         self.inv_std.copy_(torch.rsqrt(pooled.var(dim=0, unbiased=False) + STANDARDISE_EPS))
+        self.fitted = True
 
     def forward(self, features: Features) -> torch.Tensor:
         return (self.pool(features) - self.mean) * self.inv_std
@@ -187,6 +189,11 @@ class CellTrainer:
         """Train on ``splits['train'][subset]``, select on val, score test once."""
         start = time.perf_counter()
         probe.to(self.device)
+        if isinstance(probe.neck, PooledPyramid) and not probe.neck.fitted:
+            train = splits["train"]
+            probe.neck.fit(
+                pooled_training_features(probe.encoder, self.task, train, self.device, bank)
+            )
         frozen = mode == "frozen"
         probe.encoder.requires_grad_(not frozen)
         batch_size = self.protocol.batch_size or self.task.batch_size

@@ -171,7 +171,7 @@ def run_evaluation(
         bank = None
         if any(c.mode == "frozen" for c in mine):
             bank = FeatureBank.build(encoder, target.task, target.splits, torch_device)
-        pooled = None  # the standardisation of an image-level probe: once per encoder
+        pooled = None  # an image-level probe's standardisation: once per encoder, not per cell
         if task_type.image_level:
             train = target.splits["train"]
             pooled = pooled_training_features(encoder, target.task, train, torch_device, bank)
