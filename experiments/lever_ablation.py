@@ -171,16 +171,19 @@ def gather(args: argparse.Namespace) -> list[dict[str, Any]]:
     return rows
 
 
-def seed_means(rows: list[dict[str, Any]], eval_seeds: int) -> dict[tuple, float]:
+def seed_means(
+    rows: list[dict[str, Any]], targets: Sequence[str], variants: Sequence[str], eval_seeds: int
+) -> dict[tuple, float]:
     """(target, variant, encoder, mode, pretraining seed) -> the mean over the evaluation
-    seeds, where every one of them is there."""
-    values: dict[tuple, list[float]] = {}
-    for r in rows:
-        if r["value"] is None:  # a cell without the metric (as loso.complete_means)
-            continue
-        key = (r["target"], r["variant"], r["encoder"], r["mode"], r["pretrain_seed"])
-        values.setdefault(key, []).append(r["value"])
-    return {k: statistics.fmean(v) for k, v in values.items() if len(v) == eval_seeds}
+    seeds, where every one of them is there (:func:`loso.complete_means` per variant)."""
+    means = {}
+    for variant in variants:
+        mine = [r for r in rows if r["variant"] == variant]
+        for target in targets:
+            found = loso.complete_means(mine, target, eval_seeds)
+            for (encoder, mode, _fraction, seed), value in found.items():
+                means[(target, variant, encoder, mode, seed)] = value
+    return means
 
 
 def mean_sd(values: Sequence[float]) -> dict[str, Any]:
@@ -241,7 +244,7 @@ def missing_of(
 def write_outputs(args: argparse.Namespace, start: float) -> None:
     rows = gather(args)
     seeds = loso.pretrain_seeds(args)
-    means = seed_means(rows, args.seeds)
+    means = seed_means(rows, args.targets, args.variants, args.seeds)
     comparison = compare(means, args.targets, args.variants, seeds)
     missing = missing_of(means, args.targets, args.variants, seeds)
     result = {

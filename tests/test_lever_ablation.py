@@ -40,7 +40,7 @@ def test_a_levers_change_is_paired_by_pretraining_seed():
     rows += cells("default", loso.RANDOM, {0: 0.42, 1: 0.42, 2: 0.42})
     # seed-to-seed spread (0.40..0.50) far above the lever's steady +0.02
     rows += cells("augment", loso.FEDERATED, {0: 0.42, 1: 0.52, 2: 0.47})
-    means = ablation.seed_means(rows, eval_seeds=2)
+    means = ablation.seed_means(rows, ["t"], ["default", "augment"], eval_seeds=2)
     table = ablation.compare(means, ["t"], ["default", "augment"], [0, 1, 2])
     augment = next(c for c in table if c["variant"] == "augment" and c["mode"] == "frozen")
     assert augment["vs_default"]["mean"] == pytest.approx(0.02)
@@ -54,7 +54,7 @@ def test_a_seed_without_every_evaluation_seed_is_left_out():
     rows = cells("default", loso.FEDERATED, {0: 0.40, 1: 0.50})
     rows += cells("ssl", loso.FEDERATED, {0: 0.45})
     rows += cells("ssl", loso.FEDERATED, {1: 0.90}, eval_seeds=1)  # seed 1 still running
-    means = ablation.seed_means(rows, eval_seeds=2)
+    means = ablation.seed_means(rows, ["t"], ["default", "ssl"], eval_seeds=2)
     ssl = next(
         c for c in ablation.compare(means, ["t"], ["ssl"], [0, 1]) if c["mode"] == "finetune"
     )

@@ -249,7 +249,8 @@ def _load_or_start(
     if existing.get("version") == 1:
         raise EvaluationMismatch(
             f"{path}: written by an older umedpt-fl (results version 1: image-level probes on "
-            "unstandardised features), not comparable with new cells; use a new --out"
+            "unstandardised features), not comparable with new cells; move it away or use a "
+            "new --out"
         )
     for field in ("format", "version", "target", "metric", "protocol"):
         if _recipe(field, existing.get(field)) != _recipe(field, fresh[field]):
