@@ -69,7 +69,6 @@ import fcntl
 import hashlib
 import json
 import logging
-import shutil
 import statistics
 import time
 from collections.abc import Collection, Iterable, Iterator, Sequence
@@ -294,7 +293,8 @@ def pretrain_federated(
     if (folder / "global" / "checkpoint.json").is_file():
         check_budget(folder / "global", args)
         return
-    shutil.rmtree(folder, ignore_errors=True)  # what a killed run left: start afresh
+    # A run killed part-way (a session's end) resumes after its last completed round; the
+    # federation's resume is bit-identical to an uninterrupted run (tests/federation).
     log.info("%s: federated pretraining on %s, seed %d", target.name, names(others), seed)
     report = federate_in_process(
         [s.file for s in others],
@@ -307,6 +307,7 @@ def pretrain_federated(
         schedule=args.schedule,
         share_blocks=args.share_blocks,
         tracking="none",
+        resume=True,
     )
     if report["status"] != "completed":
         raise RuntimeError(f"{target.name}: the federated pretraining failed: {report}")

@@ -239,3 +239,26 @@ def test_a_version_1_image_level_evaluation_is_not_mixed_into_the_table(tmp_path
         (folder / "results.json").write_text(json.dumps(results))
     rows, _ = loso.collect(tmp_path, ["cls", "seg"])
     assert [r["target"] for r in rows] == ["seg"]
+
+
+def test_a_federated_pretraining_cut_short_resumes_after_its_last_round(tmp_path):
+    """A session's end kills the run part-way: the next run continues it, not round 1 again
+    (the federation's resume is bit-identical to a straight run: tests/federation)."""
+    import json
+
+    from umedpt.data.demo import write_demo_federation
+
+    files = write_demo_federation(tmp_path / "demo", seed=0)
+    sites = [load_site_config(f) for f in files]
+    target, others = sites[0], sites[1:3]
+    args = loso.parse_args(["--quick", "--out", str(tmp_path)])
+    args.rounds, args.local_steps = 1, 1
+    folder = tmp_path / "federated"
+    loso.pretrain_federated(target, others, folder, args, seed=0)
+    # what a kill between rounds leaves: the server's state, no global/ encoder yet
+    (folder / "global" / "checkpoint.json").unlink()
+    args.rounds = 2
+    loso.pretrain_federated(target, others, folder, args, seed=0)
+    state = json.loads((folder / "run-state.json").read_text())
+    assert [r["after_round"] for r in state["resumes"]] == [1]
+    assert (folder / "global" / "checkpoint.json").is_file()
