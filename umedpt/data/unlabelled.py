@@ -139,29 +139,28 @@ def read_npz_images(task: TaskConfig, problems: Problems) -> list[Record]:
 # --- the labelled formats' images ------------------------------------------------------
 
 
+def _images_below(task: TaskConfig, images: str) -> dict[str, Path]:
+    """The image files (by stem) of the ``images`` folder below a task's ``path``; at least one."""
+    _require_dir(task, task.path, "path")
+    image_dir = task.path / images
+    _require_dir(task, image_dir, "options.images")
+    found, others = _image_files(image_dir)
+    _warn_ignored(image_dir, others)
+    if not found:
+        raise _no_images(task, image_dir)
+    return found
+
+
 def read_mask_folder_images(task: TaskConfig, problems: Problems) -> list[Record]:
     """The ``images`` folder of a ``mask-folder`` task; masks are not read."""
     opts = parse_options(task, MaskFolderOptions)
-    _require_dir(task, task.path, "path")
-    image_dir = task.path / opts.images
-    _require_dir(task, image_dir, "options.images")
-    images, others = _image_files(image_dir)
-    _warn_ignored(image_dir, others)
-    if not images:
-        raise _no_images(task, image_dir)
-    return [Record(image=ImageRef(p)) for p in images.values()]
+    return [Record(image=ImageRef(p)) for p in _images_below(task, opts.images).values()]
 
 
 def read_voc_images(task: TaskConfig, problems: Problems) -> list[Record]:
     """A VOC folder's images, split by its ``image_sets`` lists where an image is listed."""
     opts = parse_options(task, VocOptions)
-    _require_dir(task, task.path, "path")
-    image_dir = task.path / opts.images
-    _require_dir(task, image_dir, "options.images")
-    images, others = _image_files(image_dir)
-    _warn_ignored(image_dir, others)
-    if not images:
-        raise _no_images(task, image_dir)
+    images = _images_below(task, opts.images)
     split_of = _voc_splits(task.path / opts.image_sets, task)
     return [Record(image=ImageRef(p), split=split_of.get(stem)) for stem, p in images.items()]
 
