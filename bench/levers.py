@@ -11,6 +11,8 @@ files live in the experiment's cache folder, with absolute data paths; the origi
 from __future__ import annotations
 
 import argparse
+import hashlib
+import json
 import os
 import tomllib
 from collections.abc import Sequence
@@ -25,6 +27,7 @@ from umedpt.data.augment_config import DEFAULT_AUGMENT
 SELF_SUPERVISED = "self-supervised"
 CLASSIFICATION = "classification"
 SELF_SUPERVISED_SUFFIX = "-ssl"  # the added task's name: <labelled task><suffix>
+PLACEHOLDER_BASE = Path("/site")  # where derived_tasks_key resolves a file's paths
 
 
 @dataclass(frozen=True)
@@ -112,6 +115,19 @@ def lever_site_files(files: Sequence[Path], levers: Levers, folder: Path) -> lis
             tmp.replace(out)
         derived.append(out)
     return derived
+
+
+def derived_tasks_key(files: Sequence[Path], levers: Levers) -> dict[str, str]:
+    """Site name -> a digest of the ``[[tasks]]`` :func:`apply_levers` derives from its file,
+    with paths resolved against a fixed placeholder (the same on every machine): a cache
+    records it to notice when this module starts deriving other tasks from the same files."""
+    key = {}
+    for file in files:
+        raw = tomllib.loads(Path(file).read_text())
+        tasks = apply_levers(raw, PLACEHOLDER_BASE, levers)["tasks"]
+        digest = hashlib.sha256(json.dumps(tasks, sort_keys=True).encode()).hexdigest()
+        key[raw["name"]] = digest[:12]
+    return dict(sorted(key.items()))
 
 
 def apply_levers(raw: dict[str, Any], base: Path, levers: Levers) -> dict[str, Any]:

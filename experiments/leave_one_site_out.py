@@ -77,7 +77,13 @@ from pathlib import Path
 from typing import Any
 
 from bench.common import REPO_ROOT, add_sites_arg, site_files, sites_key, start_run
-from bench.levers import CLASSIFICATION, add_lever_args, lever_site_files, levers_of
+from bench.levers import (
+    CLASSIFICATION,
+    add_lever_args,
+    derived_tasks_key,
+    lever_site_files,
+    levers_of,
+)
 from bench.report import Report, write_json, write_results
 from bench.simtools import federate_in_process
 from experiments.common import WORK_DIR, add_eval_class_weighting_arg, experiment_parser
@@ -99,6 +105,7 @@ from umedpt.tasks import get_task_type
 log = logging.getLogger("experiments.leave_one_site_out")
 
 NAME = "leave-one-site-out"
+DERIVED_SITES_FILE = "derived-sites.json"  # what the cached encoders were pretrained on
 FEDERATED, CENTRALIZED, SITE_ALONE, RANDOM = "federated", "centralized", "site-alone", "random"
 SEEDED_ARMS = (FEDERATED, CENTRALIZED, RANDOM)  # the arms every pretraining seed retrains
 PRETRAINED_ARMS = (FEDERATED, CENTRALIZED, SITE_ALONE)  # random init is always evaluated too
@@ -688,7 +695,22 @@ def prepare(args: argparse.Namespace) -> tuple[list[SiteConfig], list[SiteConfig
             write_json(saved, pretraining_of(args, seed))
         if json.loads(saved.read_text()) != pretraining_of(args, seed):
             raise SystemExit(f"{work}: caches encoders of other settings ({saved}); use another")
+        check_derived_sites(work, derived_tasks_key(site_files(args), levers_of(args)))
     return originals, [load_site_config(f) for f in derived]
+
+
+def check_derived_sites(work: Path, derived: dict[str, str]) -> None:
+    """The cache key names the site files and the levers, not what ``bench/levers.py``
+    derives from them (``derived``: :func:`bench.levers.derived_tasks_key`): record it on
+    first use and refuse a cache whose encoders were pretrained on other derived tasks."""
+    saved = work / DERIVED_SITES_FILE
+    if not saved.is_file():
+        write_json(saved, derived)
+    if json.loads(saved.read_text()) != derived:
+        raise SystemExit(
+            f"{work}: its encoders were pretrained on other tasks than bench/levers.py derives "
+            f"from these site files now ({saved}); use another --work"
+        )
 
 
 def run_target(

@@ -11,7 +11,9 @@ the other sites once per variant and pretraining seed, and evaluated at one budg
 - ``self-supervised``: a self-supervised task over each pretraining site's images;
 - ``class-weights``: balanced class weights in every classification task's loss;
 - ``four-sites``: pretrained on the first run's four sites (``--four-sites``) less the
-  target, not on all the others: what the two new sites add.
+  target, not on all the others: what the two new sites (dermoscopy, chest X-ray) add. For a
+  target among the four that is 3 pretraining sites against 5; for one of the new sites, 4
+  against 5 (one new site added); the table gives each row's number of pretraining sites.
 
 Only the federated arm is pretrained, and the random init is evaluated once, in the
 default's cache (it does not depend on the levers). Every variant runs every pretraining
@@ -22,7 +24,8 @@ per-seed differences), and its distance to the random init. The held-out site's 
 never pretrain, labelled or not (:func:`experiments.leave_one_site_out.check_held_out`).
 
 Resumable (every pretraining run and cell is cached as in leave_one_site_out.py; a rerun
-skips what is done), two processes may share the caches. Without ``--run`` it only gathers
+skips what is done), two processes may share the caches: each writes the table of every
+target the caches hold, not only its own ``--targets``. Without ``--run`` it only gathers
 what the caches hold. Results: ``experiments/results/lever-ablation.{json,md}``.
 
     nice -n 10 env PYTHONPATH=. python3 experiments/lever_ablation.py --run \\
@@ -31,7 +34,8 @@ what the caches hold. Results: ``experiments/results/lever-ablation.{json,md}``.
     # smoke: demo sites, the leave-one-site-out --quick budget, 2 pretraining seeds
     umedpt-fl demo-data /tmp/demo
     PYTHONPATH=. python3 experiments/lever_ablation.py --quick --run --targets clinic-a \\
-        --sites /tmp/demo/clinic-*.toml --four-sites clinic-a clinic-b --out /tmp/ablation
+        --sites /tmp/demo/clinic-*.toml --four-sites clinic-a clinic-b --pretrain-seeds 2 \\
+        --out /tmp/ablation
 """
 
 from __future__ import annotations
@@ -151,10 +155,11 @@ def run(args: argparse.Namespace, start: float) -> None:
                 write_outputs(args, start)
 
 
-def gather(args: argparse.Namespace) -> list[dict[str, Any]]:
-    """Every cached cell at ``--fraction`` of the federated and random arms, per variant."""
+def gather(args: argparse.Namespace, targets: Sequence[str]) -> list[dict[str, Any]]:
+    """Every cached cell of ``targets`` at ``--fraction`` of the federated and random arms,
+    per variant."""
     rows = []
-    for target in args.targets:
+    for target in targets:
         for variant in args.variants:
             settings = variant_args(args, variant, target)
             for seed in loso.pretrain_seeds(args):
@@ -197,8 +202,9 @@ def mean_sd(values: Sequence[float]) -> dict[str, Any]:
 def compare(
     means: dict[tuple, float], targets: Sequence[str], variants: Sequence[str], seeds: list[int]
 ) -> list[dict[str, Any]]:
-    """Per target, mode and variant: the federated mean over pretraining seeds, its paired
-    change from the default and its distance to the random init (same seeds)."""
+    """Per target, mode and variant: the federated mean over the pretraining seeds it shares
+    with the default (a lever's row never averages seeds its default row lacks), its paired
+    change from the default, and its distance to the random init on those seeds."""
     out = []
     for target in targets:
         for mode in loso.MODES:
@@ -206,21 +212,40 @@ def compare(
                 fed = {s: means.get((target, variant, loso.FEDERATED, mode, s)) for s in seeds}
                 default = {s: means.get((target, DEFAULT, loso.FEDERATED, mode, s)) for s in seeds}
                 rnd = {s: means.get((target, DEFAULT, loso.RANDOM, mode, s)) for s in seeds}
-                done = [s for s in seeds if fed[s] is not None]
+                paired = [s for s in seeds if fed[s] is not None and default[s] is not None]
                 out.append(
                     {
                         "target": target,
                         "mode": mode,
                         "variant": variant,
-                        "federated": mean_sd([fed[s] for s in done]),
-                        "vs_default": mean_sd(
-                            [fed[s] - default[s] for s in done if default[s] is not None]
+                        "federated": mean_sd([fed[s] for s in paired]),
+                        "vs_default": mean_sd([fed[s] - default[s] for s in paired]),
+                        "vs_random": mean_sd(
+                            [fed[s] - rnd[s] for s in paired if rnd[s] is not None]
                         ),
-                        "vs_random": mean_sd([fed[s] - rnd[s] for s in done if rnd[s] is not None]),
-                        "pretrain_seeds": done,
+                        "pretrain_seeds": paired,
                     }
                 )
     return out
+
+
+def reported_targets(args: argparse.Namespace, rows: list[dict[str, Any]]) -> list[str]:
+    """``--targets``, then every other target the caches hold cells of: another process
+    sharing the caches writes the same file, and must not drop this one's targets."""
+    sites = [load_site_config(f).name for f in site_files(args)]
+    found = {r["target"] for r in rows}
+    return [*args.targets, *[s for s in sites if s in found and s not in args.targets]]
+
+
+def pretraining_site_count(args: argparse.Namespace, variant: str, target: str) -> int:
+    """How many sites pretrain ``target``'s encoder in ``variant``."""
+    if variant == FOUR_SITES:
+        return len(set(args.four_sites) - {target})
+    return len(site_files(args)) - 1
+
+
+def metric_of(rows: list[dict[str, Any]], target: str) -> str:
+    return next((r["metric"] for r in rows if r["target"] == target), "-")
 
 
 def missing_of(
@@ -242,16 +267,22 @@ def missing_of(
 
 
 def write_outputs(args: argparse.Namespace, start: float) -> None:
-    rows = gather(args)
+    sites = [load_site_config(f).name for f in site_files(args)]
+    rows = gather(args, sites)
+    targets = reported_targets(args, rows)
     seeds = loso.pretrain_seeds(args)
-    means = seed_means(rows, args.targets, args.variants, args.seeds)
-    comparison = compare(means, args.targets, args.variants, seeds)
-    missing = missing_of(means, args.targets, args.variants, seeds)
+    means = seed_means(rows, targets, args.variants, args.seeds)
+    comparison = compare(means, targets, args.variants, seeds)
+    for row in comparison:
+        row["metric"] = metric_of(rows, row["target"])
+        row["pretraining_sites"] = pretraining_site_count(args, row["variant"], row["target"])
+    missing = missing_of(means, targets, args.variants, seeds)
     result = {
         "name": args.name,
         "comment": args.comment,
         "meta": {
-            "targets": args.targets,
+            "preset": args.preset,
+            "targets": targets,
             "variants": args.variants,
             "steps": variant_args(args, DEFAULT, args.targets[0]).steps,
             "fraction": args.fraction,
@@ -279,7 +310,7 @@ def signed(stats: dict[str, Any]) -> str:
 
 def report_of(result: dict[str, Any]) -> Report:
     meta = result["meta"]
-    report = Report("Lever ablation on held-out sites (tiny preset, 64 px, CPU)")
+    report = Report(f"Lever ablation on held-out sites ({meta.get('preset', 'tiny')} preset, CPU)")
     report.text(
         f"The federated encoder of `leave_one_site_out.py` (default recipe, {meta['steps']} "
         "steps per task) with one lever changed, pretrained on every site but the target "
@@ -287,19 +318,30 @@ def report_of(result: dict[str, Any]) -> Report:
         f"{meta['fraction']:g}% of the target's labels, {meta['seeds']} evaluation seeds, "
         f"classification heads with {meta['eval_class_weighting']} class weights; pretraining "
         f"seeds {meta['pretrain_seeds']}. Federated: mean ± sd over pretraining seeds of each "
-        "seed's mean over evaluation seeds. Change from default and distance to random init: "
-        "mean ± sd of the per-seed differences, in points, over the [n] pretraining seeds that "
-        "both sides have. "
+        "seed's mean over evaluation seeds, on the pretraining seeds the default has too (column "
+        "seeds). Change from default and distance to random init: mean ± sd of the per-seed "
+        "differences, in points, over the [n] pretraining seeds that both sides have. Sites: "
+        "how many sites pretrain the encoder. "
         "Rows: `lever-ablation.json`.",
         "Still missing: " + ("; ".join(meta["missing"]) or "nothing") + ".",
     )
     report.table(
-        ["target", "mode", "variant", "federated", "vs default (pts)", "vs random (pts)", "seeds"],
+        [
+            "target (metric)",
+            "mode",
+            "variant",
+            "sites",
+            "federated",
+            "vs default (pts)",
+            "vs random (pts)",
+            "seeds",
+        ],
         [
             [
-                c["target"],
+                f"{c['target']} ({c.get('metric', '-')})",
                 c["mode"],
                 c["variant"],
+                str(c.get("pretraining_sites", "-")),
                 "-"
                 if c["federated"]["mean"] is None
                 else f"{c['federated']['mean']:.3f}"

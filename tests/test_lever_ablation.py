@@ -117,3 +117,57 @@ def test_derived_site_files_are_left_alone_while_unchanged(demo_sites, tmp_path)
     lever_site_files(demo_sites, levers, tmp_path / "sites")
     assert first[0].read_text() == text
     assert not list((tmp_path / "sites").glob("*.tmp"))
+
+
+def test_a_levers_row_averages_only_the_seeds_its_default_has():
+    """Otherwise its mean and its change from the default describe different seeds: a lever
+    with seeds 0-2 against a default with seed 0 would read +14 points where the paired
+    change is +2."""
+    rows = cells("default", loso.FEDERATED, {0: 0.40})
+    rows += cells("augment", loso.FEDERATED, {0: 0.42, 1: 0.60, 2: 0.60})
+    means = ablation.seed_means(rows, ["t"], ["default", "augment"], eval_seeds=2)
+    table = ablation.compare(means, ["t"], ["default", "augment"], [0, 1, 2])
+    augment = next(c for c in table if c["variant"] == "augment" and c["mode"] == "frozen")
+    assert augment["pretrain_seeds"] == [0]
+    assert augment["federated"]["mean"] == pytest.approx(0.42)
+    assert augment["vs_default"]["mean"] == pytest.approx(0.02)
+    missing = ablation.missing_of(means, ["t"], ["default", "augment"], [0, 1, 2])
+    assert "t default frozen (pretraining seed 1,2)" in missing
+
+
+def test_the_table_keeps_the_targets_another_process_gathered(demo_sites, monkeypatch):
+    """Two processes share the caches and write one file: each lists every target with
+    cells, its own --targets first."""
+    argv = ["--targets", "clinic-b", "--sites", *map(str, demo_sites)]
+    args = ablation.parse_args(argv)
+    rows = [{"target": "clinic-d"}, {"target": "clinic-a"}]
+    assert ablation.reported_targets(args, rows) == ["clinic-b", "clinic-a", "clinic-d"]
+    args = ablation.parse_args([*argv, "--four-sites", "clinic-a", "clinic-b"])
+    assert ablation.pretraining_site_count(args, ablation.FOUR_SITES, "clinic-b") == 1
+    assert ablation.pretraining_site_count(args, ablation.FOUR_SITES, "clinic-c") == 2
+    assert ablation.pretraining_site_count(args, "augment", "clinic-b") == 3
+
+
+def test_a_cache_pretrained_on_other_derived_tasks_is_refused(demo_sites, tmp_path, monkeypatch):
+    """The cache key names the site files and the levers; what bench/levers.py derives from
+    them is recorded on first use, machine-independent, and checked after."""
+    import bench.levers
+
+    argv = ["--sites", *map(str, demo_sites), "--self-supervised", "--work", str(tmp_path / "w")]
+    args = loso.parse_args([*argv, "--pretrain-seeds", "1"])
+    loso.prepare(args)
+    recorded = (args.work / loso.DERIVED_SITES_FILE).read_text()
+    loso.prepare(args)  # unchanged: accepted
+    # the same files elsewhere derive the same record (paths do not enter it)
+    moved = [tmp_path / "elsewhere" / f.name for f in demo_sites]
+    moved[0].parent.mkdir()
+    for src, dst in zip(demo_sites, moved):
+        dst.write_text(src.read_text())
+    levers = bench.levers.levers_of(args)
+    assert bench.levers.derived_tasks_key(moved, levers) == bench.levers.derived_tasks_key(
+        demo_sites, levers
+    )
+    monkeypatch.setattr(bench.levers, "SELF_SUPERVISED_SUFFIX", "-unlabelled")
+    with pytest.raises(SystemExit, match="other tasks than bench/levers.py derives"):
+        loso.prepare(args)
+    assert (args.work / loso.DERIVED_SITES_FILE).read_text() == recorded
