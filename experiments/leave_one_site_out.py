@@ -146,6 +146,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--share-blocks", action=argparse.BooleanOptionalAction, default=DEFAULTS.share_blocks
     )
     parser.add_argument("--fractions", default="1,10,100")
+    parser.add_argument(
+        "--labels-fractions",
+        default="50",
+        help="further fractions (%%) the federated encoder alone is evaluated at: goal 3's "
+        "labels-saved measure (the smallest fraction reaching random init's 100%%) can then "
+        "say 50%%, not only 10 or 100; '' for none",
+    )
     parser.add_argument("--seeds", type=int, default=3, help="evaluation seeds per cell")
     parser.add_argument(
         "--pretrain-seeds",
@@ -379,12 +386,19 @@ def check_budget(folder: Path, args: argparse.Namespace) -> None:
 
 
 def evaluate_target(
-    target: SiteConfig, specs: list[str], args, work: Path, seed: int, with_random: bool = True
+    target: SiteConfig,
+    specs: list[str],
+    args,
+    work: Path,
+    seed: int,
+    with_random: bool = True,
+    fractions: str | None = None,
 ) -> dict[str, Any]:
-    """The protocol on ``target``'s own site file; the random init seeded by ``seed`` (unless
-    not ``with_random``: a run that reads it from another cache)."""
+    """The protocol on ``target``'s own site file, at ``fractions`` (default ``--fractions``);
+    the random init seeded by ``seed`` (unless not ``with_random``: a run that reads it from
+    another cache, or evaluates one encoder at more fractions)."""
     protocol = EvalProtocol(
-        fractions=tuple(float(f) for f in args.fractions.split(",")),
+        fractions=fraction_list(fractions or args.fractions),
         seeds=args.seeds,
         max_steps=args.eval_steps,
         min_steps=args.eval_min_steps,
@@ -727,7 +741,18 @@ def run_target(
     work.mkdir(parents=True, exist_ok=True)
     with exclusive(work):  # one process per target at a time
         specs = pretrain_encoders(target, others, args, work, seed, arms)
-        return evaluate_target(target, specs, args, work, seed, with_random)
+        results = evaluate_target(target, specs, args, work, seed, with_random)
+        if FEDERATED in arms and args.labels_fractions:
+            federated = [s for s in specs if s.startswith(f"{FEDERATED}=")]
+            results = evaluate_target(
+                target, federated, args, work, seed, False, args.labels_fractions
+            )
+        return results
+
+
+def fraction_list(text: str) -> tuple[float, ...]:
+    """``"1,10,100"`` -> (1.0, 10.0, 100.0); ``""`` -> ()."""
+    return tuple(float(f) for f in text.split(",") if f.strip())
 
 
 def all_rows(args: argparse.Namespace, targets: list[str]) -> list[dict[str, Any]]:
@@ -745,7 +770,7 @@ def write_outputs(args: argparse.Namespace, sites: list[SiteConfig], start: floa
     seeds = pretrain_seeds(args)
     rows = all_rows(args, order)
     _, summaries = collect(args.work, order, args.seed, args.eval_class_weighting)
-    fractions = [float(f) for f in args.fractions.split(",")]
+    fractions = sorted({*fraction_list(args.fractions), *fraction_list(args.labels_fractions)})
     facts = {
         t: target_facts(
             rows,
@@ -757,8 +782,11 @@ def write_outputs(args: argparse.Namespace, sites: list[SiteConfig], start: floa
         )
         for t in order
     }
-    # federated, centralized, each other site alone, random; x 2 modes x fractions x seeds
-    expected = (len(sites) + 2) * 2 * len(fractions) * args.seeds
+    # federated, centralized, each other site alone, random; x 2 modes x fractions x seeds;
+    # and the federated encoder's labels fractions
+    grid = fraction_list(args.fractions)
+    labels_only = set(fraction_list(args.labels_fractions)) - set(grid)
+    expected = ((len(sites) + 2) * len(grid) + len(labels_only)) * 2 * args.seeds
     missing = {}
     for t, f in facts.items():
         count = sum(r["target"] == t and r["pretrain_seed"] == seeds[0] for r in rows)
@@ -781,6 +809,7 @@ def write_outputs(args: argparse.Namespace, sites: list[SiteConfig], start: floa
         "seed": args.seed,
         "pretrain_seeds": seeds,
         "fractions": args.fractions,
+        "labels_fractions": args.labels_fractions,
         "seeds": args.seeds,
         "eval_steps": args.eval_steps,
         "eval_min_steps": args.eval_min_steps,
@@ -825,7 +854,13 @@ def report_of(result: dict[str, Any]) -> Report:
         + f"; pretraining seeds {meta['pretrain_seeds']} (after the first: federated, "
         f"centralized and random init where the federated mean is within {100 * CLOSE:g} "
         f"points of another arm at {GOAL_FRACTION:g}%). Evaluation: fractions "
-        f"{meta['fractions']} %, {meta['seeds']} seeds, {meta['eval_min_steps']}.."
+        f"{meta['fractions']} %"
+        + (
+            f" (the federated encoder also at {meta['labels_fractions']} %, for labels needed)"
+            if meta.get("labels_fractions")
+            else ""
+        )
+        + f", {meta['seeds']} seeds, {meta['eval_min_steps']}.."
         f"{meta['eval_steps']} steps per cell, frozen and finetune (protocol in "
         f"docs/evaluation.md), classification heads "
         + (

@@ -134,6 +134,7 @@ def variant_args(args: argparse.Namespace, variant: str, target: str) -> argpars
     parsed = loso.parse_args(variant_argv(args, variant, target))
     # Not part of the cache keys: the ablation's budget and seeds.
     parsed.fractions, parsed.seeds = f"{args.fraction:g}", args.seeds
+    parsed.labels_fractions = ""  # goal 3's curve is the main run's, not each lever's
     parsed.pretrain_seeds = args.pretrain_seeds
     return parsed
 

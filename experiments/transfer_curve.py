@@ -74,6 +74,7 @@ def loso_argv(budget: int, seed: int, args: argparse.Namespace) -> list[str]:
     """The leave-one-site-out invocation of one point of the curve (default recipe)."""
     argv = ["--steps", str(budget), "--seed", str(seed), "--fractions", f"{args.fraction:g}"]
     argv += ["--pretrain-seeds", "1"]  # this curve names its pretraining seeds itself
+    argv += ["--labels-fractions", ""]  # one budget of labels per point: no labels curve
     argv += ["--eval-class-weighting", args.eval_class_weighting]
     if args.sites:
         argv += ["--sites", *map(str, site_files(args))]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -189,6 +190,22 @@ def test_a_folder_of_another_protocol_is_refused(tmp_path) -> None:
                          min_steps=2, evals=1)  # fmt: skip
     with pytest.raises(EvaluationMismatch, match="another protocol"):
         run_evaluation(target, parse_encoders([]), other, tmp_path)
+
+
+def test_a_grown_grid_keeps_every_runs_fractions_in_the_protocol(tmp_path) -> None:
+    """A second run of one encoder at one more fraction (issue 20's 50% point for the
+    federated encoder only) adds its cells; the file's grid still lists the first run's."""
+    target = _target("classification")
+    run_evaluation(target, parse_encoders([]), FROZEN, tmp_path)
+    more = replace(FROZEN, fractions=(25.0,), modes=("finetune",))
+    results = run_evaluation(target, parse_encoders([]), more, tmp_path)
+    assert results["protocol"]["fractions"] == [25.0, 50.0, 100.0]
+    assert results["protocol"]["modes"] == ["frozen", "finetune"]
+    assert sorted((c["mode"], c["fraction"]) for c in results["cells"]) == [
+        ("finetune", 25.0),
+        ("frozen", 50.0),
+        ("frozen", 100.0),
+    ]
 
 
 def test_labels_saved_is_the_smallest_fraction_reaching_random_at_full_data() -> None:

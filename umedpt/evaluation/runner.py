@@ -268,8 +268,20 @@ def _load_or_start(
                 f"({described['model']['encoder']}); give the new one another label (LABEL=SPEC)"
             )
         existing["encoders"][label] = described
-    existing["protocol"] = fresh["protocol"]
+    existing["protocol"] = _grown_grid(existing["protocol"], fresh["protocol"])
     return existing
+
+
+def _grown_grid(before: dict[str, Any], now: dict[str, Any]) -> dict[str, Any]:
+    """The protocol of a folder that one run grew: the grid its cells cover, every run's
+    together (a second run of one encoder at one more fraction must not make the file say
+    the first run's fractions were never measured)."""
+    return {
+        **now,
+        "fractions": sorted({*before.get("fractions", []), *now["fractions"]}),
+        "modes": list(dict.fromkeys([*before.get("modes", []), *now["modes"]])),
+        "seeds": max(before.get("seeds", 0), now["seeds"]),
+    }
 
 
 def _recipe(field: str, value: Any) -> Any:
