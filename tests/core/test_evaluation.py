@@ -198,7 +198,10 @@ def test_a_grown_grid_keeps_every_runs_fractions_in_the_protocol(tmp_path) -> No
     target = _target("classification")
     run_evaluation(target, parse_encoders([]), FROZEN, tmp_path)
     more = replace(FROZEN, fractions=(25.0,), modes=("finetune",))
-    results = run_evaluation(target, parse_encoders([]), more, tmp_path)
+    seen: list[tuple[int, int]] = []
+    progress = lambda d, t, r: seen.append((d, t))  # noqa: E731
+    results = run_evaluation(target, parse_encoders([]), more, tmp_path, on_cell=progress)
+    assert seen == [(0, 1), (1, 1)]  # of this run's grid, not the folder's
     assert results["protocol"]["fractions"] == [25.0, 50.0, 100.0]
     assert results["protocol"]["modes"] == ["frozen", "finetune"]
     assert sorted((c["mode"], c["fraction"]) for c in results["cells"]) == [

@@ -158,8 +158,9 @@ def run_evaluation(
         ) from exc
     cells = plan_cells(encoders, protocol)
     pending = [c for c in cells if c.key not in done]
+    finished = len(cells) - len(pending)  # of this grid: the folder may hold others' cells
     if on_cell:
-        on_cell(len(cells) - len(pending), len(cells), None)
+        on_cell(finished, len(cells), None)
     torch_device = torch.device(device)
     trainer = CellTrainer(target.task, protocol, metric, torch_device)
     subsets: dict[tuple[float, int], list[int]] = {}
@@ -208,13 +209,14 @@ def run_evaluation(
             results["cells"].append(asdict(result))
             _write_json(out / RESULTS_FILE, results)
             done.add(result.key)
+            finished += 1
             log.info(
                 "%s %s %g%% seed %d: %s %.4f (%d images, %d steps, %.1f s)",
                 cell.encoder, cell.mode, cell.fraction, cell.seed, metric,
                 result.metrics[metric], result.subset_size, result.steps, result.seconds,
             )  # fmt: skip
             if on_cell:
-                on_cell(len(done), len(cells), result)
+                on_cell(finished, len(cells), result)
     write_summary(out, results)
     return results
 
