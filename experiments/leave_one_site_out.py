@@ -69,6 +69,7 @@ import fcntl
 import hashlib
 import json
 import logging
+import shutil
 import statistics
 import time
 from collections.abc import Collection, Iterable, Iterator, Sequence
@@ -79,6 +80,7 @@ from typing import Any
 from bench.common import REPO_ROOT, add_sites_arg, site_files, sites_key, start_run
 from bench.levers import (
     CLASSIFICATION,
+    Levers,
     add_lever_args,
     derived_tasks_key,
     lever_site_files,
@@ -88,6 +90,7 @@ from bench.report import Report, write_json, write_results
 from bench.simtools import federate_in_process
 from experiments.common import WORK_DIR, add_eval_class_weighting_arg, experiment_parser
 from federation.settings import SCHEDULES, RunSettings
+from server.state import SERVER_STATE, has_server_state
 from umedpt.checkpoint import read_meta, read_model_config
 from umedpt.config import SiteConfig, load_site_config
 from umedpt.evaluation import (
@@ -129,7 +132,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         name=NAME,
         preset="tiny",
         threads=1,
-        quick="2 rounds x 5 steps, 1 seed, 1 and 100%%",
+        quick="2 rounds x 5 steps, 1 seed, 1 and 100%% (the federated encoder also 50%%)",
     )
     add_sites_arg(parser)
     add_lever_args(parser)
@@ -179,6 +182,17 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         parser.error("--steps must be a multiple of --local-steps (whole rounds)")
     if args.pretrain_seeds < 1:
         parser.error("--pretrain-seeds must be >= 1")
+    for option in ("fractions", "labels_fractions"):
+        text = getattr(args, option)
+        try:
+            values = fraction_list(text)
+        except ValueError:
+            values = (-1.0,)
+        if any(not 0 < f <= 100 for f in values):
+            flag = "--" + option.replace("_", "-")
+            parser.error(f"{flag}: comma-separated percentages in (0, 100], got {text!r}")
+    if not fraction_list(args.fractions):
+        parser.error("--fractions: at least one fraction")
     args.rounds = args.steps // args.local_steps
     args.work_given = args.work is not None
     args.work = work_of(args, args.seed)
@@ -308,7 +322,11 @@ def pretrain_federated(
         check_budget(folder / "global", args)
         return
     # A run killed part-way (a session's end) resumes after its last completed round; the
-    # federation's resume is bit-identical to an uninterrupted run (tests/federation).
+    # federation's resume is bit-identical to an uninterrupted run (tests/federation; also
+    # checked with a kill inside a round, past the warm-up). Killed before its first round
+    # completed, it has nothing to resume: its sites' state would only linger beside a new run.
+    if not has_server_state(folder / SERVER_STATE):
+        shutil.rmtree(folder, ignore_errors=True)
     log.info("%s: federated pretraining on %s, seed %d", target.name, names(others), seed)
     report = federate_in_process(
         [s.file for s in others],
@@ -534,15 +552,19 @@ def target_facts(
     eval_seeds: int,
     seeds: Sequence[int],
     fractions: Sequence[float],
+    labels_fractions: Sequence[float] = (),
 ) -> dict[str, Any]:
     """One target's numbers at :data:`GOAL_FRACTION` per mode (the seeded arms averaged over the
-    pretraining seeds they need), its labels needed, each goal's verdict (True, False, None =
-    not yet measured) and what is missing for it."""
+    pretraining seeds they need), its labels needed (over ``fractions`` and the federated
+    encoder's ``labels_fractions``), each goal's verdict (True, False, None = not yet
+    measured) and what is missing for it."""
     means = complete_means(rows, target, eval_seeds)
     first = seeds[0]
     calls = close_calls(means, others, first)
     needed = list(seeds) if calls else [first]
-    modes = {m: mode_facts(means, m, others, needed, first, fractions) for m in MODES}
+    modes = {
+        m: mode_facts(means, m, others, needed, first, fractions, labels_fractions) for m in MODES
+    }
     return {"close": calls, "pretrain_seeds": needed, "modes": modes}
 
 
@@ -553,6 +575,7 @@ def mode_facts(
     needed: Sequence[int],
     first: int,
     fractions: Sequence[float],
+    labels_fractions: Sequence[float] = (),
 ) -> dict[str, Any]:
     """:func:`target_facts` of one mode."""
     missing: list[str] = []
@@ -567,7 +590,7 @@ def mode_facts(
     best = max(alone, key=lambda s: alone[s] or 0.0) if alone else None
     all_alone = alone and all(v is not None for v in alone.values())
     # labels needed: evaluate's measure over the means (random's top fraction = 100%)
-    low = [f for f in fractions if f <= LABELS_FRACTION]
+    low = sorted({f for f in (*fractions, *labels_fractions) if f <= LABELS_FRACTION})
     curve = {f: mean(FEDERATED, f, note=f != GOAL_FRACTION) for f in low}
     reference = mean(RANDOM, 100.0) if 100.0 in fractions else None
     labels = None
@@ -709,16 +732,25 @@ def prepare(args: argparse.Namespace) -> tuple[list[SiteConfig], list[SiteConfig
             write_json(saved, pretraining_of(args, seed))
         if json.loads(saved.read_text()) != pretraining_of(args, seed):
             raise SystemExit(f"{work}: caches encoders of other settings ({saved}); use another")
-        check_derived_sites(work, derived_tasks_key(site_files(args), levers_of(args)))
+        levers = levers_of(args)
+        check_derived_sites(work, derived_tasks_key(site_files(args), levers), levers)
     return originals, [load_site_config(f) for f in derived]
 
 
-def check_derived_sites(work: Path, derived: dict[str, str]) -> None:
+def check_derived_sites(work: Path, derived: dict[str, str], levers: Levers) -> None:
     """The cache key names the site files and the levers, not what ``bench/levers.py``
     derives from them (``derived``: :func:`bench.levers.derived_tasks_key`): record it on
-    first use and refuse a cache whose encoders were pretrained on other derived tasks."""
+    first use and refuse a cache whose encoders were pretrained on other derived tasks. A
+    cache that already pretrained with a lever set, but has no record, is refused too: what
+    it was pretrained on is unknown (with no lever the site files are read as they are, and
+    the key covers them)."""
     saved = work / DERIVED_SITES_FILE
     if not saved.is_file():
+        if not levers.is_default and any(p.is_dir() for p in work.glob("*/*")):
+            raise SystemExit(
+                f"{work}: holds encoders pretrained before the derived tasks were recorded "
+                f"({saved} is missing); use another --work"
+            )
         write_json(saved, derived)
     if json.loads(saved.read_text()) != derived:
         raise SystemExit(
@@ -742,7 +774,7 @@ def run_target(
     with exclusive(work):  # one process per target at a time
         specs = pretrain_encoders(target, others, args, work, seed, arms)
         results = evaluate_target(target, specs, args, work, seed, with_random)
-        if FEDERATED in arms and args.labels_fractions:
+        if FEDERATED in arms and fraction_list(args.labels_fractions):
             federated = [s for s in specs if s.startswith(f"{FEDERATED}=")]
             results = evaluate_target(
                 target, federated, args, work, seed, False, args.labels_fractions
@@ -770,7 +802,7 @@ def write_outputs(args: argparse.Namespace, sites: list[SiteConfig], start: floa
     seeds = pretrain_seeds(args)
     rows = all_rows(args, order)
     _, summaries = collect(args.work, order, args.seed, args.eval_class_weighting)
-    fractions = sorted({*fraction_list(args.fractions), *fraction_list(args.labels_fractions)})
+    grid, labels = fraction_list(args.fractions), fraction_list(args.labels_fractions)
     facts = {
         t: target_facts(
             rows,
@@ -778,14 +810,14 @@ def write_outputs(args: argparse.Namespace, sites: list[SiteConfig], start: floa
             [s for s in site_names if s != t],
             eval_seeds=args.seeds,
             seeds=seeds,
-            fractions=fractions,
+            fractions=grid,
+            labels_fractions=labels,
         )
         for t in order
     }
     # federated, centralized, each other site alone, random; x 2 modes x fractions x seeds;
     # and the federated encoder's labels fractions
-    grid = fraction_list(args.fractions)
-    labels_only = set(fraction_list(args.labels_fractions)) - set(grid)
+    labels_only = set(labels) - set(grid)
     expected = ((len(sites) + 2) * len(grid) + len(labels_only)) * 2 * args.seeds
     missing = {}
     for t, f in facts.items():
@@ -978,7 +1010,11 @@ def per_target_tables(report: Report, target: str, summary: dict[str, Any]) -> N
         ]
         for e in summary["labels_saved"]
     ]
-    report.text("Labels saved (reaches the random baseline's mean at 100%):")
+    report.text(
+        "Labels saved (reaches the random baseline's mean at 100%; only at the fractions an "
+        "encoder has cells at, so where only the federated encoder has a 50% cell the others "
+        "can only say 1, 10 or 100%):"
+    )
     report.table(["encoder", "mode", "reaches it at", "labels saved"], saved)
 
 

@@ -144,7 +144,8 @@ def test_labels_needed_can_say_half_with_the_federated_encoders_50_percent_cells
             [s for s in SITES if s != "s1"],
             eval_seeds=EVAL_SEEDS,
             seeds=[0],
-            fractions=(1.0, 10.0, 50.0, 100.0),
+            fractions=FRACTIONS,
+            labels_fractions=(50.0,),
         )
     }
     frozen = facts["s1"]["modes"]["frozen"]
@@ -157,7 +158,8 @@ def test_labels_needed_can_say_half_with_the_federated_encoders_50_percent_cells
         [s for s in SITES if s != "s1"],
         eval_seeds=EVAL_SEEDS,
         seeds=[0],
-        fractions=(1.0, 10.0, 50.0, 100.0),
+        fractions=FRACTIONS,
+        labels_fractions=(50.0,),
     )
     assert facts["s1"]["modes"]["frozen"]["goals"]["labels_needed"] is None
 
@@ -288,7 +290,11 @@ def test_a_federated_pretraining_cut_short_resumes_after_its_last_round(tmp_path
     args = loso.parse_args(["--quick", "--out", str(tmp_path)])
     args.rounds, args.local_steps = 1, 1
     folder = tmp_path / "federated"
+    # killed before its first round completed: nothing to resume, its leftovers go
+    stale = folder / "sites" / "clinic-b" / "runs" / "killed-run"
+    stale.mkdir(parents=True)
     loso.pretrain_federated(target, others, folder, args, seed=0)
+    assert not stale.exists()
     # what a kill between rounds leaves: the server's state, no global/ encoder yet
     (folder / "global" / "checkpoint.json").unlink()
     args.rounds = 2

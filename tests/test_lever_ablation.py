@@ -171,3 +171,8 @@ def test_a_cache_pretrained_on_other_derived_tasks_is_refused(demo_sites, tmp_pa
     with pytest.raises(SystemExit, match="other tasks than bench/levers.py derives"):
         loso.prepare(args)
     assert (args.work / loso.DERIVED_SITES_FILE).read_text() == recorded
+    # a lever cache that pretrained before the record existed: unknown tasks, refused
+    (args.work / loso.DERIVED_SITES_FILE).unlink()
+    (args.work / "clinic-a" / loso.FEDERATED).mkdir(parents=True)
+    with pytest.raises(SystemExit, match="before the derived tasks were recorded"):
+        loso.prepare(args)
