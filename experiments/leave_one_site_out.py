@@ -967,6 +967,7 @@ def report_of(result: dict[str, Any]) -> Report:
     ]
     report.text("Arms within 5 points at the first pretraining seed (more seeds needed):")
     report.table(["target", "federated within 5 points of"], close)
+    seed_tables(report, result)
     if meta["missing_cells"]:
         report.text("Still missing:")
         report.table(
@@ -975,6 +976,47 @@ def report_of(result: dict[str, Any]) -> Report:
     for target, summary in summaries.items():
         per_target_tables(report, target, summary)
     return report
+
+
+# The cells the goals read, per pretraining seed: (encoder, fraction).
+GOAL_CELLS = (
+    (FEDERATED, GOAL_FRACTION),
+    (CENTRALIZED, GOAL_FRACTION),
+    (RANDOM, GOAL_FRACTION),
+    (FEDERATED, LABELS_FRACTION),
+    (RANDOM, 100.0),
+)
+
+
+def seed_tables(report: Report, result: dict[str, Any]) -> None:
+    """The seeded arms' cells per pretraining seed: how far one seed moves a target, and what
+    the goals will read once every seed is in (a partial run shows its seeds so far)."""
+    meta = result["meta"]
+    seeds = meta["pretrain_seeds"]
+    table = []
+    for target in result["targets"]:
+        means = complete_means(result["rows"], target, meta["seeds"])
+        for mode in MODES:
+            for encoder, fraction in GOAL_CELLS:
+                values = [means.get((encoder, mode, fraction, s)) for s in seeds]
+                found = [v for v in values if v is not None]
+                if not found:
+                    continue
+                spread = f" ± {statistics.stdev(found):.3f}" if len(found) > 1 else ""
+                table.append(
+                    [
+                        target,
+                        mode,
+                        f"{encoder} {fraction:g}%",
+                        *map(points, values),
+                        f"{statistics.fmean(found):.3f}{spread} [{len(found)}]",
+                    ]
+                )
+    report.text(
+        "The seeded arms per pretraining seed (each the mean over the evaluation seeds; mean ± "
+        "sd over the [n] pretraining seeds done):"
+    )
+    report.table(["target", "mode", "cell", *[f"seed {s}" for s in seeds], "mean"], table)
 
 
 def per_target_tables(report: Report, target: str, summary: dict[str, Any]) -> None:

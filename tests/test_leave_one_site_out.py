@@ -323,3 +323,23 @@ def test_the_federated_encoder_alone_is_evaluated_at_the_labels_fractions(tmp_pa
     ]
     results = json.loads((args.work / target.name / "eval" / "results.json").read_text())
     assert results["protocol"]["fractions"] == [50.0, 100.0]
+
+
+def test_the_seed_table_shows_each_pretraining_seed_of_the_goal_cells():
+    """A partial run shows how far a seed moves a target before every seed is in."""
+    from bench.report import Report
+
+    rows = rows_for("s1", arms("s1", 0.6, 0.5, 0.4, 0.4))
+    rows += rows_for("s1", {loso.FEDERATED: 0.7, loso.CENTRALIZED: 0.5}, pretrain_seed=1)
+    result = {
+        "meta": {"pretrain_seeds": [0, 1, 2], "seeds": EVAL_SEEDS},
+        "targets": {"s1": {}},
+        "rows": rows,
+    }
+    report = Report("t")
+    loso.seed_tables(report, result)
+    [table] = [b for b in report.blocks if "rows" in b]
+    by_cell = {(r[1], r[2]): r[3:] for r in table["rows"]}
+    assert by_cell[("frozen", "federated 10%")] == ["0.600", "0.700", "-", "0.650 ± 0.071 [2]"]
+    assert by_cell[("frozen", "random 10%")] == ["0.400", "-", "-", "0.400 [1]"]
+    assert ("frozen", "federated 50%") not in by_cell  # no such cells yet
