@@ -628,6 +628,9 @@ def mode_facts(
         RANDOM: rnd,
         "best_alone": {"site": best, "mean": alone[best]} if best else None,
         "labels_needed": labels,
+        # random init scoring less with all labels than with GOAL_FRACTION %: the target does
+        # not resolve label budgets (near chance), whatever "labels needed" says
+        "random_not_monotone": reference is not None and rnd is not None and reference < rnd,
         "goals": goals,
         "missing": missing,
     }
@@ -910,7 +913,9 @@ def report_of(result: dict[str, Any]) -> Report:
     report.text(
         "Means over the evaluation seeds (and over the pretraining seeds of the seeded arms "
         "where the rule asks for them); labels needed = the smallest fraction whose federated "
-        "mean reaches random init's mean at 100% (`umedpt-fl evaluate`'s measure)."
+        "mean reaches random init's mean at 100% (`umedpt-fl evaluate`'s measure); marked "
+        "(random 100% < 10%) where random init scores less with all the labels than with 10%: "
+        "such a target does not resolve label budgets, whatever the measure says."
     )
     table = []
     for target, facts in result["targets"].items():
@@ -927,7 +932,8 @@ def report_of(result: dict[str, Any]) -> Report:
                     f"{points(best['mean'])} ({best['site']})"
                     if best and best["mean"] is not None
                     else "-",
-                    "-" if labels is None else f"{labels:g}%",
+                    ("-" if labels is None else f"{labels:g}%")
+                    + (" (random 100% < 10%)" if f.get("random_not_monotone") else ""),
                     ",".join(map(str, facts["pretrain_seeds"])),
                     " ".join(
                         {True: "met", False: "missed", None: "-"}[v] for v in f["goals"].values()

@@ -132,6 +132,11 @@ def test_labels_needed_can_say_half_with_the_federated_encoders_50_percent_cells
     frozen = facts_of(rows, ["s1"])["s1"]["modes"]["frozen"]
     assert frozen["labels_needed"] is None  # 0.6 at 10% < 0.75: not within 50%
     assert frozen["goals"]["labels_needed"] is False
+    assert frozen["random_not_monotone"] is False  # random 0.5 at 10%, 0.75 at 100%
+    # random init worse with all labels than with 10%: flagged (the measure cannot resolve it)
+    noisy = rows_for("s1", arms("s1", 0.6, 0.6, 0.5, 0.5), random_100=0.45)
+    flagged = facts_of(noisy, ["s1"])["s1"]["modes"]["frozen"]
+    assert flagged["random_not_monotone"] is True and flagged["labels_needed"] == 10.0
     half = [  # the federated encoder at 50%: random's 100% mean exactly
         {**r, "fraction": 50.0, "value": 0.75}
         for r in rows
