@@ -52,7 +52,7 @@ def arms(target: str, fed: float, cen: float, rnd: float, alone: float) -> dict[
     return {loso.FEDERATED: fed, loso.CENTRALIZED: cen, loso.RANDOM: rnd, **others}
 
 
-def facts_of(rows, targets=SITES, seeds=(0,)):
+def facts_of(rows, targets=SITES, seeds=(0,), labels_fractions=()):
     return {
         t: loso.target_facts(
             rows,
@@ -61,6 +61,7 @@ def facts_of(rows, targets=SITES, seeds=(0,)):
             eval_seeds=EVAL_SEEDS,
             seeds=list(seeds),
             fractions=FRACTIONS,
+            labels_fractions=labels_fractions,
         )
         for t in targets
     }
@@ -142,31 +143,12 @@ def test_labels_needed_can_say_half_with_the_federated_encoders_50_percent_cells
         for r in rows
         if r["encoder"] == loso.FEDERATED and r["fraction"] == 100.0
     ]
-    facts = {
-        "s1": loso.target_facts(
-            rows + half,
-            "s1",
-            [s for s in SITES if s != "s1"],
-            eval_seeds=EVAL_SEEDS,
-            seeds=[0],
-            fractions=FRACTIONS,
-            labels_fractions=(50.0,),
-        )
-    }
-    frozen = facts["s1"]["modes"]["frozen"]
+    frozen = facts_of(rows + half, ["s1"], labels_fractions=(50.0,))["s1"]["modes"]["frozen"]
     assert frozen["labels_needed"] == 50.0
     assert frozen["goals"]["labels_needed"] is True
     # without the 50% cells the curve is not complete: not yet measured, not missed
-    facts["s1"] = loso.target_facts(
-        rows,
-        "s1",
-        [s for s in SITES if s != "s1"],
-        eval_seeds=EVAL_SEEDS,
-        seeds=[0],
-        fractions=FRACTIONS,
-        labels_fractions=(50.0,),
-    )
-    assert facts["s1"]["modes"]["frozen"]["goals"]["labels_needed"] is None
+    frozen = facts_of(rows, ["s1"], labels_fractions=(50.0,))["s1"]["modes"]["frozen"]
+    assert frozen["goals"]["labels_needed"] is None
 
 
 def test_targets_in_issue_20s_order():
