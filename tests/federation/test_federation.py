@@ -165,6 +165,39 @@ def test_resume_matches_an_uninterrupted_run(demo_sites, tmp_path) -> None:
         assert torch.equal(a[key], b[key]), key
 
 
+class _Killed(BaseException):
+    """The coordinator's process dying mid-round: no handler of the run may catch it."""
+
+
+def test_a_run_killed_inside_a_round_past_the_warm_up_resumes_bit_identical(
+    demo_sites, tmp_path
+) -> None:
+    # 8 steps a round against the tiny preset's 20 warm-up steps: round 3 (steps 16-23)
+    # runs past the warm-up, on the cosine schedule whose horizon is the whole run's.
+    sites = [demo_sites[1], demo_sites[3]]
+    straight = settings_for(sites, tmp_path / "straight", num_server_rounds=3, local_steps=8)
+    federate(straight)
+
+    def kill_in_round_3(node: int, message) -> bool:
+        # the first site has trained round 3 and saved its state; then the process dies
+        if node == 101 and message.metadata.message_type == "train":
+            if message.content[wire.CONFIG][wire.SERVER_ROUND] == 3:
+                raise _Killed
+        return False
+
+    killed = replace(straight, out_dir=str(tmp_path / "killed"), state_root=str(tmp_path / "ks"))
+    with pytest.raises(_Killed):
+        federate(killed, failing=kill_in_round_3)
+    # the site that trained round 3 before the kill saved that round's state
+    assert sorted(p.name for p in (tmp_path / "ks").glob("*/runs/*/round-00003")) == ["round-00003"]
+    report, _ = federate(replace(killed, resume=True))
+    assert [r["round"] for r in report["rounds"]] == [1, 2, 3]
+
+    a, b = global_weights(tmp_path / "straight"), global_weights(tmp_path / "killed")
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+
+
 def test_a_run_resumes_only_with_what_travels_unchanged(demo_sites, tmp_path) -> None:
     settings = settings_for([demo_sites[3]], tmp_path / "run", num_server_rounds=1)
     federate(settings)
