@@ -231,10 +231,12 @@ def compare(
 
 
 def reported_targets(args: argparse.Namespace, rows: list[dict[str, Any]]) -> list[str]:
-    """``--targets``, then every other target the caches hold cells of: another process
-    sharing the caches writes the same file, and must not drop this one's targets."""
+    """``--targets``, then every other target a lever variant's caches hold cells of: another
+    process sharing the caches writes the same file, and must not drop this one's targets.
+    The default's cache alone does not count: it is the leave-one-site-out run's, which holds
+    every target, ablated or not."""
     sites = [load_site_config(f).name for f in site_files(args)]
-    found = {r["target"] for r in rows}
+    found = {r["target"] for r in rows if r["variant"] != DEFAULT}
     return [*args.targets, *[s for s in sites if s in found and s not in args.targets]]
 
 

@@ -136,11 +136,13 @@ def test_a_levers_row_averages_only_the_seeds_its_default_has():
 
 
 def test_the_table_keeps_the_targets_another_process_gathered(demo_sites, monkeypatch):
-    """Two processes share the caches and write one file: each lists every target with
-    cells, its own --targets first."""
+    """Two processes share the caches and write one file: each lists every target a lever
+    variant has cells of, its own --targets first; the default's cache (the leave-one-site-out
+    run's, every target) does not make a target ablated."""
     argv = ["--targets", "clinic-b", "--sites", *map(str, demo_sites)]
     args = ablation.parse_args(argv)
-    rows = [{"target": "clinic-d"}, {"target": "clinic-a"}]
+    rows = [{"target": "clinic-d", "variant": "augment"}, {"target": "clinic-a", "variant": "x"}]
+    rows += [{"target": t, "variant": "default"} for t in ("clinic-a", "clinic-c", "clinic-e")]
     assert ablation.reported_targets(args, rows) == ["clinic-b", "clinic-a", "clinic-d"]
     args = ablation.parse_args([*argv, "--four-sites", "clinic-a", "clinic-b"])
     assert ablation.pretraining_site_count(args, ablation.FOUR_SITES, "clinic-b") == 1
