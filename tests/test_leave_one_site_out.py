@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from bench.levers import Levers, lever_site_files
+from bench.report import Report
 from experiments import leave_one_site_out as loso
 from umedpt.config import load_site_config
 
@@ -314,8 +315,6 @@ def test_the_federated_encoder_alone_is_evaluated_at_the_labels_fractions(tmp_pa
 
 def test_the_seed_table_shows_each_pretraining_seed_of_the_goal_cells():
     """A partial run shows how far a seed moves a target before every seed is in."""
-    from bench.report import Report
-
     rows = rows_for("s1", arms("s1", 0.6, 0.5, 0.4, 0.4))
     rows += rows_for("s1", {loso.FEDERATED: 0.7, loso.CENTRALIZED: 0.5}, pretrain_seed=1)
     result = {

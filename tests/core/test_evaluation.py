@@ -30,7 +30,7 @@ from umedpt.evaluation.probe import (
     Probe,
     pooled_training_features,
 )
-from umedpt.evaluation.summary import labels_saved
+from umedpt.evaluation.summary import labels_saved, render_markdown
 from umedpt.model import UMedPTModel
 from umedpt.models.blocks import ImageBlock
 from umedpt.models.presets import model_config
@@ -224,9 +224,18 @@ def test_labels_saved_is_the_smallest_fraction_reaching_random_at_full_data() ->
     saved = {(e["encoder"], e["mode"]): e for e in labels_saved(rows, encoders)}
     assert saved[("pre", "frozen")]["fraction"] == 10.0
     assert saved[("random", "frozen")]["fraction"] == 100.0
+    assert saved[("pre", "frozen")]["baseline_not_monotone"] is False
     rows[1]["mean"] = 0.69
     saved = {(e["encoder"], e["mode"]): e for e in labels_saved(rows, encoders)}
     assert saved[("pre", "frozen")]["fraction"] == 100.0
+    # random init better at 10% than with all labels: the target cannot resolve label budgets
+    rows[4]["mean"] = 0.75
+    saved = {(e["encoder"], e["mode"]): e for e in labels_saved(rows, encoders)}
+    assert saved[("pre", "frozen")]["baseline_not_monotone"] is True
+    protocol = {"min_steps": 1, "max_steps": 2, "epochs": 1, "head_lr": 1, "encoder_lr": 1}
+    summary = {"primary_metric": "m", "protocol": protocol, "target": "t", "target_file": "f"}
+    text = render_markdown({**summary, "rows": rows, "labels_saved": list(saved.values())})
+    assert "| pre | frozen | 100% | 0% (baseline scores less with all labels" in text
 
 
 # -- the command ---------------------------------------------------------------------------

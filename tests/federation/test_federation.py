@@ -29,6 +29,14 @@ def global_weights(out: Path) -> dict[str, torch.Tensor]:
     return load_model(out / GLOBAL_CHECKPOINT).state_dict()
 
 
+def assert_same_global_weights(a_out: Path, b_out: Path) -> None:
+    """Two runs' final weights, bit for bit."""
+    a, b = global_weights(a_out), global_weights(b_out)
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+
+
 @pytest.fixture(scope="module")
 def three_sites(demo_sites, tmp_path_factory) -> tuple[dict, ClientAppGrid, Path]:
     """Classification, segmentation and detection sites, two rounds, blocks shared (the
@@ -159,10 +167,7 @@ def test_resume_matches_an_uninterrupted_run(demo_sites, tmp_path) -> None:
     report, _ = federate(replace(stopped, num_server_rounds=3, resume=True))
     assert [r["round"] for r in report["rounds"]] == [1, 2, 3]
 
-    a, b = global_weights(tmp_path / "straight"), global_weights(tmp_path / "stopped")
-    assert a.keys() == b.keys()
-    for key in a:
-        assert torch.equal(a[key], b[key]), key
+    assert_same_global_weights(tmp_path / "straight", tmp_path / "stopped")
 
 
 class _Killed(BaseException):
@@ -193,9 +198,7 @@ def test_a_run_killed_inside_a_round_past_the_warm_up_resumes_bit_identical(
     report, _ = federate(replace(killed, resume=True))
     assert [r["round"] for r in report["rounds"]] == [1, 2, 3]
 
-    a, b = global_weights(tmp_path / "straight"), global_weights(tmp_path / "killed")
-    for key in a:
-        assert torch.equal(a[key], b[key]), key
+    assert_same_global_weights(tmp_path / "straight", tmp_path / "killed")
 
 
 def test_a_run_resumes_only_with_what_travels_unchanged(demo_sites, tmp_path) -> None:

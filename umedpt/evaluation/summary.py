@@ -50,17 +50,26 @@ def summarize(results: dict[str, Any]) -> dict[str, Any]:
 
 
 def labels_saved(rows: list[dict[str, Any]], encoders: dict[str, Any]) -> list[dict[str, Any]]:
-    """Per encoder and mode: the smallest fraction reaching its random baseline's full-data mean."""
+    """Per encoder and mode: the smallest fraction reaching its random baseline's full-data mean.
+
+    ``baseline_not_monotone``: the baseline scores less with all the labels than with fewer.
+    Such a target (near chance, or noisier than its budgets differ) does not resolve label
+    budgets, so whatever fraction is found says little."""
     means = {(r["encoder"], r["mode"], r["fraction"]): r["mean"] for r in rows}
     out = []
     for encoder, mode in dict.fromkeys((r["encoder"], r["mode"]) for r in rows):
         baseline = _random_of(encoder, encoders)
         reference = _reference(means, baseline, mode)
-        reached = None
+        reached, not_monotone = None, False
         if reference is not None:
             fractions = sorted(f for (e, m, f) in means if e == encoder and m == mode)
             reached = next(
                 (f for f in fractions if means[(encoder, mode, f)] >= reference[1]), None
+            )
+            not_monotone = any(
+                means[(e, m, f)] > reference[1]
+                for (e, m, f) in means
+                if e == baseline and m == mode and f < reference[0]
             )
         out.append(
             {
@@ -70,6 +79,7 @@ def labels_saved(rows: list[dict[str, Any]], encoders: dict[str, Any]) -> list[d
                 "baseline": baseline,
                 "baseline_fraction": None if reference is None else reference[0],
                 "baseline_mean": None if reference is None else reference[1],
+                "baseline_not_monotone": not_monotone,
             }
         )
     return out
@@ -143,6 +153,8 @@ def render_markdown(summary: dict[str, Any]) -> str:
         else:
             reached = _pct(entry["fraction"])
             saved = f"{100 - entry['fraction']:g}%"
+        if entry.get("baseline_not_monotone"):
+            saved += " (baseline scores less with all labels than with fewer: not resolved)"
         lines.append(f"| {entry['encoder']} | {entry['mode']} | {reached} | {saved} |")
     return "\n".join(lines) + "\n"
 
